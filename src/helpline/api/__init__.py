@@ -1,0 +1,1 @@
+"""HTTP layer: thin routes, dependencies, middleware and the one error shape."""

@@ -1,0 +1,119 @@
+"""The app factory: ``create_app(settings)``; the lifespan builds every client once and tears them down."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from helpline.api.deps import Services
+from helpline.api.errors import install_error_handlers
+from helpline.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from helpline.api.routes import router
+from helpline.chat.service import ChatService
+from helpline.config import Settings
+from helpline.knowledge.base import KnowledgeBase
+from helpline.knowledge.documents import parse_files
+from helpline.knowledge.embeddings import Embedder
+from helpline.observability.logging import configure_logging
+from helpline.providers.base import Provider
+from helpline.providers.extractive import ExtractiveProvider
+from helpline.providers.router import FallbackRouter
+from helpline.store import db
+from helpline.store.repositories import (
+    ApiKeyRepository,
+    ConversationRepository,
+    KnowledgeRepository,
+    StateRepository,
+)
+
+log = structlog.get_logger(__name__)
+ADMIN_BOOTSTRAPPED = "admin_token_bootstrapped"
+
+
+def build_providers(settings: Settings) -> list[Provider]:
+    """The configured chain; the extractive answerer is always the last resort."""
+    available: dict[str, Provider] = {"extractive": ExtractiveProvider(settings.answer_min_score)}
+    chain = [available[name] for name in settings.provider_names if name in available]
+    if not chain or chain[-1].name != "extractive":
+        chain.append(available["extractive"])
+    return chain
+
+
+async def load_sample_if_empty(settings: Settings, knowledge: KnowledgeBase) -> None:
+    if len(knowledge) or not settings.kb_load_sample_when_empty:
+        return
+    if not settings.kb_sample_path.exists():
+        log.warning("sample_kb_missing", path=str(settings.kb_sample_path))
+        return
+    report = await knowledge.ingest(parse_files([settings.kb_sample_path]))
+    log.info("sample_kb_loaded", documents=len(report.changed), path=str(settings.kb_sample_path))
+
+
+async def bootstrap_admin(settings: Settings, api_keys: ApiKeyRepository, state: StateRepository) -> None:
+    """Embedded only: with no ADMIN_TOKEN, make an admin key once and print it once (it is stored hashed)."""
+    if settings.admin_token is not None or settings.env == "production":
+        return
+    if await state.get(ADMIN_BOOTSTRAPPED) is not None:
+        return
+    plain, _row = await api_keys.create("bootstrap-admin", is_admin=True)
+    await state.put(ADMIN_BOOTSTRAPPED, "1")
+    # Deliberately not through the logger: the token must not land in log storage.
+    print(f"\n  Helpline admin token (shown once, keep it safe): {plain}\n", file=sys.stderr, flush=True)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    providers: Sequence[Provider] | None = None,
+) -> FastAPI:
+    """Build the ASGI app. Tests pass a shared ``embedder`` and scripted ``providers``."""
+    settings.check_can_start()
+    configure_logging(
+        settings.log_level,
+        settings.log_json if settings.log_json is not None else (True if settings.env == "production" else None),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = db.create_engine(settings.database_url)
+        if settings.auto_migrate:
+            await db.upgrade(engine)
+        sessions = db.session_factory(engine)
+        knowledge = KnowledgeBase(KnowledgeRepository(sessions), embedder or Embedder(settings.embed_threads))
+        await knowledge.load()
+        await load_sample_if_empty(settings, knowledge)
+        api_keys = ApiKeyRepository(sessions)
+        await bootstrap_admin(settings, api_keys, StateRepository(sessions))
+        router_provider = FallbackRouter(list(providers) if providers is not None else build_providers(settings))
+        conversations = ConversationRepository(sessions)
+        app.state.services = Services(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            api_keys=api_keys,
+            knowledge=knowledge,
+            provider=router_provider,
+            chat=ChatService(settings, conversations, knowledge, router_provider),
+        )
+        log.info("started", documents=len(knowledge), providers=[p.name for p in router_provider.providers])
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Helpline",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="AI customer support for online stores.",
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app

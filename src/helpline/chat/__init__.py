@@ -1,0 +1,1 @@
+"""The chat use case: from a shopper's message to a recorded, grounded reply."""

@@ -1,0 +1,115 @@
+"""One Settings object, read from the environment (prefix ``HELPLINE_``) or ``.env``.
+
+It is built once by the CLI or the test and passed down to ``create_app``; no module imports a global instance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values from our docs and examples: a production deployment that still carries one of them is misconfigured.
+SAMPLE_SECRETS = frozenset({"change-me", "changeme", "secret", "admin", "password", "example", "helpline"})
+
+DEFAULT_PROVIDERS = "extractive"
+
+
+class ConfigError(RuntimeError):
+    """The settings cannot run in the chosen environment; the message lists every problem."""
+
+
+class Settings(BaseSettings):
+    """Everything Helpline can be told; defaults are the embedded, laptop-friendly setup."""
+
+    model_config = SettingsConfigDict(env_prefix="HELPLINE_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production", "test"] = "development"
+    database_url: str = "sqlite+aiosqlite:///./var/helpline.db"
+    redis_url: str = ""
+    providers: str = DEFAULT_PROVIDERS
+
+    gemini_api_key: SecretStr | None = None
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_base_url: str = ""
+    ollama_host: str = "http://127.0.0.1:11434"
+    ollama_model: str = "phi3"
+
+    rate_limit_ip: str = "5/minute"
+    rate_limit_user: str = "20/hour"
+    max_concurrent: int = Field(default=1000, ge=1)
+    trusted_proxies: str = ""
+
+    cache_ttl_s: int = Field(default=3600, ge=1)
+    first_token_timeout_s: float = Field(default=4.0, gt=0)
+    provider_timeout_s: float = Field(default=30.0, gt=0)
+    health_interval_s: float = Field(default=10.0, gt=0)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_window_s: float = Field(default=30.0, gt=0)
+
+    admin_token: SecretStr | None = None
+
+    # Input limits, checked before any work is done.
+    max_message_chars: int = Field(default=2000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # Knowledge base and retrieval.
+    kb_sample_path: Path = Path("data/sample-store")
+    kb_load_sample_when_empty: bool = True
+    retrieval_top_k: int = Field(default=4, ge=1, le=20)
+    # Cosine similarity below which the extractive answerer hands off to a person. Calibrated by
+    # tests/knowledge/test_retrieval_quality.py on in-store vs off-topic questions.
+    answer_min_score: float = Field(default=0.42, ge=0.0, le=1.0)
+    embed_threads: int = Field(default=1, ge=1, le=16)
+
+    auto_migrate: bool = True  # apply migrations at start; production deployments may run `helpline db upgrade` instead
+    history_turns: int = Field(default=6, ge=0, le=50)
+    log_level: str = "INFO"
+    log_json: bool | None = None  # None: JSON in production, key=value on a terminal
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        known = {"gemini", "ollama", "local", "extractive", "fake"}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"unknown providers {unknown}; known: {sorted(known)}")
+        if not names:
+            raise ValueError("at least one provider is needed")
+        return ",".join(names)
+
+    @property
+    def provider_names(self) -> list[str]:
+        return self.providers.split(",")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def production_problems(self) -> list[str]:
+        """Why these settings must not serve real shoppers; empty when they may."""
+        if self.env != "production":
+            return []
+        problems: list[str] = []
+        if self.is_sqlite:
+            problems.append("HELPLINE_DATABASE_URL points at SQLite; use MySQL/MariaDB or PostgreSQL")
+        if self.admin_token is None or not self.admin_token.get_secret_value().strip():
+            problems.append("HELPLINE_ADMIN_TOKEN is not set")
+        elif _is_sample_secret(self.admin_token):
+            problems.append("HELPLINE_ADMIN_TOKEN is a sample value or shorter than 24 characters")
+        if self.gemini_api_key is not None and _is_sample_secret(self.gemini_api_key, min_len=8):
+            problems.append("HELPLINE_GEMINI_API_KEY is a sample value")
+        return problems
+
+    def check_can_start(self) -> None:
+        problems = self.production_problems()
+        if problems:
+            raise ConfigError("refusing to start in production: " + "; ".join(problems))
+
+
+def _is_sample_secret(secret: SecretStr, min_len: int = 24) -> bool:
+    value = secret.get_secret_value().strip()
+    return value.lower() in SAMPLE_SECRETS or len(value) < min_len

@@ -1,0 +1,1 @@
+"""The store's knowledge: documents, their embeddings, a vector index and retrieval."""

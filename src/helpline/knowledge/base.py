@@ -1,0 +1,138 @@
+"""KnowledgeBase: ingest documents (embed once, store in the database), keep the vector index, retrieve passages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from helpline.knowledge.documents import SourceDocument
+from helpline.knowledge.embeddings import Embedder, Vectors, from_bytes, to_bytes
+from helpline.knowledge.index import IndexEntry, MemoryVectorIndex
+from helpline.store.models import KnowledgeDocument, utcnow
+from helpline.store.repositories import KnowledgeRepository, StoredChunk
+
+ProgressFn = Callable[[int, int], None]
+INGEST_BATCH_DOCUMENTS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A retrieved document with the similarity of its best-matching chunk."""
+
+    id: str
+    kind: str
+    title: str
+    text: str
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> list[str]:
+        return self.added + self.updated
+
+
+class KnowledgeBase:
+    def __init__(self, repository: KnowledgeRepository, embedder: Embedder) -> None:
+        self._repository = repository
+        self._embedder = embedder
+        self._index = MemoryVectorIndex(embedder.dimensions)
+        self._documents: dict[str, Passage] = {}
+
+    def __len__(self) -> int:
+        return len(self._documents)
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    async def load(self) -> None:
+        """Fill the index from the database (vectors were computed at ingest, so start-up embeds nothing)."""
+        documents = await self._repository.documents()
+        chunks = await self._repository.all_chunks()
+        self._documents = {row.id: _passage(row) for row in documents}
+        vectors = (
+            np.vstack([from_bytes(chunk.embedding) for chunk in chunks])
+            if chunks
+            else np.zeros((0, self._embedder.dimensions))
+        )
+        self._index.load([IndexEntry(c.document_id, c.ordinal) for c in chunks], vectors.astype(np.float32))
+
+    async def ingest(self, documents: Sequence[SourceDocument], progress: ProgressFn | None = None) -> IngestReport:
+        """Store new and changed documents with their embeddings; unchanged ones cost nothing.
+
+        Embeddings are computed in batches across documents (the slow part), then each document is written in
+        its own transaction, so an interrupted ingest leaves every document either old or new, never half.
+        """
+        known = await self._repository.content_hashes()
+        report = IngestReport()
+        todo = [doc for doc in documents if known.get(doc.id) != doc.content_hash()]
+        report.unchanged = len(documents) - len(todo)
+        for start in range(0, len(todo), INGEST_BATCH_DOCUMENTS):
+            batch = todo[start : start + INGEST_BATCH_DOCUMENTS]
+            texts = [doc.chunks() for doc in batch]
+            vectors = await self._embedder.aembed([text for chunk_texts in texts for text in chunk_texts])
+            offset = 0
+            for document, chunk_texts in zip(batch, texts, strict=True):
+                await self._store(document, chunk_texts, vectors[offset : offset + len(chunk_texts)])
+                offset += len(chunk_texts)
+                (report.updated if document.id in known else report.added).append(document.id)
+            if progress is not None:
+                progress(start + len(batch), len(todo))
+        return report
+
+    async def upsert(self, document: SourceDocument) -> None:
+        texts = document.chunks()
+        await self._store(document, texts, await self._embedder.aembed(texts))
+
+    async def _store(self, document: SourceDocument, texts: list[str], vectors: Vectors) -> None:
+        row = KnowledgeDocument(
+            id=document.id,
+            kind=document.kind,
+            title=document.title[:300],
+            text=document.text,
+            doc_metadata=document.metadata,
+            tags=document.tags,
+            source=document.source[-300:],
+            content_hash=document.content_hash(),
+            updated_at=utcnow(),
+        )
+        chunks = [
+            StoredChunk(document.id, ordinal, text, to_bytes(vector))
+            for ordinal, (text, vector) in enumerate(zip(texts, vectors, strict=True))
+        ]
+        await self._repository.upsert(row, chunks, self._embedder.model_id)
+        self._index.replace_document(document.id, vectors)
+        self._documents[document.id] = _passage(row)
+
+    async def search(self, query: str, k: int) -> list[Passage]:
+        (vector,) = await self._embedder.aembed([query])
+        return self.search_vector(vector, k)
+
+    def search_vector(self, vector: Vectors, k: int) -> list[Passage]:
+        passages = []
+        for hit in self._index.search(vector, k):
+            document = self._documents.get(hit.document_id)
+            if document is not None:
+                passages.append(_with_score(document, hit.score))
+        return passages
+
+    def get(self, document_id: str) -> Passage | None:
+        return self._documents.get(document_id)
+
+
+def _passage(row: KnowledgeDocument) -> Passage:
+    return Passage(row.id, row.kind, row.title, row.text, 0.0, dict(row.doc_metadata or {}))
+
+
+def _with_score(passage: Passage, score: float) -> Passage:
+    return Passage(passage.id, passage.kind, passage.title, passage.text, score, passage.metadata)

@@ -1,0 +1,300 @@
+"""Repositories: every SQL statement Helpline runs lives here, built with SQLAlchemy (always parameterised)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from helpline.store.models import (
+    ApiKey,
+    ChatSession,
+    Conversation,
+    KeyValue,
+    KnowledgeChunk,
+    KnowledgeDocument,
+    utcnow,
+)
+
+API_KEY_PREFIX = "hl_"
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex of a high-entropy secret; keys are random, so no slow KDF is needed to resist guessing."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_session_id() -> str:
+    """A server-issued, unguessable conversation id (192 random bits)."""
+    return "s_" + secrets.token_urlsafe(24)
+
+
+def new_message_id() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking: a signed-in API key holder, or anonymous (``key_id`` None)."""
+
+    key_id: int | None = None
+    name: str = "anonymous"
+    is_admin: bool = False
+
+
+ANONYMOUS = Principal()
+
+
+@dataclass(slots=True)
+class ConversationRecord:
+    """What ChatService hands the store for one exchange."""
+
+    session_id: str
+    user_query: str
+    ai_response: str
+    model_used: str
+    provider: str
+    response_time_ms: int
+    request_id: str
+    cache_state: str = "miss"
+    action: str = "answer"
+    citations: list[dict[str, str]] = field(default_factory=list)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    error: str | None = None
+    user_key_id: int | None = None
+    locale: str | None = None
+    message_id: str = field(default_factory=new_message_id)
+    created_at: datetime = field(default_factory=utcnow)
+
+
+class ApiKeyRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def create(self, name: str, *, is_admin: bool = False) -> tuple[str, ApiKey]:
+        """Create a key; the plain key is returned once and never stored."""
+        plain = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKey(
+            name=name,
+            key_hash=hash_secret(plain),
+            key_prefix=plain[:10],
+            is_admin=is_admin,
+            created_at=utcnow(),
+        )
+        async with self._sessions.begin() as session:
+            session.add(row)
+        return plain, row
+
+    async def authenticate(self, plain: str) -> Principal | None:
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(ApiKey).where(ApiKey.key_hash == hash_secret(plain), ApiKey.revoked_at.is_(None))
+            )
+        if row is None:
+            return None
+        return Principal(key_id=row.id, name=row.name, is_admin=row.is_admin)
+
+    async def count_admins(self) -> int:
+        async with self._sessions() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(ApiKey).where(ApiKey.is_admin.is_(True), ApiKey.revoked_at.is_(None))
+            )
+        return int(count or 0)
+
+
+class ConversationRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def create_session(self, owner: Principal, locale: str | None) -> str:
+        session_id = new_session_id()
+        async with self._sessions.begin() as session:
+            session.add(ChatSession(id=session_id, owner_key_id=owner.key_id, locale=locale, created_at=utcnow()))
+        return session_id
+
+    async def session_owner(self, session_id: str) -> tuple[bool, int | None]:
+        """(exists, owner key id) for a session."""
+        async with self._sessions() as session:
+            row = await session.execute(select(ChatSession.owner_key_id).where(ChatSession.id == session_id))
+            found = row.first()
+        if found is None:
+            return False, None
+        return True, found[0]
+
+    async def add(self, record: ConversationRecord) -> None:
+        async with self._sessions.begin() as session:
+            session.add(_to_row(record))
+
+    async def add_many(self, records: Sequence[ConversationRecord]) -> None:
+        if not records:
+            return
+        async with self._sessions.begin() as session:
+            session.add_all([_to_row(record) for record in records])
+
+    async def history(self, session_id: str, limit: int = 200) -> list[Conversation]:
+        """The session's exchanges, oldest first (the most recent ``limit`` of them)."""
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(Conversation)
+                .where(Conversation.session_id == session_id)
+                .order_by(Conversation.created_at.desc(), Conversation.id.desc())
+                .limit(limit)
+            )
+            return list(reversed(rows.all()))
+
+    async def count(self) -> int:
+        async with self._sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(Conversation)) or 0)
+
+    async def count_sessions(self) -> int:
+        async with self._sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(ChatSession)) or 0)
+
+
+def _to_row(record: ConversationRecord) -> Conversation:
+    return Conversation(
+        message_id=record.message_id,
+        session_id=record.session_id,
+        user_query=record.user_query,
+        ai_response=record.ai_response,
+        model_used=record.model_used,
+        provider=record.provider,
+        response_time_ms=record.response_time_ms,
+        cache_state=record.cache_state,
+        action=record.action,
+        citations=record.citations,
+        tokens_in=record.tokens_in,
+        tokens_out=record.tokens_out,
+        error=record.error,
+        request_id=record.request_id,
+        user_key_id=record.user_key_id,
+        locale=record.locale,
+        created_at=record.created_at,
+    )
+
+
+@dataclass(slots=True)
+class StoredChunk:
+    document_id: str
+    ordinal: int
+    text: str
+    embedding: bytes
+
+
+class KnowledgeRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def content_hashes(self) -> dict[str, str]:
+        async with self._sessions() as session:
+            rows = await session.execute(select(KnowledgeDocument.id, KnowledgeDocument.content_hash))
+            return {doc_id: digest for doc_id, digest in rows.all()}
+
+    async def count(self) -> int:
+        async with self._sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(KnowledgeDocument)) or 0)
+
+    async def upsert(self, document: KnowledgeDocument, chunks: Sequence[StoredChunk], model_id: str) -> None:
+        """Replace a document and its chunks in one transaction."""
+        async with self._sessions.begin() as session:
+            await session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.document_id == document.id))
+            await session.merge(document)
+            await session.flush()
+            session.add_all(
+                [
+                    KnowledgeChunk(
+                        document_id=chunk.document_id,
+                        ordinal=chunk.ordinal,
+                        text=chunk.text,
+                        embedding=chunk.embedding,
+                        model_id=model_id,
+                    )
+                    for chunk in chunks
+                ]
+            )
+
+    async def get(self, document_id: str) -> KnowledgeDocument | None:
+        async with self._sessions() as session:
+            return await session.get(KnowledgeDocument, document_id)
+
+    async def documents(self, ids: Sequence[str] | None = None) -> list[KnowledgeDocument]:
+        async with self._sessions() as session:
+            query = select(KnowledgeDocument)
+            if ids is not None:
+                query = query.where(KnowledgeDocument.id.in_(list(ids)))
+            return list((await session.scalars(query)).all())
+
+    async def all_chunks(self) -> list[StoredChunk]:
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(
+                    KnowledgeChunk.document_id,
+                    KnowledgeChunk.ordinal,
+                    KnowledgeChunk.text,
+                    KnowledgeChunk.embedding,
+                ).order_by(KnowledgeChunk.document_id, KnowledgeChunk.ordinal)
+            )
+            return [StoredChunk(doc_id, ordinal, chunk_text, blob) for doc_id, ordinal, chunk_text, blob in rows.all()]
+
+    async def chunks_for(self, document_id: str) -> list[StoredChunk]:
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(
+                    KnowledgeChunk.document_id,
+                    KnowledgeChunk.ordinal,
+                    KnowledgeChunk.text,
+                    KnowledgeChunk.embedding,
+                )
+                .where(KnowledgeChunk.document_id == document_id)
+                .order_by(KnowledgeChunk.ordinal)
+            )
+            return [StoredChunk(doc_id, ordinal, chunk_text, blob) for doc_id, ordinal, chunk_text, blob in rows.all()]
+
+
+class StateRepository:
+    """Installation facts in ``app_state``."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def get(self, key: str) -> str | None:
+        async with self._sessions() as session:
+            row = await session.get(KeyValue, key)
+            return None if row is None else row.value
+
+    async def put(self, key: str, value: str) -> None:
+        async with self._sessions.begin() as session:
+            await session.merge(KeyValue(key=key, value=value, updated_at=utcnow()))
+
+
+async def ping(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Round-trip to the database; raises when it does not answer."""
+    async with sessions() as session:
+        await session.execute(text("SELECT 1"))
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite and MySQL hand back naive datetimes; we only ever store UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def as_message(row: Conversation) -> dict[str, Any]:
+    """A stored exchange in the contract's message shape."""
+    return {
+        "message_id": row.message_id,
+        "message": row.user_query,
+        "reply": row.ai_response,
+        "provider": row.provider,
+        "model": row.model_used,
+        "cache": row.cache_state,
+        "action": row.action,
+        "citations": row.citations,
+        "created_at": as_utc(row.created_at).isoformat(),
+    }
