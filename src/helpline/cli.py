@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+import uvicorn
 from fastapi import FastAPI
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -28,7 +29,7 @@ keys_cli = typer.Typer(help="User and admin API keys.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(kb_cli, name="kb")
 cli.add_typer(keys_cli, name="keys")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -76,8 +77,6 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Serve the HTTP API (migrates and loads the sample knowledge base on first start)."""
-    import uvicorn
-
     settings = load_settings()
     asyncio.run(_prepare(settings))
     uvicorn.run(

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     retrieval_top_k: int = Field(default=4, ge=1, le=20)
     # Cosine similarity below which the extractive answerer hands off to a person. Calibrated by
     # tests/knowledge/test_retrieval_quality.py on in-store vs off-topic questions.
-    answer_min_score: float = Field(default=0.42, ge=0.0, le=1.0)
+    answer_min_score: float = Field(default=0.5, ge=0.0, le=1.0)
     embed_threads: int = Field(default=1, ge=1, le=16)
 
     auto_migrate: bool = True  # apply migrations at start; production deployments may run `helpline db upgrade` instead

@@ -53,7 +53,8 @@ async def test_response_has_every_contract_field(api: Api) -> None:
     }  # fmt: skip
     assert body["cache"] == "miss"
     assert isinstance(body["latency_ms"], int)
-    assert str(body["session_id"]).startswith("s_") and len(str(body["session_id"])) >= 32
+    assert str(body["session_id"]).startswith("s_")
+    assert len(str(body["session_id"])) >= 32
 
 
 async def test_conversation_is_kept_and_only_its_holder_reads_it(api: Api) -> None:
@@ -76,7 +77,7 @@ async def test_conversation_is_kept_and_only_its_holder_reads_it(api: Api) -> No
 
 
 async def test_signed_in_user_continues_own_session(api: Api) -> None:
-    plain, row = await api.services.api_keys.create("regular")
+    plain, _row = await api.services.api_keys.create("regular")
     headers = {"authorization": f"Bearer {plain}"}
     first = await api.client.post("/v1/chat", json={"message": "Do you sell gift cards?"}, headers=headers)
     session_id = first.json()["session_id"]

@@ -11,11 +11,16 @@ import numpy as np
 from helpline.knowledge.documents import SourceDocument
 from helpline.knowledge.embeddings import Embedder, Vectors, from_bytes, to_bytes
 from helpline.knowledge.index import IndexEntry, MemoryVectorIndex
+from helpline.knowledge.lexical import LexicalScorer
 from helpline.store.models import KnowledgeDocument, utcnow
 from helpline.store.repositories import KnowledgeRepository, StoredChunk
 
 ProgressFn = Callable[[int, int], None]
 INGEST_BATCH_DOCUMENTS = 64
+# Dense candidates re-ranked by ``dense + LEXICAL_WEIGHT * lexical``; calibrated with
+# tests/knowledge/test_retrieval_quality.py on the sample store's labelled questions.
+CANDIDATES = 20
+LEXICAL_WEIGHT = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,7 @@ class KnowledgeBase:
         self._embedder = embedder
         self._index = MemoryVectorIndex(embedder.dimensions)
         self._documents: dict[str, Passage] = {}
+        self._lexical = LexicalScorer()
 
     def __len__(self) -> int:
         return len(self._documents)
@@ -60,6 +66,7 @@ class KnowledgeBase:
         documents = await self._repository.documents()
         chunks = await self._repository.all_chunks()
         self._documents = {row.id: _passage(row) for row in documents}
+        self._lexical.load((doc.id, _lexical_text(doc)) for doc in self._documents.values())
         vectors = (
             np.vstack([from_bytes(chunk.embedding) for chunk in chunks])
             if chunks
@@ -112,19 +119,24 @@ class KnowledgeBase:
         ]
         await self._repository.upsert(row, chunks, self._embedder.model_id)
         self._index.replace_document(document.id, vectors)
-        self._documents[document.id] = _passage(row)
+        passage = _passage(row)
+        self._documents[document.id] = passage
+        self._lexical.replace(document.id, _lexical_text(passage))
 
     async def search(self, query: str, k: int) -> list[Passage]:
+        """The ``k`` best passages for a question, scored by meaning and by the rare words they share."""
         (vector,) = await self._embedder.aembed([query])
-        return self.search_vector(vector, k)
+        return self.search_vector(vector, k, query)
 
-    def search_vector(self, vector: Vectors, k: int) -> list[Passage]:
+    def search_vector(self, vector: Vectors, k: int, query: str = "") -> list[Passage]:
         passages = []
-        for hit in self._index.search(vector, k):
+        for hit in self._index.search(vector, max(k, CANDIDATES)):
             document = self._documents.get(hit.document_id)
             if document is not None:
-                passages.append(_with_score(document, hit.score))
-        return passages
+                lexical = self._lexical.score(query, hit.document_id) if query else 0.0
+                passages.append(_with_score(document, hit.score + LEXICAL_WEIGHT * lexical))
+        passages.sort(key=lambda passage: passage.score, reverse=True)
+        return passages[:k]
 
     def get(self, document_id: str) -> Passage | None:
         return self._documents.get(document_id)
@@ -136,3 +148,7 @@ def _passage(row: KnowledgeDocument) -> Passage:
 
 def _with_score(passage: Passage, score: float) -> Passage:
     return Passage(passage.id, passage.kind, passage.title, passage.text, score, passage.metadata)
+
+
+def _lexical_text(passage: Passage) -> str:
+    return f"{passage.title}\n{passage.text}"

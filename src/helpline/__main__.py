@@ -1,0 +1,5 @@
+"""``python -m helpline`` runs the CLI."""
+
+from helpline.cli import main
+
+main()

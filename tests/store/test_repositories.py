@@ -1,0 +1,79 @@
+"""Repositories against the three real databases: ownership, ordering, hashing, verbatim storage."""
+
+from __future__ import annotations
+
+import asyncio
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from helpline.store.models import ApiKey
+from helpline.store.repositories import (
+    ANONYMOUS,
+    ApiKeyRepository,
+    ConversationRecord,
+    ConversationRepository,
+    Principal,
+    StateRepository,
+    hash_secret,
+)
+
+
+async def test_api_keys_are_stored_hashed_and_authenticate(sessions: async_sessionmaker[AsyncSession]) -> None:
+    keys = ApiKeyRepository(sessions)
+    plain, row = await keys.create("alice", is_admin=False)
+    assert plain.startswith("hl_")
+    assert len(plain) > 40
+    async with sessions() as session:
+        stored = await session.get(ApiKey, row.id)
+    assert stored is not None
+    assert stored.key_hash == hash_secret(plain)
+    assert plain not in (stored.key_hash, stored.key_prefix, stored.name)
+    principal = await keys.authenticate(plain)
+    assert principal is not None
+    assert principal.key_id == row.id
+    assert not principal.is_admin
+    assert await keys.authenticate(plain + "x") is None
+    async with sessions.begin() as session:
+        await session.execute(sa.update(ApiKey).where(ApiKey.id == row.id).values(revoked_at=sa.func.now()))
+    assert await keys.authenticate(plain) is None
+
+
+async def test_sessions_are_unguessable_and_owned(sessions: async_sessionmaker[AsyncSession]) -> None:
+    conversations = ConversationRepository(sessions)
+    _, owner_row = await ApiKeyRepository(sessions).create("bob")
+    ids = {await conversations.create_session(ANONYMOUS, None) for _ in range(20)}
+    assert len(ids) == 20
+    assert all(len(session_id) >= 32 for session_id in ids)
+    owned = await conversations.create_session(Principal(key_id=owner_row.id, name="bob"), "en")
+    assert await conversations.session_owner(owned) == (True, owner_row.id)
+    assert await conversations.session_owner(next(iter(ids))) == (True, None)
+    assert await conversations.session_owner("s_missing") == (False, None)
+
+
+async def test_history_is_oldest_first_and_text_verbatim(sessions: async_sessionmaker[AsyncSession]) -> None:
+    conversations = ConversationRepository(sessions)
+    session_id = await conversations.create_session(ANONYMOUS, None)
+    tricky = ["1'; DROP TABLE conversations; --", 'emoji 🍌 and "quotes" and \\ backslash', "x" * 5000, "ünïcödé"]
+    for text in tricky:
+        await conversations.add(
+            ConversationRecord(
+                session_id=session_id, user_query=text, ai_response=text[::-1], model_used="m", provider="p",
+                response_time_ms=1, request_id="r", citations=[{"id": "faq-x", "title": "X"}],
+            )
+        )  # fmt: skip
+        await asyncio.sleep(0.002)
+    rows = await conversations.history(session_id)
+    assert [row.user_query for row in rows] == tricky
+    assert [row.ai_response for row in rows] == [text[::-1] for text in tricky]
+    assert rows[0].citations == [{"id": "faq-x", "title": "X"}]
+    latest_two = await conversations.history(session_id, limit=2)
+    assert [row.user_query for row in latest_two] == tricky[2:]
+
+
+async def test_state_repository_upserts(sessions: async_sessionmaker[AsyncSession]) -> None:
+    state = StateRepository(sessions)
+    await state.put("k-test", "1")
+    await state.put("k-test", "2")
+    assert await state.get("k-test") == "2"
+    assert await state.get("k-missing") is None
