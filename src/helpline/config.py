@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SAMPLE_SECRETS = frozenset({"change-me", "changeme", "secret", "admin", "password", "example", "helpline"})
 
 DEFAULT_PROVIDERS = "extractive"
+# Providers this build can run; the contract's gemini, ollama and local join as they are implemented.
+AVAILABLE_PROVIDERS = frozenset({"extractive"})
 
 
 class ConfigError(RuntimeError):
@@ -73,7 +75,7 @@ class Settings(BaseSettings):
     @classmethod
     def _known_providers(cls, value: str) -> str:
         names = [name.strip() for name in value.split(",") if name.strip()]
-        known = {"gemini", "ollama", "local", "extractive", "fake"}
+        known = AVAILABLE_PROVIDERS
         unknown = [name for name in names if name not in known]
         if unknown:
             raise ValueError(f"unknown providers {unknown}; known: {sorted(known)}")

@@ -1,0 +1,109 @@
+"""Small helpers shared by the benchmarks: percentiles and a bounded async HTTP load loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies_ms, 99)
+
+
+async def load(
+    base: str, method: str, path: str, *, json: object | None = None, concurrency: int = 16, seconds: float = 5.0,
+    max_requests: int = 100_000,
+) -> LoadResult:
+    """Closed-loop load: ``concurrency`` clients send back-to-back for ``seconds`` (bounded in count too)."""
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+
+        async def worker() -> None:
+            nonlocal errors, sent
+            while time.perf_counter() < deadline and sent < max_requests:
+                sent += 1
+                started = time.perf_counter()
+                response = await client.request(method, path, json=json)
+                latencies.append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return LoadResult(len(latencies), errors, elapsed, latencies)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def server(workdir: Path, env_extra: dict[str, str] | None = None) -> Iterator[str]:
+    """`helpline serve` (one worker) on a free port with the embedded defaults in ``workdir``."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELPLINE_")}
+    env.update({"HELPLINE_KB_SAMPLE_PATH": str(ROOT / "data" / "sample-store"), "HELPLINE_LOG_LEVEL": "WARNING"})
+    env.update(env_extra or {})
+    process = subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "helpline", "serve", "--port", str(port)],
+        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("server did not become ready")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
