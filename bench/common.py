@@ -48,7 +48,13 @@ class LoadResult:
 
 
 async def load(
-    base: str, method: str, path: str, *, json: object | None = None, concurrency: int = 16, seconds: float = 5.0,
+    base: str,
+    method: str,
+    path: str,
+    *,
+    json: object | None = None,
+    concurrency: int = 16,
+    seconds: float = 5.0,
     max_requests: int = 100_000,
 ) -> LoadResult:
     """Closed-loop load: ``concurrency`` clients send back-to-back for ``seconds`` (bounded in count too)."""

@@ -142,4 +142,3 @@ class LexicalScorer:
         weights = {term: self.idf(term) for term in query_terms}
         total = sum(weights.values())
         return sum(weight for term, weight in weights.items() if term in document_terms) / total
-
