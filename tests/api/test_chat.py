@@ -99,8 +99,8 @@ async def test_sql_injection_text_is_stored_verbatim(api: Api) -> None:
 async def test_request_id_is_kept_when_sane_and_replaced_when_not(api: Api) -> None:
     kept = await api.client.get("/healthz", headers={"x-request-id": "abc-123.DEF"})
     assert kept.headers["x-request-id"] == "abc-123.DEF"
-    replaced = await api.client.get("/healthz", headers={"x-request-id": "bad id\u00e9<script>"})
-    assert replaced.headers["x-request-id"] not in {"", "bad id\u00e9<script>"}
+    replaced = await api.client.get("/healthz", headers={"x-request-id": "bad id <script>"})
+    assert replaced.headers["x-request-id"] not in {"", "bad id <script>"}
     chat = await api.client.post("/v1/chat", json={"message": "hello"}, headers={"x-request-id": "req-42"})
     assert chat.json()["request_id"] == "req-42"
 
