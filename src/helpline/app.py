@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -21,7 +23,7 @@ from helpline.knowledge.embeddings import Embedder
 from helpline.observability.logging import configure_logging
 from helpline.providers.base import Provider
 from helpline.providers.extractive import ExtractiveProvider
-from helpline.providers.router import FallbackRouter
+from helpline.providers.router import FallbackRouter, RouterTimings
 from helpline.store import db
 from helpline.store.repositories import (
     ApiKeyRepository,
@@ -32,6 +34,16 @@ from helpline.store.repositories import (
 
 log = structlog.get_logger(__name__)
 ADMIN_BOOTSTRAPPED = "admin_token_bootstrapped"
+
+
+def router_timings(settings: Settings) -> RouterTimings:
+    return RouterTimings(
+        first_token_s=settings.first_token_timeout_s,
+        reply_s=settings.provider_timeout_s,
+        health_interval_s=settings.health_interval_s,
+        breaker_failures=settings.breaker_failures,
+        breaker_window_s=settings.breaker_window_s,
+    )
 
 
 def build_providers(settings: Settings) -> list[Provider]:
@@ -89,7 +101,10 @@ def create_app(
         await load_sample_if_empty(settings, knowledge)
         api_keys = ApiKeyRepository(sessions)
         await bootstrap_admin(settings, api_keys, StateRepository(sessions))
-        router_provider = FallbackRouter(list(providers) if providers is not None else build_providers(settings))
+        router_provider = FallbackRouter(
+            list(providers) if providers is not None else build_providers(settings), router_timings(settings)
+        )
+        health_task = asyncio.create_task(router_provider.run_health_checks(), name="provider-health")
         conversations = ConversationRepository(sessions)
         app.state.services = Services(
             settings=settings,
@@ -104,6 +119,9 @@ def create_app(
         try:
             yield
         finally:
+            health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health_task
             await engine.dispose()
 
     app = FastAPI(

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     embed_threads: int = Field(default=1, ge=1, le=16)
 
     auto_migrate: bool = True  # apply migrations at start; production deployments may run `helpline db upgrade` instead
+    # USD per million tokens (in, out) by provider, for the cost recorded with each message.
+    prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"gemini": (0.30, 2.50), "ollama": (0.0, 0.0), "local": (0.0, 0.0)}
+    )
     history_turns: int = Field(default=6, ge=0, le=50)
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON in production, key=value on a terminal

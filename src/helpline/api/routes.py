@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from sse_starlette import EventSourceResponse
 
 from helpline.api.deps import ChatDep, PrincipalDep, RequestIdDep, ServicesDep, require_json
 from helpline.api.responses import JsonResponse
 from helpline.api.schemas import ChatRequest, ChatResponse, ErrorResponse, Readiness, SessionMessages
+from helpline.chat.service import ChatEvent
 from helpline.store.repositories import ping
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -17,38 +21,51 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter()
 
 
+CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "description": "The answer; with `stream: true` or `Accept: text/event-stream`, server-sent events "
+        "`meta`, `delta` {text}…, then `done` (this body) or `error` (the error body).",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+}
+X_CACHE = {"miss": "MISS", "exact": "HIT-EXACT", "semantic": "HIT-SEMANTIC"}
+
+
 @router.post(
     "/v1/chat",
     response_model=ChatResponse,
-    responses=ERRORS,
+    responses=CHAT_RESPONSES,
     dependencies=[Depends(require_json)],
     summary="Ask a question",
 )
 async def chat(
-    body: ChatRequest, chat: ChatDep, principal: PrincipalDep, request_id: RequestIdDep, response: Response
-) -> ChatResponse:
-    result = await chat.chat(
-        body.message,
-        principal=principal,
-        request_id=request_id,
-        session_id=body.session_id,
-        locale=body.locale,
-    )
-    response.headers["X-Cache"] = {"miss": "MISS", "exact": "HIT-EXACT", "semantic": "HIT-SEMANTIC"}[result.cache]
-    return ChatResponse.model_validate(
-        {
-            "reply": result.reply,
-            "session_id": result.session_id,
-            "message_id": result.message_id,
-            "provider": result.provider,
-            "model": result.model,
-            "cache": result.cache,
-            "action": result.action,
-            "citations": result.citations,
-            "latency_ms": result.latency_ms,
-            "request_id": result.request_id,
-        }
-    )
+    *,
+    body: ChatRequest,
+    request: Request,
+    chat: ChatDep,
+    principal: PrincipalDep,
+    request_id: RequestIdDep,
+    response: Response,
+) -> Any:
+    context: dict[str, Any] = {
+        "principal": principal,
+        "request_id": request_id,
+        "session_id": body.session_id,
+        "locale": body.locale,
+    }
+    if body.stream or "text/event-stream" in request.headers.get("accept", ""):
+        prepared = await chat.prepare(body.message, **context)
+        return EventSourceResponse(sse_events(chat.chat_stream(prepared)), headers={"X-Cache": "MISS"}, ping=15)
+    result = await chat.chat(body.message, **context)
+    response.headers["X-Cache"] = X_CACHE[result.cache]
+    return ChatResponse.model_validate(result.body())
+
+
+async def sse_events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[dict[str, str]]:
+    async for event in events:
+        data = {"error": event.data} if event.kind == "error" else event.data
+        yield {"event": event.kind, "data": orjson.dumps(data).decode()}
 
 
 @router.get("/v1/sessions/{session_id}/messages", response_model=SessionMessages, responses=ERRORS)

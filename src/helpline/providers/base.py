@@ -4,7 +4,8 @@ ProviderError
 ├── RateLimited (retry_after_s)     429 / quota: cool down, try the next provider
 ├── Unavailable                     refused connection, 5xx, breaker open
 ├── ProviderTimeout                 connect, first-token or whole-reply deadline passed
-├── BadResponse                     malformed body, empty or cut reply
+├── BadResponse                     malformed body, empty reply
+│   └── StreamCut                   the stream ended without its final chunk
 ├── SafetyRefusal                   the vendor's safety filter blocked the prompt or reply
 ├── ContextTooLong                  prompt exceeds the model's window
 └── AuthError                       key missing, wrong or revoked
@@ -13,7 +14,7 @@ ProviderError
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from helpline.knowledge.base import Passage
@@ -59,6 +60,14 @@ class AuthError(ProviderError):
     pass
 
 
+class StreamCut(BadResponse):
+    """The reply stopped before its end (no final chunk)."""
+
+
+def control_line(action: Action, sources: tuple[str, ...] | list[str] = ()) -> str:
+    return f"<<ACTION={action}; SOURCES={','.join(sources)}>>"
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     """An earlier exchange of the conversation, for context."""
@@ -73,6 +82,20 @@ class CompletionRequest:
     passages: tuple[Passage, ...] = ()
     history: tuple[Turn, ...] = ()
     locale: str | None = None
+    partial: str = ""  # text already shown to the shopper that this provider must continue
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """A piece of a streamed reply. A stream is complete only when its last chunk has ``done=True``; a stream
+    that ends without it was cut. The router fills ``provider``/``model`` with who produced the chunk."""
+
+    text: str = ""
+    done: bool = False
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    provider: str = ""
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,26 +109,31 @@ class Citation:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
+    """A whole reply as the provider wrote it (control line included; chat/reply.py parses it)."""
+
     text: str
     provider: str
     model: str
-    action: Action = "answer"
-    citations: tuple[Citation, ...] = ()
     tokens_in: int = 0
     tokens_out: int = 0
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable
 class Provider(Protocol):
-    """What every answerer offers. ``stream`` yields text pieces; ``complete`` the whole reply."""
+    """What every answerer offers.
+
+    ``stream`` yields :class:`StreamChunk` and must end with a ``done`` chunk; ``complete`` returns the whole reply.
+    Replies end with the control line of chat/prompts.py. ``can_continue``: it can finish another model's
+    interrupted reply (LLMs can; the extractive answerer cannot).
+    """
 
     name: str
     model: str
+    can_continue: bool
 
     async def complete(self, request: CompletionRequest) -> Completion: ...
 
-    def stream(self, request: CompletionRequest) -> AsyncIterator[str]: ...
+    def stream(self, request: CompletionRequest) -> AsyncIterator[StreamChunk]: ...
 
     async def health(self) -> bool: ...
 

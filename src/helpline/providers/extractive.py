@@ -1,7 +1,7 @@
 """The extractive answerer: the last resort of every chain and the embedded default.
 
-It generates nothing: it quotes the best-matching FAQ answer, policy section or product record, with a citation,
-and hands off to a person when nothing in the knowledge base matches confidently.
+It generates nothing: it quotes the best-matching FAQ answer, policy section or product record, cites it, and
+hands off to a person when nothing in the knowledge base matches confidently.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from helpline.knowledge.base import Passage
-from helpline.providers.base import Citation, Completion, CompletionRequest
+from helpline.providers.base import Completion, CompletionRequest, StreamChunk, control_line
 
 HANDOFF_REPLY = (
     "I'm sorry, I couldn't find a reliable answer to that in our help pages. "
@@ -22,33 +22,30 @@ RUNNER_UP_MARGIN = 0.03
 class ExtractiveProvider:
     name = "extractive"
     model = "extractive-v1"
+    can_continue = False
 
     def __init__(self, min_score: float) -> None:
         self._min_score = min_score
 
-    async def complete(self, request: CompletionRequest) -> Completion:
-        tokens_in = self.count_tokens(request.message)
+    def answer(self, request: CompletionRequest) -> str:
+        """The reply text with its control line."""
         confident = [p for p in request.passages if p.score >= self._min_score]
         if not confident:
-            return Completion(HANDOFF_REPLY, self.name, self.model, "handoff", (), tokens_in, 0)
+            return f"{HANDOFF_REPLY}\n{control_line('handoff')}"
         best = confident[0]
         chosen = [best] + [
             p for p in confident[1:2] if best.score - p.score <= RUNNER_UP_MARGIN and p.kind == best.kind
         ]
-        text = render(best)
-        return Completion(
-            text,
-            self.name,
-            self.model,
-            "answer",
-            tuple(Citation(p.id, p.title) for p in chosen),
-            tokens_in,
-            self.count_tokens(text),
-        )
+        return f"{render(best)}\n{control_line('answer', [p.id for p in chosen])}"
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str]:
+    async def complete(self, request: CompletionRequest) -> Completion:
+        text = self.answer(request)
+        return Completion(text, self.name, self.model, self.count_tokens(request.message), self.count_tokens(text))
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamChunk]:
         completion = await self.complete(request)
-        yield completion.text
+        yield StreamChunk(completion.text)
+        yield StreamChunk(done=True, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out)
 
     async def health(self) -> bool:
         return True

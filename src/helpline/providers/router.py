@@ -1,17 +1,39 @@
-"""The fallback router: itself a provider, it tries its providers in order and never leaves the shopper empty.
+"""The fallback router: itself a provider. It tries its providers in order and never leaves a shopper empty.
 
-A provider error (the documented tree in ``base``) moves on to the next provider; when every provider has failed,
-the shopper gets a canned apology with ``action: handoff`` so a person follows up. Deadlines, breakers and hedging
-build on this class (issue: providers that never leave a shopper without an answer).
+Per provider: a circuit breaker, a Retry-After cooldown, a first-token deadline and a whole-reply deadline.
+- A provider that fails before its first token (any error of the tree in ``base``) hands over to the next one.
+- Hedging: when the newest attempt has sent no token within ``first_token_s``, the next provider starts too and
+  whichever streams first wins; the loser is cancelled (its breaker counts the miss).
+- A stream cut after some text: when the text is live (already shown), the next provider that can continue is
+  given the text so far; if none can, the stream ends with :class:`StreamCut`. When nothing was shown yet, the
+  next provider simply answers from scratch. A cut reply is never passed off as complete.
+- When every provider has failed, the shopper gets a canned apology with ``action: handoff``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import structlog
 
-from helpline.providers.base import Completion, CompletionRequest, Provider, ProviderError
+from helpline.chat.reply import strip_control
+from helpline.providers.base import (
+    BadResponse,
+    Completion,
+    CompletionRequest,
+    Provider,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    StreamChunk,
+    StreamCut,
+    control_line,
+)
+from helpline.providers.breaker import CircuitBreaker
 
 APOLOGY_REPLY = (
     "I'm sorry, I can't answer right now. A member of our support team will follow up with you as soon as possible."
@@ -19,49 +41,275 @@ APOLOGY_REPLY = (
 log = structlog.get_logger(__name__)
 
 
-def fallback_on_provider_error(error: BaseException) -> bool:
-    return isinstance(error, ProviderError)
+@dataclass(frozen=True, slots=True)
+class RouterTimings:
+    first_token_s: float = 4.0
+    reply_s: float = 30.0
+    health_interval_s: float = 10.0
+    health_timeout_s: float = 2.0
+    breaker_failures: int = 5
+    breaker_window_s: float = 30.0
+
+
+@dataclass
+class Slot:
+    """A provider and what the router knows about it."""
+
+    provider: Provider
+    breaker: CircuitBreaker
+    cooldown_until: float = 0.0
+    healthy: bool = True
+    last_error: str = ""
+
+
+@dataclass
+class Attempt:
+    """One provider's stream, pumped into a queue by a task so the router can race and cancel attempts."""
+
+    slot: Slot
+    request: CompletionRequest
+    timings: RouterTimings
+    clock: Callable[[], float]
+    started: float = 0.0
+    queue: asyncio.Queue[StreamChunk | ProviderError] = field(default_factory=asyncio.Queue)
+    first: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> Attempt:
+        self.started = self.clock()
+        self.task = asyncio.create_task(self._pump(), name=f"provider-{self.slot.provider.name}")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.slot.provider.name
+
+    def missed_deadline(self, now: float) -> bool:
+        return not self.first.done() and now - self.started >= self.timings.first_token_s
+
+    async def _pump(self) -> None:
+        error: ProviderError | None
+        try:
+            async with asyncio.timeout(self.timings.reply_s):
+                error = await self._forward()
+        except TimeoutError:
+            error = ProviderTimeout(f"no complete reply within {self.timings.reply_s} s", provider=self.name)
+        except ProviderError as raised:
+            error = raised
+        except Exception as raised:  # noqa: BLE001 - an adapter let a vendor error through: still a provider failure
+            error = BadResponse(f"unexpected {type(raised).__name__}: {raised}", provider=self.name)
+        if error is not None:
+            self._fail(error)
+
+    async def _forward(self) -> ProviderError | None:
+        """Queue the provider's chunks; the error that ended the stream early, if any."""
+        text = ""
+        async for chunk in self.slot.provider.stream(self.request):
+            text += chunk.text
+            if chunk.done and not strip_control(text).strip():
+                return BadResponse("empty reply", provider=self.name)
+            await self.queue.put(chunk)
+            if (chunk.text or chunk.done) and not self.first.done():
+                self.first.set_result(None)
+            if chunk.done:
+                return None
+        return StreamCut("the stream ended before its final chunk", provider=self.name)
+
+    def _fail(self, error: ProviderError) -> None:
+        if not self.first.done():
+            self.first.set_exception(error)
+        else:
+            self.queue.put_nowait(error)
+
+    async def chunks(self) -> AsyncIterator[StreamChunk]:
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, ProviderError):
+                raise item
+            yield item
+            if item.done:
+                return
+
+    async def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.first.done() and not self.first.cancelled():
+            self.first.exception()  # mark retrieved: a lost race is not an unhandled error
+        elif not self.first.done():
+            self.first.cancel()
 
 
 class FallbackRouter:
     name = "router"
     model = "router"
+    can_continue = True
 
     def __init__(
         self,
         providers: Sequence[Provider],
-        fallback_on: Callable[[BaseException], bool] = fallback_on_provider_error,
+        timings: RouterTimings | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not providers:
             raise ValueError("the router needs at least one provider")
-        self._providers = list(providers)
-        self._fallback_on = fallback_on
+        self.timings = timings or RouterTimings()
+        self._clock = clock
+        self.slots = [
+            Slot(
+                p,
+                CircuitBreaker(
+                    self.timings.breaker_failures, self.timings.breaker_window_s, self.timings.health_interval_s, clock
+                ),
+            )
+            for p in providers
+        ]
 
     @property
     def providers(self) -> list[Provider]:
-        return list(self._providers)
+        return [slot.provider for slot in self.slots]
+
+    # -- the Provider protocol -------------------------------------------------------------------------------
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        errors: list[str] = []
-        for provider in self._providers:
-            try:
-                return await provider.complete(request)
-            except Exception as error:
-                if not self._fallback_on(error):
-                    raise
-                log.warning("provider_failed", provider=provider.name, error=type(error).__name__)
-                errors.append(f"{provider.name}: {type(error).__name__}: {error}")
-        return Completion(APOLOGY_REPLY, "none", "none", "handoff", metadata={"error": "; ".join(errors)})
+        """The whole reply; nothing is shown before the end, so a cut attempt is simply retried elsewhere."""
+        text, provider, model, tokens_in, tokens_out = "", "none", "none", 0, 0
+        async for chunk in self.stream(request, live=False):
+            text += chunk.text
+            provider, model = chunk.provider, chunk.model
+            tokens_in, tokens_out = chunk.tokens_in or tokens_in, chunk.tokens_out or tokens_out
+        return Completion(text, provider, model, tokens_in, tokens_out)
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str]:
-        completion = await self.complete(request)
-        yield completion.text
+    async def stream(self, request: CompletionRequest, *, live: bool = True) -> AsyncIterator[StreamChunk]:
+        """Chunks labelled with the provider that wrote them; ends with a ``done`` chunk or raises StreamCut."""
+        order = iter(self.slots)
+        shown = ""
+        while True:
+            attempt = await self._race(order, replace(request, partial=shown) if shown else request)
+            if attempt is None:
+                break
+            try:
+                async for chunk in self._deliver(attempt, live):
+                    shown += chunk.text if live else ""
+                    yield chunk
+            except ProviderError as error:
+                self._record_failure(attempt.slot, error)
+                if live and shown.strip():
+                    order = iter([slot for slot in order if slot.provider.can_continue])
+            else:
+                return
+            finally:
+                await attempt.cancel()
+        if live and shown.strip():
+            raise StreamCut("the reply was cut and no provider could continue it")
+        text = f"{APOLOGY_REPLY}\n{control_line('handoff')}"
+        yield StreamChunk(text, provider="none", model="none")
+        yield StreamChunk(done=True, tokens_in=0, tokens_out=0, provider="none", model="none")
+
+    async def _deliver(self, attempt: Attempt, live: bool) -> AsyncIterator[StreamChunk]:
+        """The winning attempt's chunks: forwarded as they come (live) or only once complete."""
+        buffered: list[StreamChunk] = []
+        provider, model = attempt.slot.provider.name, attempt.slot.provider.model
+        async for chunk in attempt.chunks():
+            labelled = replace(chunk, provider=provider, model=model)
+            if live:
+                yield labelled
+            else:
+                buffered.append(labelled)
+        attempt.slot.breaker.record_success()
+        for chunk in buffered:
+            yield chunk
 
     async def health(self) -> bool:
-        for provider in self._providers:
-            if await provider.health():
-                return True
-        return False
+        return any(slot.healthy for slot in self.slots)
 
     def count_tokens(self, text: str) -> int:
-        return self._providers[0].count_tokens(text)
+        return self.slots[0].provider.count_tokens(text)
+
+    # -- choosing and racing providers -----------------------------------------------------------------------
+
+    def _next_attempt(self, order: Iterator[Slot], request: CompletionRequest) -> Attempt | None:
+        now = self._clock()
+        for slot in order:
+            if slot.cooldown_until > now:
+                log.info("provider_skipped", provider=slot.provider.name, reason="rate_limit_cooldown")
+                continue
+            if not slot.breaker.allow():
+                log.info("provider_skipped", provider=slot.provider.name, reason="breaker_open")
+                continue
+            return Attempt(slot, request, self.timings, self._clock).start()
+        return None
+
+    async def _race(self, order: Iterator[Slot], request: CompletionRequest) -> Attempt | None:
+        """Start providers in order until one streams; while every running attempt is past its first-token
+        deadline, start the next provider too (hedging). Returns the first attempt to stream, or None."""
+        pending: list[Attempt] = []
+        exhausted = False
+        while True:
+            now = self._clock()
+            fresh = [a for a in pending if not a.missed_deadline(now)]
+            if not fresh and not exhausted:
+                attempt = self._next_attempt(order, request)
+                exhausted = attempt is None
+                if attempt is not None:
+                    if pending:
+                        log.info("provider_hedged", slow=[a.name for a in pending], hedge=attempt.name)
+                    pending.append(attempt)
+                    fresh.append(attempt)
+            if not pending:
+                return None
+            timeout = None if exhausted else max(0.0, min(a.started for a in fresh) + self.timings.first_token_s - now)
+            done, _ = await asyncio.wait(
+                [a.first for a in pending], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            winner = self._settle(pending, done)
+            if winner is not None:
+                await self._cancel_losers(pending, winner)
+                return winner
+
+    def _settle(self, pending: list[Attempt], done: set[asyncio.Future[None]]) -> Attempt | None:
+        """Drop attempts that failed before their first token; return the first one that streams."""
+        for attempt in list(pending):
+            if attempt.first not in done:
+                continue
+            error = attempt.first.exception()
+            if error is None:
+                return attempt
+            pending.remove(attempt)
+            self._record_failure(attempt.slot, error)
+        return None
+
+    async def _cancel_losers(self, pending: list[Attempt], winner: Attempt) -> None:
+        now = self._clock()
+        for attempt in pending:
+            if attempt is winner:
+                continue
+            if attempt.missed_deadline(now):
+                self._record_failure(attempt.slot, ProviderTimeout("lost the race after its first-token deadline"))
+            await attempt.cancel()
+
+    def _record_failure(self, slot: Slot, error: BaseException) -> None:
+        slot.breaker.record_failure()
+        slot.last_error = f"{type(error).__name__}: {error}"
+        if isinstance(error, RateLimited) and error.retry_after_s:
+            slot.cooldown_until = self._clock() + error.retry_after_s
+        log.warning("provider_failed", provider=slot.provider.name, error=type(error).__name__, detail=str(error))
+
+    # -- background health checks ----------------------------------------------------------------------------
+
+    async def check_health(self) -> None:
+        """One round of cheap health checks; a healthy provider with an open breaker may be probed again."""
+        for slot in self.slots:
+            try:
+                healthy = await asyncio.wait_for(slot.provider.health(), self.timings.health_timeout_s)
+            except Exception:  # noqa: BLE001 - any failure of a health check means unhealthy
+                healthy = False
+            slot.healthy = healthy
+            if healthy:
+                slot.breaker.health_ok()
+
+    async def run_health_checks(self) -> None:
+        while True:
+            await self.check_health()
+            await asyncio.sleep(self.timings.health_interval_s)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -88,6 +89,7 @@ class Conversation(Base):
     citations: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     tokens_in: Mapped[int] = mapped_column(Integer, default=0)
     tokens_out: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     request_id: Mapped[str] = mapped_column(String(64))
     user_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)

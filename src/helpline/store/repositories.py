@@ -67,6 +67,7 @@ class ConversationRecord:
     citations: list[dict[str, str]] = field(default_factory=list)
     tokens_in: int = 0
     tokens_out: int = 0
+    cost_usd: float = 0.0
     error: str | None = None
     user_key_id: int | None = None
     locale: str | None = None
@@ -172,6 +173,7 @@ def _to_row(record: ConversationRecord) -> Conversation:
         citations=record.citations,
         tokens_in=record.tokens_in,
         tokens_out=record.tokens_out,
+        cost_usd=record.cost_usd,
         error=record.error,
         request_id=record.request_id,
         user_key_id=record.user_key_id,

@@ -1,0 +1,97 @@
+"""Reply post-checks: strip and parse the control line, detect handoff phrasing, keep only real citations.
+
+Streaming-safe: :class:`ControlLineFilter` passes text through as it arrives but holds back anything that could
+be the start of the control line, so the shopper never sees ``<<ACTION=...>>``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from helpline.knowledge.base import Passage
+from helpline.providers.base import Action, Citation
+
+MARKER = "<<"
+_CONTROL = re.compile(r"<<\s*ACTION\s*=\s*(answer|handoff)\s*;?\s*(?:SOURCES\s*=\s*([^>]*))?>>\s*$", re.IGNORECASE)
+_HANDOFF_PHRASES = re.compile(
+    r"\b(?:i(?:'m| am) not sure|i (?:do not|don't) (?:know|have (?:that|this) information)|"
+    r"(?:a|one of our) (?:person|member of (?:our|the) (?:support )?team|colleague|human)[^.]{0,40}"
+    r"(?:will|shall|can) (?:follow up|get back|contact))",
+    re.IGNORECASE,
+)
+
+
+class ControlLineFilter:
+    """Feed deltas; get back the text that is safe to show now. ``finish()`` returns the rest and the control."""
+
+    def __init__(self) -> None:
+        self._held = ""
+        self.visible = ""
+
+    def feed(self, delta: str) -> str:
+        text = self._held + delta
+        cut = text.rfind(MARKER)
+        if cut == -1 and text.endswith("<"):
+            cut = len(text) - 1
+        if cut == -1:
+            self._held = ""
+        else:
+            text, self._held = text[:cut], text[cut:]
+        self.visible += text
+        return text
+
+    def finish(self) -> tuple[str, str]:
+        """(remaining visible text, raw control line or '')."""
+        held, self._held = self._held, ""
+        if _CONTROL.search(held.strip()):
+            return "", held.strip()
+        self.visible += held
+        return held, ""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedReply:
+    text: str
+    action: Action
+    citations: tuple[Citation, ...]
+    grounded: bool  # cites at least one passage we gave it (or is a handoff)
+    had_control_line: bool
+
+
+def parse_reply(raw: str, passages: tuple[Passage, ...]) -> ParsedReply:
+    """The shopper-facing text, the action and the citations of a complete reply."""
+    text, control = _split_control(raw)
+    action: Action = "answer"
+    cited: list[str] = []
+    if control:
+        match = _CONTROL.search(control)
+        if match:
+            action = "handoff" if match.group(1).lower() == "handoff" else "answer"
+            cited = [part.strip().strip("[]") for part in (match.group(2) or "").split(",") if part.strip()]
+    if action == "answer" and looks_like_handoff(text):
+        action = "handoff"
+    known = {p.id: p for p in passages}
+    citations = tuple(dict.fromkeys(Citation(i, known[i].title) for i in cited if i in known))
+    if action == "handoff":
+        citations = ()
+    grounded = action == "handoff" or bool(citations)
+    return ParsedReply(text.strip(), action, citations, grounded, bool(control))
+
+
+def _split_control(raw: str) -> tuple[str, str]:
+    stripped = raw.rstrip()
+    cut = stripped.rfind(MARKER)
+    if cut != -1 and _CONTROL.search(stripped[cut:]):
+        return stripped[:cut], stripped[cut:]
+    return stripped, ""
+
+
+def strip_control(raw: str) -> str:
+    """The reply without its control line."""
+    return _split_control(raw)[0]
+
+
+def looks_like_handoff(text: str) -> bool:
+    """Model text that defers to a person, whatever action it declared."""
+    return bool(_HANDOFF_PHRASES.search(text))
