@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -23,7 +24,9 @@ REQUEST = CompletionRequest("How long does delivery take?")
 
 
 def fakes(*names: str) -> list[FakeProvider]:
-    return [FakeProvider(name=name, model=f"{name}-model", default=FakeReply(text=f"answer from {name}")) for name in names]
+    return [
+        FakeProvider(name=name, model=f"{name}-model", default=FakeReply(text=f"answer from {name}")) for name in names
+    ]
 
 
 async def collect(router: FallbackRouter, live: bool = True) -> list[StreamChunk]:
@@ -38,7 +41,8 @@ async def test_healthy_primary_answers() -> None:
     primary, secondary = fakes("primary", "secondary")
     chunks = await collect(FallbackRouter([primary, secondary], FAST))
     assert text_of(chunks) == "answer from primary"
-    assert chunks[-1].done and chunks[-1].provider == "primary"
+    assert chunks[-1].done
+    assert chunks[-1].provider == "primary"
     assert secondary.requests == []
 
 
@@ -94,7 +98,8 @@ async def test_breaker_opens_then_skips_the_dead_provider_quickly_and_recovers()
     # Recovery: a passing health check lets one probe through, and its success closes the breaker.
     primary.default = FakeReply(text="back again")
     await router.check_health()
-    assert router.slots[0].breaker.state == "half_open"
+    state: str = router.slots[0].breaker.state
+    assert state == "half_open"
     assert text_of(await collect(router)) == "back again"
     assert router.slots[0].breaker.state == "closed"
 
@@ -106,7 +111,7 @@ async def test_rate_limit_retry_after_is_a_cooldown() -> None:
     assert (await collect(router))[-1].provider == "secondary"
     assert (await collect(router))[-1].provider == "secondary"
     assert len(primary.requests) == 1  # skipped during the cooldown
-    time.sleep(0.35)
+    await asyncio.sleep(0.35)
     assert (await collect(router))[-1].provider == "primary"
 
 
@@ -117,18 +122,25 @@ async def test_live_cut_is_continued_by_the_next_provider_with_the_text_so_far()
     router = FallbackRouter([primary, secondary], FAST)
     chunks = await collect(router)
     shown = "".join(c.text for c in chunks if c.provider == "primary")
-    assert shown and secondary.requests[0].partial == shown
-    assert chunks[-1].done and chunks[-1].provider == "secondary"
+    assert shown
+    assert secondary.requests[0].partial == shown
+    assert chunks[-1].done
+    assert chunks[-1].provider == "secondary"
 
 
 async def test_live_cut_that_nobody_can_continue_ends_in_stream_cut() -> None:
     primary = FakeProvider(name="primary", default=FakeReply(text="Delivery takes one to two days.", cut_after=1))
     router = FallbackRouter([primary, ExtractiveProvider(0.5)], FAST)
     shown: list[StreamChunk] = []
-    with pytest.raises(StreamCut):
+
+    async def consume() -> None:
         async for chunk in router.stream(REQUEST, live=True):
             shown.append(chunk)
-    assert shown and not any(chunk.done for chunk in shown)
+
+    with pytest.raises(StreamCut):
+        await consume()
+    assert shown
+    assert not any(chunk.done for chunk in shown)
 
 
 async def test_cut_before_anything_was_shown_restarts_elsewhere() -> None:
