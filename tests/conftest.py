@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -142,6 +143,18 @@ async def api(database_url: str, embedder: Embedder) -> AsyncIterator[Api]:
         yield running
 
 
+@pytest.fixture(scope="session")
+async def sqlite_template(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
+    """A migrated SQLite database with the sample store ingested once; tests get copies (ingest takes seconds)."""
+    path = tmp_path_factory.mktemp("template") / "helpline.db"
+    async with running_api(make_settings(f"sqlite+aiosqlite:///{path}"), embedder):
+        pass
+    return path
+
+
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'helpline.db'}"
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A fresh SQLite database of this test's own, already migrated, with the sample knowledge base."""
+    target = tmp_path / "helpline.db"
+    shutil.copyfile(sqlite_template, target)
+    return f"sqlite+aiosqlite:///{target}"

@@ -13,6 +13,11 @@ import pytest
 from tests.conftest import SAMPLE_KB
 
 
+@pytest.fixture
+def empty_sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+
+
 def run_cli(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HELPLINE_DATABASE_URL": database_url, "HELPLINE_ENV": "development"}
     return subprocess.run(  # noqa: S603 - our own CLI with fixed arguments
@@ -21,8 +26,8 @@ def run_cli(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedPro
     )  # fmt: skip
 
 
-def test_ingest_is_idempotent_and_reports_changes(tmp_path: Path, sqlite_url: str) -> None:
-    first = run_cli("kb", "ingest", str(SAMPLE_KB / "faq.jsonl"), "--json", database_url=sqlite_url, cwd=tmp_path)
+def test_ingest_is_idempotent_and_reports_changes(tmp_path: Path, empty_sqlite_url: str) -> None:
+    first = run_cli("kb", "ingest", str(SAMPLE_KB / "faq.jsonl"), "--json", database_url=empty_sqlite_url, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
     assert len(report["added"]) >= 60
@@ -33,29 +38,29 @@ def test_ingest_is_idempotent_and_reports_changes(tmp_path: Path, sqlite_url: st
     entry = json.loads(lines[0])
     entry["answer"] += " (Updated.)"
     edited.write_text("\n".join([json.dumps(entry), *lines[1:]]) + "\n", encoding="utf-8")
-    second = run_cli("kb", "ingest", str(edited), "--json", database_url=sqlite_url, cwd=tmp_path)
+    second = run_cli("kb", "ingest", str(edited), "--json", database_url=empty_sqlite_url, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout) == {"added": [], "updated": [entry["id"]], "unchanged": len(lines) - 1}
 
 
-def test_ingest_of_a_broken_file_fails_clearly(tmp_path: Path, sqlite_url: str) -> None:
+def test_ingest_of_a_broken_file_fails_clearly(tmp_path: Path, empty_sqlite_url: str) -> None:
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"id": "faq-x", "question": "Q", "answer": "A"}\n{oops\n', encoding="utf-8")
-    result = run_cli("kb", "ingest", str(broken), database_url=sqlite_url, cwd=tmp_path)
+    result = run_cli("kb", "ingest", str(broken), database_url=empty_sqlite_url, cwd=tmp_path)
     assert result.returncode == 1
     assert "broken.jsonl:2" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("admin", [False, True])
-def test_keys_create_prints_the_key_once(tmp_path: Path, sqlite_url: str, admin: bool) -> None:
+def test_keys_create_prints_the_key_once(tmp_path: Path, empty_sqlite_url: str, admin: bool) -> None:
     args = ["keys", "create", "--name", "shop-frontend", "--json", *(["--admin"] if admin else [])]
-    result = run_cli(*args, database_url=sqlite_url, cwd=tmp_path)
+    result = run_cli(*args, database_url=empty_sqlite_url, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     created = json.loads(result.stdout)
     assert created["key"].startswith("hl_")
     assert created["admin"] is admin
-    database = Path(sqlite_url.split("///", 1)[1]).read_bytes()
+    database = Path(empty_sqlite_url.split("///", 1)[1]).read_bytes()
     assert created["key"].encode() not in database
 
 

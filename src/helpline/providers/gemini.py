@@ -6,6 +6,7 @@ kind, blocked prompts and SAFETY/RECITATION finishes to SafetyRefusal, and a MAX
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -81,15 +82,18 @@ class GeminiProvider:
         finished = False
         tokens: tuple[int, int] = (0, 0)
         try:
-            async for response in await self._client.aio.models.generate_content_stream(
+            responses = await self._client.aio.models.generate_content_stream(
                 model=self.model, contents=contents, config=config
-            ):
-                text, finished = self._read(response)
-                tokens = usage(response) if response.usage_metadata else tokens
-                if text:
-                    yield StreamChunk(text)
-                if finished:
-                    break
+            )
+            # aclosing: a cancelled stream closes the HTTP response now, not in a garbage-collector finaliser.
+            async with contextlib.aclosing(responses):  # type: ignore[type-var]
+                async for response in responses:
+                    text, finished = self._read(response)
+                    tokens = usage(response) if response.usage_metadata else tokens
+                    if text:
+                        yield StreamChunk(text)
+                    if finished:
+                        break
         except ProviderError:
             raise
         except Exception as error:

@@ -7,6 +7,7 @@ the whole-reply deadline is the router's.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -64,13 +65,16 @@ class OllamaProvider:
     async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamChunk]:
         try:
             parts = await self._client.chat(self.model, self._messages(request), stream=True, options=self._options)
-            async for part in parts:
-                if part.message.content:
-                    yield StreamChunk(part.message.content)
-                if part.done:
-                    self._check_finish(part)
-                    yield StreamChunk(done=True, tokens_in=part.prompt_eval_count or 0, tokens_out=part.eval_count or 0)
-                    return
+            async with contextlib.aclosing(parts):  # type: ignore[type-var]
+                async for part in parts:
+                    if part.message.content:
+                        yield StreamChunk(part.message.content)
+                    if part.done:
+                        self._check_finish(part)
+                        yield StreamChunk(
+                            done=True, tokens_in=part.prompt_eval_count or 0, tokens_out=part.eval_count or 0
+                        )
+                        return
         except ProviderError:
             raise
         except Exception as error:

@@ -310,6 +310,7 @@ class FallbackRouter:
                 slot.breaker.health_ok()
 
     async def run_health_checks(self) -> None:
+        """Forever, one round per interval (the first after one interval: providers start presumed healthy)."""
         while True:
-            await self.check_health()
             await asyncio.sleep(self.timings.health_interval_s)
+            await self.check_health()

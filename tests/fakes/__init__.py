@@ -1,0 +1,1 @@
+"""Test doubles that speak real wire formats (Gemini REST, Ollama) plus a fault-injecting TCP proxy."""
