@@ -166,6 +166,12 @@ class FallbackRouter:
             for p in providers
         ]
 
+    def reset_state(self) -> None:
+        """Forget breaker history and cooldowns (operators after an incident; benchmarks between scenarios)."""
+        for slot in self.slots:
+            slot.breaker.record_success()
+            slot.cooldown_until = 0.0
+
     @property
     def providers(self) -> list[Provider]:
         return [slot.provider for slot in self.slots]
