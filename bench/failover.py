@@ -20,6 +20,9 @@ from pathlib import Path
 import httpx
 from google import genai
 from google.genai import types
+from tests.fakes.gemini import FakeGemini
+from tests.fakes.ollama import FakeOllama
+from tests.fakes.servers import Fault
 
 from bench.common import ROOT, percentile
 from helpline.app import create_app
@@ -30,9 +33,6 @@ from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.gemini import GeminiProvider
 from helpline.providers.ollama import OllamaProvider
 from helpline.providers.router import FallbackRouter
-from tests.fakes.gemini import FakeGemini
-from tests.fakes.ollama import FakeOllama
-from tests.fakes.servers import Fault
 
 QUESTION = "How long does delivery take?"
 CITED = "policy-delivery.delivery-times"
@@ -100,7 +100,7 @@ async def main() -> None:
         settings = Settings(
             env="test", database_url=f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}",
             kb_sample_path=ROOT / "data" / "sample-store", first_token_timeout_s=FIRST_TOKEN_S,
-            provider_timeout_s=5.0, log_level="WARNING", admin_token="bench-admin-token-0123456789abcdef",
+            provider_timeout_s=5.0, log_level="WARNING", admin_token="bench-admin-token-0123456789abcdef",  # noqa: S106 - a throwaway local token
             rate_limit_ip="1000000/minute", rate_limit_session="1000000/minute",  # measure failover, not limits
         )  # fmt: skip
         app = create_app(settings, embedder=Embedder(), providers=providers(gemini, ollama))
