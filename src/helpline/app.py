@@ -11,15 +11,23 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
+from helpline.api.admin import router as admin_router
 from helpline.api.deps import Services
 from helpline.api.errors import install_error_handlers
+from helpline.api.limits import RateLimitMiddleware
+from helpline.api.metrics_route import router as metrics_router
 from helpline.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from helpline.api.routes import router
+from helpline.api.security import install_security
+from helpline.cache.factory import build_cache
+from helpline.cache.guards import SemanticGuard
+from helpline.cache.invalidation import Invalidator
 from helpline.chat.service import ChatService
 from helpline.config import Settings
 from helpline.knowledge.base import KnowledgeBase
 from helpline.knowledge.documents import parse_files
 from helpline.knowledge.embeddings import Embedder
+from helpline.observability.access import AccessLogMiddleware
 from helpline.observability.logging import configure_logging
 from helpline.providers.base import Provider
 from helpline.providers.extractive import ExtractiveProvider
@@ -27,6 +35,7 @@ from helpline.providers.gemini import GeminiProvider
 from helpline.providers.local import LocalProvider
 from helpline.providers.ollama import OllamaProvider
 from helpline.providers.router import FallbackRouter, RouterTimings
+from helpline.ratelimit.service import RateLimiter
 from helpline.store import db
 from helpline.store.repositories import (
     ApiKeyRepository,
@@ -133,6 +142,11 @@ def create_app(
         )
         health_task = asyncio.create_task(router_provider.run_health_checks(), name="provider-health")
         conversations = ConversationRepository(sessions)
+        limiter = RateLimiter.from_settings(settings)
+        cache = build_cache(settings, SemanticGuard(knowledge.product_vocabulary()))
+        chat = ChatService(settings, conversations, knowledge, router_provider, cache)
+        invalidator = Invalidator(cache, chat, knowledge)
+        watch_task = asyncio.create_task(invalidator.watch(settings.kb_refresh_s), name="knowledge-watch")
         app.state.services = Services(
             settings=settings,
             engine=engine,
@@ -140,15 +154,22 @@ def create_app(
             api_keys=api_keys,
             knowledge=knowledge,
             provider=router_provider,
-            chat=ChatService(settings, conversations, knowledge, router_provider),
+            chat=chat,
+            limiter=limiter,
+            cache=cache,
+            invalidator=invalidator,
         )
         log.info("started", documents=len(knowledge), providers=[p.name for p in router_provider.providers])
         try:
             yield
         finally:
-            health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await health_task
+            for task in (health_task, watch_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await invalidator.aclose()
+            await cache.backend.close()
+            await limiter.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -159,6 +180,11 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(metrics_router)
+    app.include_router(admin_router)
+    app.add_middleware(RateLimitMiddleware)  # innermost: holds the concurrency lease until the last body byte
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_security(app, settings)  # CSRF, CORS, security headers
+    app.add_middleware(AccessLogMiddleware)  # inside RequestId (knows the id), outside the rest (counts 413/429)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -19,6 +19,7 @@ from helpline.config import ConfigError, Settings
 from helpline.knowledge.base import IngestReport, KnowledgeBase
 from helpline.knowledge.documents import DocumentFormatError, parse_files
 from helpline.knowledge.embeddings import Embedder
+from helpline.observability.metrics import prepare_multiprocess
 from helpline.store import db
 from helpline.store.repositories import ApiKeyRepository, KnowledgeRepository, StateRepository
 
@@ -31,6 +32,9 @@ cli.add_typer(kb_cli, name="kb")
 cli.add_typer(keys_cli, name="keys")
 err = Console(stderr=True, soft_wrap=True)
 
+# On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then cancels the rest.
+# Below Docker's stop grace period in deploy/docker-compose.yml (30 s), so nothing is killed mid-drain.
+GRACEFUL_SHUTDOWN_S = 25
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
@@ -79,6 +83,7 @@ def serve(
     """Serve the HTTP API (migrates and loads the sample knowledge base on first start)."""
     settings = load_settings()
     asyncio.run(_prepare(settings))
+    prepare_multiprocess(workers)  # several workers: a fresh PROMETHEUS_MULTIPROC_DIR they all write to
     uvicorn.run(
         "helpline.cli:app_factory",
         factory=True,
@@ -88,6 +93,7 @@ def serve(
         log_level=settings.log_level.lower(),
         proxy_headers=False,  # client addresses are resolved by our own trusted-proxy rules
         server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 

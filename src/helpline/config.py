@@ -11,6 +11,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from helpline.api.clientip import parse_networks
+from helpline.api.security import parse_origins
+from helpline.ratelimit.policies import parse_rate
+
 # Values from our docs and examples: a production deployment that still carries one of them is misconfigured.
 SAMPLE_SECRETS = frozenset({"change-me", "changeme", "secret", "admin", "password", "example", "helpline"})
 
@@ -32,6 +36,8 @@ class Settings(BaseSettings):
     env: Literal["development", "production", "test"] = "development"
     database_url: str = "sqlite+aiosqlite:///./var/helpline.db"
     redis_url: str = ""
+    # Namespace of Helpline's Redis keys: deployments sharing one Redis (staging, several stores) use one each.
+    redis_prefix: str = Field(default="helpline", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     providers: str = DEFAULT_PROVIDERS
 
     gemini_api_key: SecretStr | None = None
@@ -46,10 +52,20 @@ class Settings(BaseSettings):
 
     rate_limit_ip: str = "5/minute"
     rate_limit_user: str = "20/hour"
+    # Per anonymous conversation (on top of per IP): never more than a signed-in user gets.
+    rate_limit_session: str = "20/hour"
     max_concurrent: int = Field(default=1000, ge=1)
     trusted_proxies: str = ""
+    cors_origins: str = ""  # exact origins allowed to call the API from a browser; empty: none
 
     cache_ttl_s: int = Field(default=3600, ge=1)
+    # Cosine similarity for a semantic hit (after the guards). Calibrated by `helpline eval cache` on BANKING77
+    # for >= 99% precision; see the README.
+    cache_semantic_threshold: float = Field(default=0.86, ge=0.5, le=1.0)
+    cache_timeout_s: float = Field(default=0.15, gt=0)  # a slower cache store is bypassed, never waited on
+    cache_fallback_answers: bool = False  # cache answers of the last-resort provider when models are configured
+    tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    prompt_variant: str = Field(default="a", pattern=r"^[A-Za-z0-9_.-]{1,20}$")
     first_token_timeout_s: float = Field(default=4.0, gt=0)
     provider_timeout_s: float = Field(default=30.0, gt=0)
     health_interval_s: float = Field(default=10.0, gt=0)
@@ -65,6 +81,7 @@ class Settings(BaseSettings):
     # Knowledge base and retrieval.
     kb_sample_path: Path = Path("data/sample-store")
     kb_load_sample_when_empty: bool = True
+    kb_refresh_s: float = Field(default=5.0, gt=0)  # how often each replica checks the database for changed knowledge
     retrieval_top_k: int = Field(default=4, ge=1, le=20)
     # Cosine similarity below which the extractive answerer hands off to a person. Calibrated by
     # tests/knowledge/test_retrieval_quality.py on in-store vs off-topic questions.
@@ -91,6 +108,23 @@ class Settings(BaseSettings):
         if not names:
             raise ValueError("at least one provider is needed")
         return ",".join(names)
+
+    @field_validator("rate_limit_ip", "rate_limit_user", "rate_limit_session")
+    @classmethod
+    def _readable_rate(cls, value: str) -> str:
+        parse_rate(value)  # a mistyped limit fails the start; it never becomes "no limit"
+        return value.strip()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: str) -> str:
+        return ",".join(parse_origins(value))
 
     @property
     def provider_names(self) -> list[str]:

@@ -8,11 +8,15 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from helpline.api.security import same_secret
+from helpline.cache.invalidation import Invalidator
+from helpline.cache.service import AnswerCache
 from helpline.chat.service import ChatService
 from helpline.config import Settings
-from helpline.errors import Unauthorized, UnsupportedMediaType
+from helpline.errors import Forbidden, Unauthorized, UnsupportedMediaType
 from helpline.knowledge.base import KnowledgeBase
 from helpline.providers.base import Provider
+from helpline.ratelimit.service import RateLimiter
 from helpline.store.repositories import ANONYMOUS, ApiKeyRepository, Principal
 
 
@@ -27,6 +31,9 @@ class Services:
     knowledge: KnowledgeBase
     provider: Provider
     chat: ChatService
+    limiter: RateLimiter | None = None  # built in the lifespan; None only where a test builds Services by hand
+    cache: AnswerCache | None = None
+    invalidator: Invalidator | None = None
 
 
 def get_services(request: Request) -> Services:
@@ -59,6 +66,29 @@ async def get_principal(request: Request, services: ServicesDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+ADMIN_TOKEN_HOLDER = Principal(key_id=None, name="admin-token", is_admin=True)
+_BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+async def require_admin(request: Request, services: ServicesDep) -> Principal:
+    """The admin token (compared in constant time) or an admin API key; 401 without or with a wrong one, 403 for a
+    valid non-admin key. Checked before anything else the admin route does."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    token = credentials.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("admin endpoints need 'Authorization: Bearer <admin token>'", headers=_BEARER_CHALLENGE)
+    admin_token = services.settings.admin_token
+    if admin_token is not None and same_secret(token, admin_token.get_secret_value()):
+        return ADMIN_TOKEN_HOLDER
+    principal = await services.api_keys.authenticate(token)
+    if principal is None:
+        raise Unauthorized("the admin token is not valid", code="invalid_admin_token", headers=_BEARER_CHALLENGE)
+    if not principal.is_admin:
+        raise Forbidden("this API key is not an admin key", code="not_admin")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]
 
 
 def require_json(request: Request) -> None:

@@ -9,11 +9,12 @@ import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from sse_starlette import EventSourceResponse
 
-from helpline.api.deps import ChatDep, PrincipalDep, RequestIdDep, ServicesDep, require_json
+from helpline.api.deps import AdminDep, ChatDep, PrincipalDep, RequestIdDep, ServicesDep, require_json
+from helpline.api.limits import ChatLimits
 from helpline.api.responses import JsonResponse
 from helpline.api.schemas import ChatRequest, ChatResponse, ErrorResponse, Readiness, SessionMessages
 from helpline.chat.service import ChatEvent
-from helpline.store.repositories import ping
+from helpline.store.repositories import ConversationRepository, ping
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 429, 503)
@@ -36,7 +37,7 @@ X_CACHE = {"miss": "MISS", "exact": "HIT-EXACT", "semantic": "HIT-SEMANTIC"}
     "/v1/chat",
     response_model=ChatResponse,
     responses=CHAT_RESPONSES,
-    dependencies=[Depends(require_json)],
+    dependencies=[Depends(require_json), ChatLimits],
     summary="Ask a question",
 )
 async def chat(
@@ -93,3 +94,15 @@ async def readyz(services: ServicesDep) -> JsonResponse:
     return JsonResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
     )
+
+
+@router.get("/v1/admin/stats", responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+async def admin_stats(_admin: AdminDep, services: ServicesDep) -> dict[str, Any]:
+    """Basic counts for operators (admin token or admin key)."""
+    conversations = ConversationRepository(services.sessions)
+    return {
+        "conversations": await conversations.count(),
+        "sessions": await conversations.count_sessions(),
+        "documents": len(services.knowledge),
+        "rate_limit": services.limiter.stats() if services.limiter is not None else {},
+    }

@@ -13,14 +13,20 @@ from typing import Any, Literal
 
 import structlog
 
-from helpline.chat.prompts import estimate_tokens
+from helpline.cache.keys import CacheScope, context_digest
+from helpline.cache.policy import cacheable, is_personal, owner_scope
+from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit
+from helpline.chat.prompts import PROMPT_VERSION, estimate_tokens
 from helpline.chat.reply import ControlLineFilter, ParsedReply, parse_reply
 from helpline.config import Settings
 from helpline.errors import InvalidInput, NotFound
 from helpline.knowledge.base import KnowledgeBase, Passage
+from helpline.knowledge.embeddings import Vectors
+from helpline.observability.context import annotate
 from helpline.providers.base import CompletionRequest, StreamChunk, StreamCut, Turn
 from helpline.providers.router import FallbackRouter
 from helpline.store.repositories import (
+    ANONYMOUS,
     ConversationRecord,
     ConversationRepository,
     Principal,
@@ -78,8 +84,11 @@ class Prepared:
     principal: Principal
     request_id: str
     locale: str | None
-    passages: tuple[Passage, ...]
     history: tuple[Turn, ...]
+    vector: Vectors
+    scope: CacheScope
+    hit: CacheHit | None = None
+    passages: tuple[Passage, ...] = ()
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -101,6 +110,11 @@ class Usage:
         self.tokens_out = chunk.tokens_out if chunk.tokens_out is not None else self.tokens_out
 
 
+def drawn_on(passages: tuple[Passage, ...]) -> list[str]:
+    """The tags a cached answer carries: the ids of the documents it was given, and their ingest tags."""
+    return sorted({p.id for p in passages} | {tag for p in passages for tag in p.tags})
+
+
 def clean_message(raw: str, max_chars: int) -> str:
     """The message as we will answer it: trimmed, non-empty, within the length limit."""
     message = raw.strip()
@@ -111,6 +125,9 @@ def clean_message(raw: str, max_chars: int) -> str:
     return message
 
 
+REPLAY_CHUNK_CHARS = 48  # a cached answer is replayed as a stream in pieces of about this size
+
+
 class ChatService:
     def __init__(
         self,
@@ -118,11 +135,13 @@ class ChatService:
         conversations: ConversationRepository,
         knowledge: KnowledgeBase,
         router: FallbackRouter,
+        cache: AnswerCache | None = None,
     ) -> None:
         self._settings = settings
         self._conversations = conversations
         self._knowledge = knowledge
         self._router = router
+        self._cache = cache
 
     async def prepare(
         self,
@@ -133,26 +152,77 @@ class ChatService:
         session_id: str | None = None,
         locale: str | None = None,
     ) -> Prepared:
-        """Everything that can refuse the request, before any event is sent or anything is written."""
+        """Everything that can refuse the request, before any event is sent; then the cache lookup."""
         message = clean_message(raw_message, self._settings.max_message_chars)
         history: tuple[Turn, ...] = ()
         if session_id is not None:
             await self.check_owner(session_id, principal)
             history = await self._history(session_id)
-        passages = tuple(await self._knowledge.search(message, self._settings.retrieval_top_k))
-        if session_id is None:
+        else:
             session_id = await self._conversations.create_session(principal, locale)
-        return Prepared(message, session_id, principal, request_id, locale, passages, history)
+        (vector,) = await self._knowledge.embedder.aembed([message])
+        scope = self.scope(message, locale, history, principal, session_id)
+        prepared = Prepared(message, session_id, principal, request_id, locale, history, vector, scope)
+        if self._cache is not None:
+            prepared.hit = await self._cache.lookup(message, vector, scope)
+        return prepared
+
+    def scope(
+        self, message: str, locale: str | None, history: tuple[Turn, ...], principal: Principal, session_id: str
+    ) -> CacheScope:
+        """Everything that changes the answer: store, locale, prompt, knowledge, conversation, owner."""
+        return CacheScope(
+            tenant=self._settings.tenant,
+            locale=(locale or "").lower(),
+            prompt_version=PROMPT_VERSION,
+            variant=self._settings.prompt_variant,
+            kb_version=self._knowledge.embedder.model_id,
+            context=context_digest(history),
+            owner=owner_scope(is_personal(message), principal.key_id, session_id),
+        )
 
     async def chat(self, raw_message: str, **context: Any) -> ChatResult:
         prepared = await self.prepare(raw_message, **context)
+        if prepared.hit is not None:
+            return await self._serve_hit(prepared, prepared.hit)
+        if self._cache is None:
+            return await self._answer(prepared)
+        key = self._cache.entry_key(prepared.message, prepared.scope)
+        async with self._cache.single_flight(key) as in_flight:
+            if in_flight is not None:  # an identical miss is being answered right now: share its answer
+                landed = await in_flight
+                if isinstance(landed, CachedAnswer):
+                    return await self._serve_hit(prepared, CacheHit(landed, "exact", 1.0, prepared.message))
+                return await self._answer(prepared)
+            peer = await self._cache.wait_for_peer(prepared.message, prepared.vector, prepared.scope)
+            if peer is not None:
+                return await self._serve_hit(prepared, peer)
+            try:
+                result = await self._answer(prepared)
+            finally:
+                await self._cache.release(prepared.message, prepared.scope)
+            return result
+
+    async def _answer(self, prepared: Prepared) -> ChatResult:
+        await self._retrieve(prepared)
         completion = await self._router.complete(prepared.request)
         usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
         return await self._finish(prepared, parse_reply(completion.text, prepared.passages), usage)
 
+    async def _retrieve(self, prepared: Prepared) -> None:
+        passages = self._knowledge.search_vector(prepared.vector, self._settings.retrieval_top_k, prepared.message)
+        prepared.passages = tuple(passages)
+
     async def chat_stream(self, prepared: Prepared) -> AsyncIterator[ChatEvent]:
         """SSE events for a prepared question. A cut reply ends with ``error``, never ``done``."""
         yield ChatEvent("meta", {"session_id": prepared.session_id, "request_id": prepared.request_id})
+        if prepared.hit is not None:
+            answer = prepared.hit.answer.reply
+            for start in range(0, len(answer), REPLAY_CHUNK_CHARS):
+                yield ChatEvent("delta", {"text": answer[start : start + REPLAY_CHUNK_CHARS]})
+            yield ChatEvent("done", (await self._serve_hit(prepared, prepared.hit)).body())
+            return
+        await self._retrieve(prepared)
         visible = ControlLineFilter()
         usage = Usage()
         try:
@@ -174,6 +244,37 @@ class ChatService:
             yield ChatEvent("delta", {"text": rest})
         result = await self._finish(prepared, parse_reply(visible.visible + control, prepared.passages), usage)
         yield ChatEvent("done", result.body())
+
+    async def _serve_hit(self, prepared: Prepared, hit: CacheHit) -> ChatResult:
+        answer = hit.answer
+        latency_ms = round((time.perf_counter() - prepared.started) * 1000)
+        record = ConversationRecord(
+            session_id=prepared.session_id,
+            user_query=prepared.message,
+            ai_response=answer.reply,
+            model_used=answer.model,
+            provider=answer.provider,
+            response_time_ms=latency_ms,
+            request_id=prepared.request_id,
+            cache_state=hit.tier,
+            action="answer",
+            citations=answer.citations,
+            cache_similarity=hit.similarity if hit.tier == "semantic" else None,
+            cache_matched=hit.matched_question if hit.tier == "semantic" else None,
+            cost_saved_usd=answer.cost_usd,
+            user_key_id=prepared.principal.key_id,
+            locale=prepared.locale,
+        )
+        annotate(provider=answer.provider, model=answer.model, cache=hit.tier, action="answer", tokens_in=0,
+                 tokens_out=0, cost_usd=0.0)  # fmt: skip
+        await self._conversations.add(record)
+        if hit.tier == "semantic":
+            log.info("cache_semantic_hit", similarity=round(hit.similarity, 4), matched=hit.matched_question)
+        return ChatResult(
+            reply=answer.reply, session_id=prepared.session_id, message_id=record.message_id,
+            provider=answer.provider, model=answer.model, cache=hit.tier, action="answer",
+            citations=answer.citations, latency_ms=latency_ms, request_id=prepared.request_id,
+        )  # fmt: skip
 
     async def check_owner(self, session_id: str, principal: Principal) -> None:
         """Unknown and foreign sessions look the same (404), so ids cannot be probed."""
@@ -215,7 +316,12 @@ class ChatService:
             user_key_id=prepared.principal.key_id,
             locale=prepared.locale,
         )
+        annotate(  # the request's summary line and metrics (observability.access)
+            provider=usage.provider, model=usage.model, cache="miss", action=reply.action,
+            tokens_in=usage.tokens_in, tokens_out=tokens_out, cost_usd=record.cost_usd,
+        )  # fmt: skip
         await self._conversations.add(record)
+        await self._maybe_cache(prepared, reply, usage, record)
         log.info(
             "chat_answered", provider=usage.provider, model=usage.model, action=reply.action, latency_ms=latency_ms,
             tokens_in=usage.tokens_in, tokens_out=tokens_out, grounded=reply.grounded,
@@ -235,6 +341,55 @@ class ChatService:
             tokens_out=tokens_out,
             cost_usd=record.cost_usd,
         )
+
+    async def _maybe_cache(
+        self, prepared: Prepared, reply: ParsedReply, usage: Usage, record: ConversationRecord
+    ) -> None:
+        """Store good answers only; let identical requests waiting in this process share the answer."""
+        if self._cache is None:
+            return
+        key = self._cache.entry_key(prepared.message, prepared.scope)
+        last_resort = usage.provider == "extractive" and len(self._router.providers) > 1
+        if not cacheable(
+            action=reply.action, grounded=reply.grounded, provider=usage.provider, error=record.error,
+            last_resort=last_resort, allow_fallback=self._settings.cache_fallback_answers,
+        ):  # fmt: skip
+            self._cache.land(key, None)
+            return
+        answer = CachedAnswer(
+            question=prepared.message, reply=reply.text, citations=record.citations, provider=usage.provider,
+            model=usage.model, tags=drawn_on(prepared.passages), cost_usd=record.cost_usd,
+            locale=prepared.locale or "",
+        )  # fmt: skip
+        await self._cache.store(prepared.message, prepared.vector, prepared.scope, answer)
+        self._cache.land(key, answer)
+
+    async def warm(self, question: str, locale: str | None = None) -> bool:
+        """Answer ``question`` as a first message from nobody in particular and cache it (no conversation)."""
+        if self._cache is None:
+            return False
+        message = clean_message(question, self._settings.max_message_chars)
+        (vector,) = await self._knowledge.embedder.aembed([message])
+        scope = self.scope(message, locale, (), ANONYMOUS, "warm")
+        if scope.owner != "shared" or await self._cache.lookup(message, vector, scope) is not None:
+            return False
+        prepared = Prepared(message, "warm", ANONYMOUS, "warm", locale, (), vector, scope)
+        await self._retrieve(prepared)
+        completion = await self._router.complete(prepared.request)
+        reply = parse_reply(completion.text, prepared.passages)
+        usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
+        last_resort = usage.provider == "extractive" and len(self._router.providers) > 1
+        if not cacheable(
+            action=reply.action, grounded=reply.grounded, provider=usage.provider, error=None,
+            last_resort=last_resort, allow_fallback=self._settings.cache_fallback_answers,
+        ):  # fmt: skip
+            return False
+        answer = CachedAnswer(
+            question=message, reply=reply.text, citations=[c.as_dict() for c in reply.citations],
+            provider=usage.provider, model=usage.model, tags=drawn_on(prepared.passages),
+            cost_usd=self.cost(usage), locale=locale or "",
+        )  # fmt: skip
+        return await self._cache.store(message, vector, scope, answer)
 
     async def _record_cut(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> None:
         """A cut reply is kept for the operators, marked as an error, never as an answer."""

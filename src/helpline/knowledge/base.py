@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from helpline.store.models import KnowledgeDocument, utcnow
 from helpline.store.repositories import KnowledgeRepository, StoredChunk
 
 ProgressFn = Callable[[int, int], None]
+_WORDS = re.compile(r"[a-z]{3,}")
 INGEST_BATCH_DOCUMENTS = 64
 # Dense candidates re-ranked by ``dense + LEXICAL_WEIGHT * lexical``; calibrated with
 # tests/knowledge/test_retrieval_quality.py on the sample store's labelled questions.
@@ -33,6 +35,7 @@ class Passage:
     text: str
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -53,6 +56,7 @@ class KnowledgeBase:
         self._index = MemoryVectorIndex(embedder.dimensions)
         self._documents: dict[str, Passage] = {}
         self._lexical = LexicalScorer()
+        self._hashes: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._documents)
@@ -67,6 +71,7 @@ class KnowledgeBase:
         chunks = await self._repository.all_chunks()
         self._documents = {row.id: _passage(row) for row in documents}
         self._lexical.load((doc.id, _lexical_text(doc)) for doc in self._documents.values())
+        self._hashes = {row.id: row.content_hash for row in documents}
         vectors = (
             np.vstack([from_bytes(chunk.embedding) for chunk in chunks])
             if chunks
@@ -122,6 +127,7 @@ class KnowledgeBase:
         passage = _passage(row)
         self._documents[document.id] = passage
         self._lexical.replace(document.id, _lexical_text(passage))
+        self._hashes[document.id] = row.content_hash
 
     async def search(self, query: str, k: int) -> list[Passage]:
         """The ``k`` best passages for a question, scored by meaning and by the rare words they share."""
@@ -138,16 +144,48 @@ class KnowledgeBase:
         passages.sort(key=lambda passage: passage.score, reverse=True)
         return passages[:k]
 
+    async def refresh(self) -> list[str]:
+        """Pick up documents another process added, changed or deleted; the ids that changed.
+
+        Every replica keeps its own index, so each polls the database's content hashes (cheap: one small query)
+        and reloads only what moved."""
+        current = await self._repository.content_hashes()
+        changed = [doc_id for doc_id, digest in current.items() if self._hashes.get(doc_id) != digest]
+        removed = [doc_id for doc_id in self._hashes if doc_id not in current]
+        for doc_id in removed:
+            self._index.remove_document(doc_id)
+            self._lexical.remove(doc_id)
+            self._documents.pop(doc_id, None)
+        for row in await self._repository.documents(changed) if changed else []:
+            chunks = await self._repository.chunks_for(row.id)
+            self._index.replace_document(row.id, np.vstack([from_bytes(c.embedding) for c in chunks]))
+            passage = _passage(row)
+            self._documents[row.id] = passage
+            self._lexical.replace(row.id, _lexical_text(passage))
+        self._hashes = current
+        return changed + removed
+
+    def product_vocabulary(self) -> set[str]:
+        """Words that name products but are not common in the FAQ and policies (for the cache's product guard)."""
+        product_words: set[str] = set()
+        other_words: set[str] = set()
+        for passage in self._documents.values():
+            target = product_words if passage.kind == "product" else other_words
+            target.update(word for word in _WORDS.findall(passage.title.lower()))
+            if passage.kind != "product":
+                other_words.update(_WORDS.findall(passage.text.lower()))
+        return product_words - other_words
+
     def get(self, document_id: str) -> Passage | None:
         return self._documents.get(document_id)
 
 
 def _passage(row: KnowledgeDocument) -> Passage:
-    return Passage(row.id, row.kind, row.title, row.text, 0.0, dict(row.doc_metadata or {}))
+    return Passage(row.id, row.kind, row.title, row.text, 0.0, dict(row.doc_metadata or {}), tuple(row.tags or ()))
 
 
 def _with_score(passage: Passage, score: float) -> Passage:
-    return Passage(passage.id, passage.kind, passage.title, passage.text, score, passage.metadata)
+    return replace(passage, score=score)
 
 
 def _lexical_text(passage: Passage) -> str:

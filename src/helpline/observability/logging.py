@@ -36,6 +36,20 @@ def _redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Muta
     return event
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of the write, not when logging was configured.
+
+    Anything that swaps stderr (test capture, a supervisor redirecting it) would otherwise leave the logger
+    writing to a stale, possibly closed, stream.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _orjson_dumps(data: Any, default: Any) -> str:
     return orjson.dumps(data, default=default).decode()
 
@@ -58,6 +72,6 @@ def configure_logging(level: str = "INFO", json_logs: bool | None = None) -> Non
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level.upper(), 20)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

@@ -68,6 +68,9 @@ class ConversationRecord:
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    cost_saved_usd: float = 0.0
+    cache_similarity: float | None = None
+    cache_matched: str | None = None
     error: str | None = None
     user_key_id: int | None = None
     locale: str | None = None
@@ -174,6 +177,9 @@ def _to_row(record: ConversationRecord) -> Conversation:
         tokens_in=record.tokens_in,
         tokens_out=record.tokens_out,
         cost_usd=record.cost_usd,
+        cost_saved_usd=record.cost_saved_usd,
+        cache_similarity=record.cache_similarity,
+        cache_matched=record.cache_matched,
         error=record.error,
         request_id=record.request_id,
         user_key_id=record.user_key_id,

@@ -1,0 +1,65 @@
+"""Admin endpoints (admin token or admin API key): cache invalidation and knowledge document upserts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from helpline.api.deps import AdminDep, ServicesDep, require_json
+from helpline.api.schemas import ErrorResponse
+from helpline.errors import InvalidInput
+from helpline.knowledge.documents import DOC_ID_PATTERN, SourceDocument
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 422)
+}
+
+
+class InvalidateRequest(BaseModel):
+    tags: list[str] = Field(min_length=1, max_length=500)
+
+
+class InvalidateResponse(BaseModel):
+    removed: int
+
+
+class DocumentIn(BaseModel):
+    title: str = Field(min_length=1, max_length=300)
+    text: str = Field(min_length=1, max_length=50_000)
+    kind: Literal["faq", "policy", "product"] = "policy"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DocumentOut(BaseModel):
+    id: str
+    removed: int
+
+
+@router.post(
+    "/cache/invalidate", response_model=InvalidateResponse, responses=ADMIN_ERRORS, dependencies=[Depends(require_json)]
+)
+async def invalidate_cache(body: InvalidateRequest, _admin: AdminDep, services: ServicesDep) -> InvalidateResponse:
+    """Remove every cached answer that drew on one of these document ids or ingest tags."""
+    assert services.invalidator is not None  # noqa: S101 - built by the lifespan
+    return InvalidateResponse(removed=await services.invalidator.invalidate(body.tags))
+
+
+@router.put(
+    "/kb/documents/{document_id}", response_model=DocumentOut, responses=ADMIN_ERRORS,
+    dependencies=[Depends(require_json)],
+)  # fmt: skip
+async def upsert_document(document_id: str, body: DocumentIn, _admin: AdminDep, services: ServicesDep) -> DocumentOut:
+    """Create or replace a knowledge document; the answers that drew on it are invalidated."""
+    if not DOC_ID_PATTERN.match(document_id):
+        raise InvalidInput(f"document id must match {DOC_ID_PATTERN.pattern}", code="invalid_document_id")
+    assert services.invalidator is not None  # noqa: S101 - built by the lifespan
+    metadata = dict(body.metadata)
+    if body.kind == "faq":
+        metadata.setdefault("question", body.title)
+        metadata.setdefault("answer", body.text)
+    document = SourceDocument(document_id, body.kind, body.title.strip(), body.text.strip(), metadata, [], "admin-api")
+    removed = await services.invalidator.upsert_document(document)
+    return DocumentOut(id=document_id, removed=removed)

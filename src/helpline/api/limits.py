@@ -1,0 +1,165 @@
+"""Rate limits on the chat endpoints: a dependency that admits or refuses, and a middleware that holds the lease.
+
+When is a request charged? After it has passed input validation (JSON, schema, a non-empty message within the
+length limit, a valid API key if one is sent) and before any expensive work (retrieval, providers). A malformed
+request is answered 400/401/415/422 and costs the caller nothing, so a buggy widget or a neighbour behind the same
+NAT sending junk cannot use up a shopper's 5 a minute. Junk is cheap to refuse (no provider is called); volumetric
+floods of it are the edge proxy's job, as for any other endpoint.
+
+Why a middleware as well: the concurrency lease must cover the whole response, including a streamed (SSE) body
+that is still being written after the route function returned. The middleware releases the lease when the last
+body chunk has been sent (or the client went away), and adds the RateLimit headers to whatever response leaves,
+streamed or not.
+
+A full global cap answers **503** with ``code: overloaded`` and ``Retry-After: 1``, at once, without queueing: the
+shopper did nothing wrong (429 would tell the widget "you are sending too fast"), the condition is the service's
+capacity, and monitoring should count it as such. POST is not retried by nginx on another upstream, so a 503 does
+not multiply load.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from helpline.api.clientip import client_key
+from helpline.api.deps import PrincipalDep, Services, ServicesDep
+from helpline.api.schemas import ChatRequest
+from helpline.chat.service import clean_message
+from helpline.errors import HelplineError, InvalidInput, TooManyRequests
+from helpline.ratelimit.base import CONCURRENCY, Decision
+from helpline.ratelimit.service import RateLimiter
+from helpline.store.repositories import Principal
+
+log = structlog.get_logger(__name__)
+
+CHAT_PATHS = frozenset({"/v1/chat", "/v1/chat/completions"})
+STATE_KEY = "helpline_limits"
+_LIMIT_HEADERS = frozenset(
+    {b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset", b"ratelimit-policy", b"retry-after"}
+)
+
+
+class Overloaded(HelplineError):
+    """The global concurrency cap is full: the service is busy, the caller did nothing wrong."""
+
+    status = 503
+    code = "overloaded"
+
+
+@dataclass(slots=True)
+class LimitSlot:
+    """Where the dependency leaves its decision for the middleware (in ``scope["state"]``)."""
+
+    decision: Decision | None = None
+
+
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """RateLimit-* (IETF draft) for the tier closest to running out; Retry-After on a refusal."""
+    headers: dict[str, str] = {}
+    tier = decision.headline
+    if tier is not None:
+        headers["RateLimit-Limit"] = str(tier.limit)
+        headers["RateLimit-Remaining"] = str(tier.remaining)
+        headers["RateLimit-Reset"] = str(math.ceil(tier.reset_s))
+    if not decision.allowed:
+        headers["Retry-After"] = str(decision.retry_after_header)
+    return headers
+
+
+class RateLimitMiddleware:
+    """On the chat paths: gives the dependency a slot, adds its headers, releases its lease after the last byte."""
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str] = CHAT_PATHS) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        slot = LimitSlot()
+        scope.setdefault("state", {})[STATE_KEY] = slot
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start" and slot.decision is not None:
+                message["headers"] = _with_headers(message.get("headers", []), rate_limit_headers(slot.decision))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_limits)
+        finally:
+            if slot.decision is not None and slot.decision.lease is not None:
+                await slot.decision.lease.release()
+
+
+def _with_headers(headers: Any, extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    kept = [(name, value) for name, value in headers if name.lower() not in _LIMIT_HEADERS]
+    return kept + [(name.lower().encode(), value.encode()) for name, value in extra.items()]
+
+
+def get_limiter(services: Services) -> RateLimiter:
+    """The limiter built in the lifespan; one made here (and kept) only if something built Services without it."""
+    if services.limiter is None:
+        log.warning("ratelimit_built_late", reason="Services had no limiter; using one from settings")
+        services.limiter = RateLimiter.from_settings(services.settings)
+    return services.limiter
+
+
+async def charge(request: Request, services: Services, principal: Principal, *, session_id: str | None) -> Decision:
+    """Admit or refuse this (already validated) request; raises 429/503 with the RateLimit headers on refusal.
+
+    Call it from any chat-like route after its own input validation (``/v1/chat/completions`` does the same).
+    """
+    slot = request.scope.get("state", {}).get(STATE_KEY)
+    client = client_key(request.scope, services.settings.trusted_proxies)
+    decision = await get_limiter(services).admit(client=client, user_id=principal.key_id, session_id=session_id)
+    if isinstance(slot, LimitSlot):
+        slot.decision = decision
+    elif decision.lease is not None:
+        # Without the middleware nothing would release it after the response; give it back now rather than leak.
+        log.warning("ratelimit_middleware_missing", path=request.url.path)
+        await decision.lease.release()
+    if not decision.allowed:
+        _refuse(decision)
+    return decision
+
+
+def _refuse(decision: Decision) -> None:
+    headers = rate_limit_headers(decision)
+    log.info("rate_limited", refused_by=decision.refused_by, backend=decision.backend)
+    if decision.refused_by == CONCURRENCY:
+        raise Overloaded("the service is at capacity; try again in a moment", headers=headers)
+    tier = decision.headline
+    detail = f" for this {decision.refused_by}" if decision.refused_by else ""
+    limit = f" (limit {tier.limit})" if tier is not None else ""
+    raise TooManyRequests(
+        f"too many requests{detail}{limit}; retry in {decision.retry_after_header} s", headers=headers
+    )
+
+
+async def _valid_chat_body(request: Request, max_chars: int) -> ChatRequest | None:
+    """The body as the route will see it, or None when the route is going to refuse it (then nothing is charged)."""
+    try:
+        body = ChatRequest.model_validate(await request.json())
+        clean_message(body.message, max_chars)
+    except (ValueError, InvalidInput):
+        return None
+    return body
+
+
+async def enforce_chat_limits(request: Request, services: ServicesDep, principal: PrincipalDep) -> None:
+    """``POST /v1/chat``: charge only a request the route will accept (see the module docstring)."""
+    body = await _valid_chat_body(request, services.settings.max_message_chars)
+    if body is None:
+        return
+    await charge(request, services, principal, session_id=body.session_id)
+
+
+ChatLimits = Depends(enforce_chat_limits)
+ChatLimitsDep = Annotated[None, ChatLimits]

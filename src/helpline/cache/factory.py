@@ -1,0 +1,35 @@
+"""Build the answer cache the settings ask for: Redis (single node or Cluster) or in-process memory."""
+
+from __future__ import annotations
+
+from helpline.cache.backend import CacheBackend, MemoryBackend
+from helpline.cache.guards import SemanticGuard
+from helpline.cache.keys import KeySpace
+from helpline.cache.redis_backend import RedisBackend
+from helpline.cache.service import AnswerCache, CacheSettings
+from helpline.config import Settings
+from helpline.observability.metrics import record_redis_fallback
+from helpline.redisconn import create_redis
+
+NAMESPACE = "hl:c1"
+
+
+def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> AnswerCache:
+    keys = KeySpace(NAMESPACE, settings.tenant)
+    backend: CacheBackend = (
+        RedisBackend(create_redis(settings.redis_url, timeout_s=settings.cache_timeout_s), keys.prefix)
+        if settings.redis_url
+        else MemoryBackend()
+    )
+    cache_settings = CacheSettings(
+        ttl_s=settings.cache_ttl_s,
+        threshold=settings.cache_semantic_threshold,
+        timeout_s=settings.cache_timeout_s,
+        lock_wait_s=min(settings.first_token_timeout_s, 3.0),
+    )
+    return AnswerCache(backend, keys, cache_settings, guard, on_event=_on_event)
+
+
+def _on_event(kind: str, _detail: str) -> None:
+    if kind == "store_error":
+        record_redis_fallback("cache")

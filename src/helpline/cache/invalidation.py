@@ -1,0 +1,69 @@
+"""Invalidation by tag, re-warming of popular answers, and keeping every replica's knowledge index current."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+
+from helpline.cache.service import AnswerCache
+from helpline.chat.service import ChatService
+from helpline.knowledge.base import KnowledgeBase
+from helpline.knowledge.documents import SourceDocument
+
+log = structlog.get_logger(__name__)
+
+
+class Invalidator:
+    """Changes to knowledge reach the cache: exactly the answers that drew on a changed document disappear."""
+
+    def __init__(self, cache: AnswerCache | None, chat: ChatService, knowledge: KnowledgeBase) -> None:
+        self._cache = cache
+        self._chat = chat
+        self._knowledge = knowledge
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def invalidate(self, tags: Sequence[str], *, rewarm: bool = True) -> int:
+        if self._cache is None or not tags:
+            return 0
+        removed, popular = await self._cache.invalidate(list(dict.fromkeys(tags)))
+        if rewarm and popular:
+            task = asyncio.create_task(self._rewarm(popular), name="cache-rewarm")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return removed
+
+    async def upsert_document(self, document: SourceDocument) -> int:
+        """Store the new version, then drop the answers that used the old one (and its ingest tags)."""
+        await self._knowledge.upsert(document)
+        return await self.invalidate([document.id])
+
+    async def _rewarm(self, questions: list[str]) -> None:
+        warmed = 0
+        for question in dict.fromkeys(questions):
+            try:
+                warmed += await self._chat.warm(question)
+            except Exception as error:  # noqa: BLE001 - re-warming is best effort; the next shopper refills it
+                log.warning("cache_rewarm_failed", error=type(error).__name__)
+        log.info("cache_rewarmed", questions=len(questions), warmed=warmed)
+
+    async def watch(self, interval_s: float) -> None:
+        """Poll the database for knowledge changed by another process (another replica, `helpline kb ingest`)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                changed = await self._knowledge.refresh()
+            except Exception as error:  # noqa: BLE001 - a failed poll is retried next interval
+                log.warning("knowledge_refresh_failed", error=type(error).__name__)
+                continue
+            if changed:
+                log.info("knowledge_refreshed", documents=len(changed))
+                await self.invalidate(changed)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

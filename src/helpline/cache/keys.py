@@ -1,0 +1,86 @@
+"""Cache keys and scopes. Everything that changes an answer is part of the scope; nothing personal is shared.
+
+All keys of one tenant share the Redis Cluster hash tag ``{<tenant>}``, so tag invalidation runs as one atomic
+Lua script (the trade-off: one tenant's cache lives on one shard).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from helpline.providers.base import Turn
+
+_SPACES = re.compile(r"\s+")
+_EDGE_PUNCTUATION = re.compile(r"^[\s\"'“”‘’¿¡]+|[\s\"'“”‘’?!.。？！…]+$")
+
+
+def normalize(text: str) -> str:
+    """The exact tier's form of a question: NFKC, case-folded, spaces collapsed, edge punctuation dropped."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return _EDGE_PUNCTUATION.sub("", _SPACES.sub(" ", folded)).strip()
+
+
+def digest(*parts: str, size: int = 32) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:size]
+
+
+def context_digest(history: tuple[Turn, ...]) -> str:
+    """A follow-up is not the same question as a first message: the recent turns are part of the scope."""
+    if not history:
+        return "first"
+    return digest(*(f"{turn.message}\x1e{turn.reply}" for turn in history), size=16)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheScope:
+    tenant: str
+    locale: str
+    prompt_version: str
+    variant: str
+    kb_version: str
+    context: str = "first"
+    owner: str = "shared"  # "shared", or the owner of a personal answer (never served to anyone else)
+
+    @property
+    def id(self) -> str:
+        return digest(
+            self.locale, self.prompt_version, self.variant, self.kb_version, self.context, self.owner, size=20
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Key names for one tenant (all carry the tenant's hash tag)."""
+
+    namespace: str
+    tenant: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.namespace}:{{{self.tenant}}}"
+
+    def entry(self, scope: CacheScope, normalized: str) -> str:
+        return f"{self.prefix}:e:{scope.id}:{digest(normalized)}"
+
+    def semantic(self, scope_id: str) -> str:
+        return f"{self.prefix}:s:{scope_id}"
+
+    def semantic_version(self, scope_id: str) -> str:
+        return f"{self.prefix}:sv:{scope_id}"
+
+    def tag(self, tag: str) -> str:
+        return f"{self.prefix}:t:{tag}"
+
+    def lock(self, entry_key: str) -> str:
+        return f"{entry_key}:lock"
+
+    def popularity(self) -> str:
+        return f"{self.prefix}:pop"
+
+    @staticmethod
+    def scope_of(entry_key: str) -> str:
+        """The scope id inside an entry key."""
+        return entry_key.rsplit(":", 2)[-2]

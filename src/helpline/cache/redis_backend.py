@@ -1,0 +1,110 @@
+"""The Redis backend (redis-py asyncio), single node or Cluster.
+
+Every key of a tenant carries the tenant's hash tag, so a put (entry + tags + semantic index) is one MULTI/EXEC and
+an invalidation is one Lua script, atomic for every replica. Hash fields cannot expire on Redis 7.0, so the
+semantic index may name an expired entry: the cache forgets it when it finds it gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from helpline.cache.backend import IndexedQuestion
+
+INVALIDATE = """
+local removed = {}
+for _, tag in ipairs(KEYS) do
+  for _, key in ipairs(redis.call('SMEMBERS', tag)) do
+    if redis.call('DEL', key) == 1 then table.insert(removed, key) end
+    local scope = string.match(key, ':e:([^:]+):[^:]+$')
+    if scope then
+      if redis.call('HDEL', ARGV[1] .. ':s:' .. scope, key) == 1 then
+        redis.call('INCR', ARGV[1] .. ':sv:' .. scope)
+      end
+    end
+    redis.call('ZREM', ARGV[1] .. ':pop', key)
+  end
+  redis.call('DEL', tag)
+end
+return removed
+"""
+VECTOR_SEPARATOR = b"\x00\x1f\x00"
+
+
+class RedisBackend:
+    kind = "redis"
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._invalidate = client.register_script(INVALIDATE)
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._redis.get(key)
+        return value
+
+    async def put(
+        self, key: str, value: bytes, *, ttl_s: int, tags: Sequence[str], scope_id: str, question: str, vector: bytes
+    ) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, value, ex=ttl_s)
+            pipe.hset(f"{self._prefix}:s:{scope_id}", key, question.encode("utf-8") + VECTOR_SEPARATOR + vector)
+            pipe.incr(f"{self._prefix}:sv:{scope_id}")
+            for tag in tags:
+                pipe.sadd(f"{self._prefix}:t:{tag}", key)
+                pipe.expire(f"{self._prefix}:t:{tag}", ttl_s * 2)
+            await pipe.execute()
+
+    async def semantic_version(self, scope_id: str) -> int:
+        value = await self._redis.get(f"{self._prefix}:sv:{scope_id}")
+        return int(value or 0)
+
+    async def semantic_entries(self, scope_id: str) -> list[IndexedQuestion]:
+        fields: dict[bytes, bytes] = await self._redis.hgetall(f"{self._prefix}:s:{scope_id}")
+        entries = []
+        for key, packed in fields.items():
+            question, _, vector = packed.partition(VECTOR_SEPARATOR)
+            entries.append(IndexedQuestion(key.decode(), question.decode("utf-8"), vector))
+        return entries
+
+    async def forget(self, key: str) -> None:
+        scope_id = key.rsplit(":", 2)[-2]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hdel(f"{self._prefix}:s:{scope_id}", key)
+            pipe.incr(f"{self._prefix}:sv:{scope_id}")
+            pipe.zrem(f"{self._prefix}:pop", key)
+            await pipe.execute()
+
+    async def invalidate(self, tags: Sequence[str]) -> list[str]:
+        if not tags:
+            return []
+        keys = [f"{self._prefix}:t:{tag}" for tag in tags]
+        removed = await self._invalidate(keys=keys, args=[self._prefix])
+        return [key.decode() if isinstance(key, bytes) else str(key) for key in removed]
+
+    async def tag_members(self, tag: str) -> list[str]:
+        members = await self._redis.smembers(f"{self._prefix}:t:{tag}")
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def bump_popularity(self, key: str) -> None:
+        await self._redis.zincrby(f"{self._prefix}:pop", 1, key)
+
+    async def popularity(self, keys: Sequence[str]) -> dict[str, int]:
+        if not keys:
+            return {}
+        scores = await self._redis.zmscore(f"{self._prefix}:pop", list(keys))
+        return {key: int(score or 0) for key, score in zip(keys, scores, strict=True)}
+
+    async def lock(self, key: str, ttl_s: float) -> bool:
+        return bool(await self._redis.set(key, b"1", nx=True, px=max(1, int(ttl_s * 1000))))
+
+    async def unlock(self, key: str) -> None:
+        await self._redis.delete(key)
+
+    async def ping(self) -> bool:
+        return bool(await self._redis.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,261 @@
+"""AnswerCache: the exact tier, then the guarded semantic tier, in front of retrieval and the providers.
+
+- Lookups and writes are bounded by a short timeout; when the store is slow or down the cache is bypassed for a
+  moment (a log line and a metric), so a request never waits on it and never fails because of it.
+- Values are orjson, zstd-compressed. Every entry carries the ids of the documents it drew on (its tags).
+- Semantic search runs on a per-scope in-process mirror of the store's index, refreshed when its version moves.
+- Stampede protection: concurrent identical misses in one process share one computation (single flight), and
+  across replicas a short lock in the store makes the others wait briefly for the first one's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import structlog
+import zstandard
+
+from helpline.cache.backend import CacheBackend
+from helpline.cache.guards import SemanticGuard
+from helpline.cache.keys import CacheScope, KeySpace, normalize
+from helpline.knowledge.embeddings import from_bytes, to_bytes
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(slots=True)
+class CachedAnswer:
+    question: str
+    reply: str
+    citations: list[dict[str, str]]
+    provider: str
+    model: str
+    tags: list[str]
+    cost_usd: float = 0.0
+    locale: str = ""
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    answer: CachedAnswer
+    tier: str  # "exact" | "semantic"
+    similarity: float = 1.0
+    matched_question: str = ""
+
+
+@dataclass(slots=True)
+class _Mirror:
+    version: int
+    keys: list[str]
+    questions: list[str]
+    matrix: Vector
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    ttl_s: int = 3600
+    threshold: float = 0.9
+    timeout_s: float = 0.15
+    bypass_s: float = 2.0
+    candidates: int = 3
+    lock_wait_s: float = 3.0
+
+
+class AnswerCache:
+    def __init__(
+        self,
+        backend: CacheBackend,
+        keys: KeySpace,
+        settings: CacheSettings,
+        guard: SemanticGuard | None = None,
+        on_event: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.keys = keys
+        self.settings = settings
+        self.guard = guard or SemanticGuard()
+        self._mirrors: dict[str, _Mirror] = {}
+        self._compressor = zstandard.ZstdCompressor(level=3)
+        self._decompressor = zstandard.ZstdDecompressor()
+        self._bypass_until = 0.0
+        self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._on_event = on_event or (lambda _kind, _detail: None)
+
+    # -- resilience ------------------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._bypass_until
+
+    async def _guarded(self, operation: str, call: Callable[[], Awaitable[T]], default: T) -> T:
+        """Run a store call within the timeout; on any failure, bypass the store for a moment."""
+        if not self.available:
+            return default
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                return await call()
+        except Exception as error:  # noqa: BLE001 - the cache must never fail a request
+            self._bypass_until = time.monotonic() + self.settings.bypass_s
+            log.warning(
+                "cache_store_unavailable", operation=operation, error=type(error).__name__, backend=self.backend.kind
+            )
+            self._on_event("store_error", operation)
+            return default
+
+    # -- lookups ---------------------------------------------------------------------------------------------
+
+    def entry_key(self, question: str, scope: CacheScope) -> str:
+        return self.keys.entry(scope, normalize(question))
+
+    async def lookup(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
+        key = self.entry_key(question, scope)
+        raw = await self._guarded("get", lambda: self.backend.get(key), None)
+        if raw is not None:
+            await self._guarded("popularity", lambda: self.backend.bump_popularity(key), None)
+            return CacheHit(self._decode(raw), "exact", 1.0, question)
+        return await self._semantic(question, vector, scope)
+
+    async def _semantic(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
+        mirror = await self._mirror(scope.id)
+        if mirror is None or not mirror.keys:
+            return None
+        scores = mirror.matrix @ vector
+        for index in np.argsort(-scores)[: self.settings.candidates]:
+            similarity = float(scores[index])
+            if similarity < self.settings.threshold:
+                return None
+            matched = mirror.questions[index]
+            reason = self.guard.conflict(question, matched)
+            if reason is not None:
+                self._on_event("guard", reason)
+                continue
+            hit = await self._fetch(mirror.keys[index], similarity, matched)
+            if hit is not None:
+                return hit
+        return None
+
+    async def _fetch(self, key: str, similarity: float, matched: str) -> CacheHit | None:
+        raw = await self._guarded("get", lambda: self.backend.get(key), None)
+        if raw is None:  # expired: drop it from the index
+            await self._guarded("forget", lambda: self.backend.forget(key), None)
+            return None
+        await self._guarded("popularity", lambda: self.backend.bump_popularity(key), None)
+        return CacheHit(self._decode(raw), "semantic", similarity, matched)
+
+    async def _mirror(self, scope_id: str) -> _Mirror | None:
+        version = await self._guarded("version", lambda: self.backend.semantic_version(scope_id), None)
+        if version is None:
+            return None
+        mirror = self._mirrors.get(scope_id)
+        if mirror is not None and mirror.version == version:
+            return mirror
+        entries = await self._guarded("index", lambda: self.backend.semantic_entries(scope_id), None)
+        if entries is None:
+            return None
+        matrix = np.vstack([from_bytes(e.vector) for e in entries]) if entries else np.zeros((0, 384), np.float32)
+        mirror = _Mirror(version, [e.key for e in entries], [e.question for e in entries], matrix.astype(np.float32))
+        self._mirrors[scope_id] = mirror
+        return mirror
+
+    # -- writes ----------------------------------------------------------------------------------------------
+
+    async def store(self, question: str, vector: Vector, scope: CacheScope, answer: CachedAnswer) -> bool:
+        key = self.entry_key(question, scope)
+        value = self._encode(answer)
+
+        async def put() -> bool:
+            await self.backend.put(
+                key, value, ttl_s=self.settings.ttl_s, tags=answer.tags, scope_id=scope.id,
+                question=question, vector=to_bytes(vector),
+            )  # fmt: skip
+            return True
+
+        return await self._guarded("put", put, False)
+
+    async def invalidate(self, tags: Sequence[str], min_hits: int = 2) -> tuple[int, list[str]]:
+        """Remove every answer that drew on one of ``tags`` (atomically in the store).
+
+        Returns (how many were removed, the questions of the popular ones — read first, to re-warm them)."""
+        popular: list[str] = []
+        for tag in tags:
+            popular.extend(await self._popular_under(tag, min_hits))
+        nothing: list[str] = []
+        removed = await self._guarded("invalidate", lambda: self.backend.invalidate(list(tags)), nothing)
+        self._mirrors.clear()
+        log.info("cache_invalidated", tags=list(tags)[:20], removed=len(removed), popular=len(popular))
+        return len(removed), popular
+
+    async def _popular_under(self, tag: str, min_hits: int) -> list[str]:
+        no_members: list[str] = []
+        no_counts: dict[str, int] = {}
+        members = await self._guarded("tags", lambda: self.backend.tag_members(tag), no_members)
+        counts = await self._guarded("popularity", lambda: self.backend.popularity(members), no_counts)
+        questions = []
+        for key, hits in counts.items():
+            if hits >= min_hits:
+                raw = await self._guarded("get", functools.partial(self.backend.get, key), None)
+                if raw is not None:
+                    questions.append(self._decode(raw).question)
+        return questions
+
+    # -- single flight ---------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def single_flight(self, key: str) -> AsyncIterator[asyncio.Future[Any] | None]:
+        """Yields None to the first caller for ``key`` (it computes and must set the result through
+        :meth:`land`), or the future of the computation in flight to everyone else."""
+        existing = self._flights.get(key)
+        if existing is not None:
+            yield existing
+            return
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._flights[key] = future
+        try:
+            yield None
+        finally:
+            self._flights.pop(key, None)
+            if not future.done():
+                future.set_result(None)
+
+    def land(self, key: str, result: Any) -> None:
+        future = self._flights.get(key)
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    async def wait_for_peer(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
+        """Across replicas: if another replica is computing this answer, wait briefly for it to land."""
+        key = self.entry_key(question, scope)
+        lock_key = self.keys.lock(key)
+        if await self._guarded("lock", lambda: self.backend.lock(lock_key, self.settings.lock_wait_s), True):
+            return None
+        deadline = time.monotonic() + self.settings.lock_wait_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            raw = await self._guarded("get", lambda: self.backend.get(key), None)
+            if raw is not None:
+                return CacheHit(self._decode(raw), "exact", 1.0, question)
+        return None
+
+    async def release(self, question: str, scope: CacheScope) -> None:
+        lock_key = self.keys.lock(self.entry_key(question, scope))
+        await self._guarded("unlock", lambda: self.backend.unlock(lock_key), None)
+
+    # -- encoding --------------------------------------------------------------------------------------------
+
+    def _encode(self, answer: CachedAnswer) -> bytes:
+        return self._compressor.compress(orjson.dumps(asdict(answer)))
+
+    def _decode(self, raw: bytes) -> CachedAnswer:
+        return CachedAnswer(**orjson.loads(self._decompressor.decompress(raw)))

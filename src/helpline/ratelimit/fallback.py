@@ -1,0 +1,112 @@
+"""Redis first, the in-process limiter when Redis is down or slow: never a 500, never silently unlimited.
+
+While Redis is unreachable each replica enforces the same policies on its own (so N replicas admit up to N times
+the limit). That is logged once per outage (warning on the way down, info on recovery) and counted in ``stats``,
+and ``Decision.backend`` says ``memory-fallback`` on every request decided that way.
+
+A small breaker keeps the outage cheap: after a failure Redis is skipped for ``cooldown_s``; then one request at a
+time probes it (bounded by ``timeout_s``) while the others keep using the fallback, so an outage costs at most one
+timeout per cooldown rather than one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+from redis.exceptions import RedisError
+
+from helpline.ratelimit.base import Decision
+from helpline.ratelimit.memory import MemoryLimiter
+from helpline.ratelimit.policies import Tier
+from helpline.ratelimit.redis import RedisLimiter
+
+log = structlog.get_logger(__name__)
+
+# What "Redis did not answer" looks like from redis-py and asyncio; anything else is a bug and propagates.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+
+class FallbackLimiter:
+    def __init__(
+        self,
+        primary: RedisLimiter,
+        fallback: MemoryLimiter,
+        *,
+        timeout_s: float = 0.5,
+        cooldown_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self._timeout_s = timeout_s
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._down_until: float | None = None
+        self._probing = False
+        self.redis_failures = 0
+        self.fallback_decisions = 0
+
+    @property
+    def backend(self) -> str:
+        return "memory-fallback" if self.degraded else self.primary.backend
+
+    @property
+    def degraded(self) -> bool:
+        return self._down_until is not None
+
+    async def acquire(self, tiers: Sequence[Tier], *, lease: bool = True) -> Decision:
+        if self._may_try_primary():
+            probing = self.degraded
+            self._probing = probing
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    decision = await self.primary.acquire(tiers, lease=lease)
+            except REDIS_FAILURES as error:
+                self._trip(error)
+            except Exception as error:  # noqa: BLE001 - a client bug must not become a 500 either; logged loudly
+                log.exception("ratelimit_redis_client_error", error_type=type(error).__name__)
+                self._trip(error)
+            else:
+                self._recovered()
+                return decision
+            finally:
+                if probing:
+                    self._probing = False
+        self.fallback_decisions += 1
+        return await self.fallback.acquire(tiers, lease=lease)
+
+    def _may_try_primary(self) -> bool:
+        if self._down_until is None:
+            return True
+        return not self._probing and self._clock() >= self._down_until
+
+    def _trip(self, error: BaseException) -> None:
+        self.redis_failures += 1
+        if self._down_until is None:
+            log.warning(
+                "ratelimit_redis_unavailable",
+                error_type=type(error).__name__,
+                fallback="in-process limiter per replica",
+            )
+        self._down_until = self._clock() + self._cooldown_s
+
+    def _recovered(self) -> None:
+        if self._down_until is not None:
+            log.info("ratelimit_redis_recovered", fallback_decisions=self.fallback_decisions)
+            self._down_until = None
+
+    async def aclose(self) -> None:
+        await self.fallback.aclose()
+        await self.primary.aclose()
+
+    def stats(self) -> dict[str, int | str | bool]:
+        return {
+            "backend": self.backend,
+            "degraded": self.degraded,
+            "redis_failures": self.redis_failures,
+            "fallback_decisions": self.fallback_decisions,
+            "leases_held_here": len(self.primary.keeper.held) + len(self.fallback.keeper.held),
+        }

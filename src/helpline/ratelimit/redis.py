@@ -1,0 +1,199 @@
+"""The shared limiter: one Lua script checks the concurrency cap and every tier, and charges all or nothing.
+
+Why one script: a check followed by a separate charge lets N replicas all see "4 of 5 used" and all admit (the
+overshoot that hit LiteLLM across instances). Inside a script Redis runs nothing else, so admission is exact for
+any number of replicas, and a refusal by any tier leaves every counter untouched. Time comes from Redis (``TIME``),
+so replicas with skewed clocks still share one window.
+
+Why a sliding-window log (a sorted set of admission times per key) rather than GCRA or counters: "5/minute" then
+means at most 5 in *any* 60 s, which is what an operator reads into it. GCRA with a burst of 5 admits 5 at once and
+then one every 12 s (9 within one minute); fixed windows admit 2x at a boundary; the two-window estimate is
+approximate. The price is memory proportional to the limit per active key, small for limits like 5/min or 20/h.
+
+Cluster: every key of one evaluation must live in one hash slot, and the tiers of a request name different
+identities (an IP with a session, a session seen from several IPs), so all limiter keys share the hash tag in the
+prefix (``{helpline:rl}:``). The limiter therefore uses one shard of a cluster. That is the price of exact,
+all-or-nothing admission; one shard serves tens of thousands of evaluations a second, far above what an LLM front
+end admits, and the cluster still gives failover. Several stores can be spread over shards with one prefix each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+
+from helpline.ratelimit.base import CONCURRENCY, Decision, Lease, LeaseKeeper, TierState
+from helpline.ratelimit.policies import Tier
+from helpline.redisconn import AnyRedis
+
+DEFAULT_PREFIX = "{helpline:rl}:"
+_HASH_TAG = re.compile(r"\{[^{}]+\}")
+
+ACQUIRE_LUA = """
+-- KEYS[1]: lease set (token -> expiry ms). KEYS[2..]: one sliding-window log per tier (token -> admitted at, ms).
+-- ARGV: cap (0 = take no lease), lease ttl ms, token, then limit and window ms for each tier.
+-- Returns {allowed, refused (0 none, -1 concurrency, i = i-th tier), retry ms, in flight, count_i, reset ms_i...}.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local cap, ttl, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local allowed, refused, retry = 1, 0, 0
+local out = {}
+for i = 2, #KEYS do
+  local limit, window = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+  local count = redis.call('ZCARD', KEYS[i])
+  local reset = 0
+  if count > 0 then
+    reset = tonumber(redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2]) + window - now
+  end
+  if count >= limit then
+    allowed = 0
+    if refused == 0 then refused = i - 1 end
+    if reset > retry then retry = reset end
+  end
+  out[#out + 1] = count
+  out[#out + 1] = reset
+end
+local in_flight = 0
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  in_flight = redis.call('ZCARD', KEYS[1])
+  if in_flight >= cap then
+    allowed = 0
+    if refused == 0 then refused = -1 end
+    if retry < 1000 then retry = 1000 end
+  end
+end
+if allowed == 1 then
+  for i = 2, #KEYS do
+    redis.call('ZADD', KEYS[i], now, token)
+    redis.call('PEXPIRE', KEYS[i], ARGV[2 * i + 1])
+  end
+  if cap > 0 then
+    redis.call('ZADD', KEYS[1], now + ttl, token)
+    if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+    in_flight = in_flight + 1
+  end
+end
+return {allowed, refused, retry, in_flight, unpack(out)}
+"""
+
+RENEW_LUA = """
+-- KEYS[1]: lease set. ARGV[1]: ttl ms; ARGV[2..]: tokens still held. Only existing leases are extended (XX).
+local clock = redis.call('TIME')
+local ttl = tonumber(ARGV[1])
+local expiry = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + ttl
+local renewed = 0
+for i = 2, #ARGV do
+  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', expiry, ARGV[i])
+end
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return renewed
+"""
+
+RENEW_BATCH = 500  # tokens per renew call: keeps Lua's argument stack far from its limit
+
+
+class RedisLimiter:
+    """Exact across replicas; raises redis errors to the caller (the fallback wrapper decides what to do)."""
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        client: AnyRedis,
+        max_concurrent: int,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        lease_ttl_s: float = 30.0,
+        max_in_flight: int = 64,
+    ) -> None:
+        if not _HASH_TAG.search(prefix):
+            raise ValueError(f"prefix {prefix!r} needs a {{hash tag}} so all limiter keys share one cluster slot")
+        self.client = client
+        self._max_concurrent = max_concurrent
+        self._prefix = prefix
+        self.lease_key = prefix + "leases"
+        self._lease_ttl_ms = round(lease_ttl_s * 1000)
+        self._acquire_script = client.register_script(ACQUIRE_LUA)
+        self._renew_script = client.register_script(RENEW_LUA)
+        self.keeper = LeaseKeeper(self._renew, lease_ttl_s)
+        # The cluster client fails at once (MaxConnectionsError) when its per-node pool is exhausted instead of
+        # waiting; a burst of a thousand requests must queue briefly here instead of falling back.
+        self._gate = asyncio.Semaphore(max_in_flight)
+        self._ready = not isinstance(client, RedisCluster)
+        self._ready_lock = asyncio.Lock()
+
+    def key(self, tier: Tier) -> str:
+        return self._prefix + tier.key
+
+    async def _ensure_ready(self) -> None:
+        """Discover the cluster once, before any concurrent command: redis-py's lazy discovery, raced by a burst of
+        first commands, closes connections under commands in flight (seen as ConnectionError/AttributeError)."""
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if not self._ready:
+                assert isinstance(self.client, RedisCluster)  # noqa: S101 - only clusters start not ready
+                await self.client.initialize()
+                self._ready = True
+
+    async def acquire(self, tiers: Sequence[Tier], *, lease: bool = True) -> Decision:
+        await self._ensure_ready()
+        token = secrets.token_hex(8)
+        keys = [self.lease_key, *(self.key(tier) for tier in tiers)]
+        args: list[int | str] = [self._max_concurrent if lease else 0, self._lease_ttl_ms, token]
+        for tier in tiers:
+            args += [tier.rate.limit, tier.rate.window_ms]
+        async with self._gate:
+            raw: list[Any] = await self._acquire_script(keys=keys, args=args)
+        return self._decision([int(value) for value in raw], tiers, token, lease=lease)
+
+    def _decision(self, raw: list[int], tiers: Sequence[Tier], token: str, *, lease: bool) -> Decision:
+        allowed, refused, retry_ms, in_flight = raw[:4]
+        states = tuple(
+            _state(tier, count=raw[4 + 2 * index], reset_ms=raw[5 + 2 * index], charged=bool(allowed))
+            for index, tier in enumerate(tiers)
+        )
+        refused_by = None if refused == 0 else CONCURRENCY if refused < 0 else tiers[refused - 1].name
+        held = None
+        if allowed and lease:
+            self.keeper.hold(token)
+            held = Lease(token, self._release)
+        return Decision(bool(allowed), states, refused_by, retry_ms / 1000, held, self.backend, in_flight)
+
+    async def _release(self, token: str) -> None:
+        self.keeper.drop(token)
+        async with self._gate:
+            await self.client.zrem(self.lease_key, token)
+
+    async def _renew(self, tokens: list[str]) -> None:
+        for start in range(0, len(tokens), RENEW_BATCH):
+            batch = tokens[start : start + RENEW_BATCH]
+            async with self._gate:
+                await self._renew_script(keys=[self.lease_key], args=[self._lease_ttl_ms, *batch])
+
+    async def in_flight(self) -> int:
+        return int(await self.client.zcard(self.lease_key))
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def aclose(self) -> None:
+        await self.keeper.stop()
+        await self.client.aclose()
+
+    def stats(self) -> dict[str, int | str | bool]:
+        return {"backend": self.backend, "leases_held_here": len(self.keeper.held)}
+
+
+def _state(tier: Tier, *, count: int, reset_ms: int, charged: bool) -> TierState:
+    if charged:
+        reset_ms = reset_ms if count else tier.rate.window_ms
+        count += 1
+    return TierState(tier.name, tier.rate.limit, max(0, tier.rate.limit - count), reset_ms / 1000)

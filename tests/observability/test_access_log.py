@@ -1,0 +1,154 @@
+"""The request summary line: JSON fields from the middleware and the annotations, PII redacted, no traces out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+
+from helpline.api.errors import install_error_handlers
+from helpline.api.middleware import RequestIdMiddleware
+from helpline.observability.access import AccessLogMiddleware
+from helpline.observability.context import annotate, request_fields, request_scope
+from helpline.observability.logging import configure_logging
+from tests.conftest import Api
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def summaries(text: str) -> list[dict[str, Any]]:
+    return [line for line in json_lines(text) if line.get("event") == "request"]
+
+
+def capture_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    """Point JSON logging at this test's captured stderr (the logger keeps the stream it was configured with,
+    and an async fixture's capture stream is closed by the time the test runs)."""
+    configure_logging("INFO", json_logs=True)
+    capsys.readouterr()
+
+
+async def test_chat_summary_line_has_route_status_latency_and_annotations(
+    gemini_api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture_logs(capsys)
+    response = await gemini_api.client.post(
+        "/v1/chat", json={"message": "How long does delivery take?"}, headers={"X-Request-ID": "req-log-1"}
+    )
+    assert response.status_code == 200
+    err = capsys.readouterr().err
+    [line] = summaries(err)
+    assert line["level"] == "info"
+    assert line["method"] == "POST"
+    assert line["route"] == "/v1/chat"
+    assert line["status"] == 200
+    assert line["request_id"] == "req-log-1"
+    assert 0 < line["latency_ms"] < 30_000
+    assert line["provider"] == "gemini"
+    assert line["model"] == "gemini-test"
+    assert line["cache"] == "miss"
+    assert line["action"] == "answer"
+    assert line["tokens_in"] > 0
+    assert line["tokens_out"] > 0
+    assert line["cost_usd"] > 0
+    # Every line logged while serving the request carries its id.
+    answered = [entry for entry in json_lines(err) if entry.get("event") == "chat_answered"]
+    assert answered
+    assert all(entry["request_id"] == "req-log-1" for entry in answered)
+
+
+async def test_session_route_is_logged_as_its_template_never_the_session_id(
+    gemini_api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    session_id = (await gemini_api.client.post("/v1/chat", json={"message": "Do you have bananas?"})).json()[
+        "session_id"
+    ]
+    capture_logs(capsys)
+    response = await gemini_api.client.get(f"/v1/sessions/{session_id}/messages")
+    assert response.status_code == 200
+    err = capsys.readouterr().err
+    [line] = summaries(err)
+    assert line["route"] == "/v1/sessions/{session_id}/messages"
+    assert session_id not in err
+
+
+async def test_refused_requests_are_logged_under_their_route(
+    gemini_api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture_logs(capsys)
+    too_big = await gemini_api.client.post(
+        "/v1/chat", content=b"{" + b" " * 70_000 + b"}", headers={"content-type": "application/json"}
+    )
+    unknown = await gemini_api.client.get("/no/such/page/secret-looking-123")
+    assert (too_big.status_code, unknown.status_code) == (413, 404)
+    lines = summaries(capsys.readouterr().err)
+    assert [(line["route"], line["status"]) for line in lines] == [("/v1/chat", 413), ("unmatched", 404)]
+
+
+def tiny_app() -> FastAPI:
+    """Only our middleware and error handlers around two routes: one annotates PII, one crashes."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/pii")
+    async def pii() -> dict[str, str]:
+        annotate(note="reach jane.doe@example.com or +44 20 7946 0958", api_key="sk-live-123")
+        return {"ok": "yes"}
+
+    @app.get("/crash")
+    async def crash() -> dict[str, str]:
+        annotate(provider="ollama")
+        raise RuntimeError("database password is hunter2")
+
+    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+async def call(app: FastAPI, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        return await client.get(path)
+
+
+async def test_annotations_are_redacted_like_every_log_field(capsys: pytest.CaptureFixture[str]) -> None:
+    capture_logs(capsys)
+    response = await call(tiny_app(), "/pii")
+    assert response.status_code == 200
+    [line] = summaries(capsys.readouterr().err)
+    assert line["note"] == "reach [email] or [phone]"
+    assert line["api_key"] == "[redacted]"
+
+
+async def test_a_crash_is_a_plain_500_outside_and_a_stack_trace_only_in_the_server_log(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    capture_logs(capsys)
+    response = await call(tiny_app(), "/crash")
+    assert response.status_code == 500
+    body = response.json()
+    assert body["error"]["code"] == "internal_error"
+    assert "hunter2" not in response.text
+    assert "Traceback" not in response.text
+    err = capsys.readouterr().err
+    [line] = summaries(err)
+    assert (line["status"], line["level"], line["error"], line["provider"]) == (500, "error", "RuntimeError", "ollama")
+    assert line["request_id"]
+    traced = [entry for entry in json_lines(err) if entry.get("event") == "unhandled_error"]
+    assert traced
+    assert "Traceback" in traced[0]["exception"]
+
+
+def test_annotate_outside_a_request_is_a_no_op() -> None:
+    annotate(provider="gemini")
+    assert request_fields() == {}
+    with request_scope() as fields:
+        annotate(provider="gemini", tokens_in=3)
+        annotate(tokens_in=5)
+        assert request_fields() == {"provider": "gemini", "tokens_in": 5}
+    assert fields == {"provider": "gemini", "tokens_in": 5}
+    assert request_fields() == {}

@@ -1,0 +1,83 @@
+"""Several workers: one fresh PROMETHEUS_MULTIPROC_DIR, and every scrape shows the sum over all workers."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpline.observability import metrics
+from tests.deploy.server import child_pids, serving
+
+CHATS = 12
+
+
+def chat_200s(base: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "helpline_http_requests_total" and sample.labels == {
+                "route": "/v1/chat", "method": "POST", "status": "200"
+            }:  # fmt: skip
+                return sample.value
+    return 0.0
+
+
+def multiproc_dir(server_pid: int) -> Path:
+    for pid in child_pids(server_pid):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        for entry in environ:
+            if entry.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+                return Path(entry.split(b"=", 1)[1].decode())
+    raise AssertionError("no worker has PROMETHEUS_MULTIPROC_DIR")
+
+
+def test_two_workers_share_one_fresh_metrics_directory_and_scrapes_merge_them(tmp_path: Path) -> None:
+    with serving(tmp_path, "--workers", "2") as (base, process):
+        directory = multiproc_dir(process.pid)
+        assert directory.name.startswith("helpline-metrics-")
+
+        def ask(index: int) -> int:
+            with httpx.Client(timeout=30) as client:  # a new connection each: the kernel spreads them over workers
+                return client.post(f"{base}/v1/chat", json={"message": f"bananas {index}"}).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(ask, range(CHATS))) == [200] * CHATS
+        worker_files = {path.stem.rsplit("_", 1)[1] for path in directory.glob("counter_*.db")}
+        assert len(worker_files) >= 2, worker_files  # both workers write their own file
+        # Whichever worker answers the scrape, it reports the total over both.
+        assert [chat_200s(base) for _ in range(6)] == [CHATS] * 6
+    assert not directory.exists()  # removed with the server
+
+
+def test_one_worker_needs_no_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    assert metrics.prepare_multiprocess(1) is None
+    assert metrics.MULTIPROC_ENV not in os.environ
+
+
+def test_several_workers_get_a_fresh_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    directory = metrics.prepare_multiprocess(3)
+    assert directory is not None
+    try:
+        assert os.environ[metrics.MULTIPROC_ENV] == str(directory)
+        assert directory.is_dir()
+        assert list(directory.iterdir()) == []
+    finally:
+        monkeypatch.delenv(metrics.MULTIPROC_ENV)
+        metrics._remove_tree(directory)
+
+
+def test_an_operator_directory_is_kept_but_emptied_of_earlier_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "counter_123.db").write_bytes(b"stale")
+    (tmp_path / "notes.txt").write_text("not ours")
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    assert metrics.prepare_multiprocess(2) == tmp_path
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]

@@ -1,0 +1,170 @@
+"""Redis down, black-holed or slow: requests are still decided, by the in-process limiter, quickly, and it is said.
+
+Redis faults come from the shared TCP fault proxy (tests/fakes/tcp_proxy.py) in front of the real Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from structlog.testing import capture_logs
+
+from helpline.ratelimit.fallback import FallbackLimiter
+from helpline.ratelimit.memory import MemoryLimiter
+from helpline.ratelimit.policies import Rate, Tier
+from helpline.ratelimit.redis import RedisLimiter
+from helpline.redisconn import create_redis, split_cluster_url
+from tests.fakes.servers import refused_url
+from tests.fakes.tcp_proxy import TcpProxy
+from tests.ratelimit.conftest import REDIS_URL, delete_prefix, unique_prefix
+
+IP = Tier("ip", "ip:198.51.100.7", Rate(5, 60))
+EXTRA_LATENCY_BUDGET_S = 1.0
+
+
+def fallback_limiter(url: str, *, cooldown_s: float = 2.0) -> FallbackLimiter:
+    primary = RedisLimiter(create_redis(url), 100, prefix=unique_prefix())
+    return FallbackLimiter(primary, MemoryLimiter(100, backend="memory-fallback"), cooldown_s=cooldown_s)
+
+
+@pytest.fixture
+def redis_proxy() -> Iterator[TcpProxy]:
+    host_port = REDIS_URL.split("//", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    with TcpProxy(host, int(port)) as proxy:
+        yield proxy
+
+
+async def timed_acquires(limiter: FallbackLimiter, count: int) -> tuple[list[bool], list[float]]:
+    allowed, seconds = [], []
+    for _ in range(count):
+        started = time.perf_counter()
+        decision = await limiter.acquire([IP])
+        seconds.append(time.perf_counter() - started)
+        allowed.append(decision.allowed)
+        if decision.lease is not None:
+            await decision.lease.release()
+    return allowed, seconds
+
+
+async def test_refused_port_falls_back_at_once_and_still_limits() -> None:
+    limiter = fallback_limiter(refused_url("redis") + "/0")
+    try:
+        with capture_logs() as logs:
+            allowed, seconds = await timed_acquires(limiter, 7)
+        assert allowed == [True] * 5 + [False] * 2  # limited, not unlimited
+        assert max(seconds) < EXTRA_LATENCY_BUDGET_S
+        assert limiter.degraded
+        assert limiter.backend == "memory-fallback"
+        stats = limiter.stats()
+        assert stats["fallback_decisions"] == 7
+        assert stats["redis_failures"] >= 1
+        warnings = [entry for entry in logs if entry["event"] == "ratelimit_redis_unavailable"]
+        assert len(warnings) == 1  # once per outage, not once per request
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_black_hole_costs_one_bounded_wait_then_nothing(redis_proxy: TcpProxy) -> None:
+    limiter = fallback_limiter(f"redis://127.0.0.1:{redis_proxy.port}/0")
+    try:
+        assert (await limiter.acquire([IP])).backend == "redis"
+        redis_proxy.blackhole()
+        concurrent_started = time.perf_counter()
+        burst = await asyncio.gather(*(limiter.acquire([IP]) for _ in range(20)))
+        burst_seconds = time.perf_counter() - concurrent_started
+        assert burst_seconds < EXTRA_LATENCY_BUDGET_S
+        assert all(decision.backend == "memory-fallback" for decision in burst)
+        assert sum(decision.allowed for decision in burst) == 5  # the fallback enforces the same policy
+        _, later = await timed_acquires(limiter, 5)
+        assert max(later) < 0.05  # the breaker skips Redis during the cooldown
+    finally:
+        redis_proxy.pass_through()
+        await limiter.aclose()
+
+
+async def test_redis_coming_back_is_used_again(redis_proxy: TcpProxy) -> None:
+    limiter = fallback_limiter(f"redis://127.0.0.1:{redis_proxy.port}/0", cooldown_s=0.2)
+    try:
+        redis_proxy.refuse()
+        with capture_logs() as logs:
+            assert (await limiter.acquire([IP])).backend == "memory-fallback"
+            redis_proxy.pass_through()
+            await asyncio.sleep(0.25)
+            assert (await limiter.acquire([IP])).backend == "redis"
+        assert not limiter.degraded
+        assert [entry["event"] for entry in logs if entry["event"].startswith("ratelimit_redis")] == [
+            "ratelimit_redis_unavailable",
+            "ratelimit_redis_recovered",
+        ]
+    finally:
+        await limiter.aclose()
+
+
+async def test_slow_redis_is_treated_as_down(redis_proxy: TcpProxy) -> None:
+    limiter = fallback_limiter(f"redis://127.0.0.1:{redis_proxy.port}/0")
+    try:
+        redis_proxy.add_latency(2.0)
+        started = time.perf_counter()
+        decision = await limiter.acquire([IP])
+        assert time.perf_counter() - started < EXTRA_LATENCY_BUDGET_S
+        assert decision.allowed
+        assert decision.backend == "memory-fallback"
+    finally:
+        redis_proxy.pass_through()
+        await limiter.aclose()
+
+
+async def test_a_lease_taken_in_the_fallback_is_released_there() -> None:
+    limiter = fallback_limiter(refused_url("redis") + "/0")
+    try:
+        decision = await limiter.acquire([])
+        assert decision.lease is not None
+        assert limiter.fallback.stats()["leases"] == 1
+        await decision.lease.release()
+        assert limiter.fallback.stats()["leases"] == 0
+    finally:
+        await limiter.aclose()
+
+
+async def test_dead_redis_ping_fails_fast() -> None:
+    client = create_redis(refused_url("redis") + "/0")
+    started = time.perf_counter()
+    with pytest.raises(Exception, match="onnect"):
+        await client.ping()
+    assert time.perf_counter() - started < EXTRA_LATENCY_BUDGET_S
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://h:6379/0", ("redis://h:6379/0", False)),
+        ("redis+cluster://h:7000/0", ("redis://h:7000/0", True)),
+        ("rediss+cluster://u:p@h:7000", ("rediss://u:p@h:7000", True)),
+        ("redis://h:7000/0?cluster=true&x=1", ("redis://h:7000/0?x=1", True)),
+        ("redis://h:7000/0?cluster=false", ("redis://h:7000/0", False)),
+    ],
+)
+def test_cluster_urls(url: str, expected: tuple[str, bool]) -> None:
+    assert split_cluster_url(url) == expected
+
+
+async def test_redis_limiter_keys_are_cleaned_by_ttl() -> None:
+    """Keys carry a TTL of their window (the lease set, of the lease TTL): nothing lingers in a shared Redis."""
+    prefix = unique_prefix()
+    limiter = RedisLimiter(create_redis(REDIS_URL), 10, prefix=prefix, lease_ttl_s=5)
+    try:
+        decision = await limiter.acquire([IP])
+        ttl_ms = await limiter.client.pttl(limiter.key(IP))
+        assert 0 < ttl_ms <= 60_000
+        assert 0 < await limiter.client.pttl(limiter.lease_key) <= 5_000
+        assert decision.lease is not None
+        await decision.lease.release()
+        assert await limiter.in_flight() == 0
+    finally:
+        await delete_prefix(limiter.client, prefix)
+        await limiter.aclose()

@@ -1,0 +1,154 @@
+"""The limiter contract, run on memory, single-node Redis and a Redis Cluster: same semantics everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.crc import key_slot
+
+from helpline.ratelimit.base import CONCURRENCY
+from helpline.ratelimit.policies import Rate, Tier
+from helpline.ratelimit.redis import RedisLimiter
+from tests.ratelimit.conftest import MakeLimiter
+
+PER_MINUTE_5 = Rate(5, 60)
+
+
+def ip(address: str = "198.51.100.1", rate: Rate = PER_MINUTE_5) -> Tier:
+    return Tier("ip", f"ip:{address}", rate)
+
+
+def session(name: str, rate: Rate) -> Tier:
+    return Tier("session", f"session:{name}", rate)
+
+
+async def test_exactly_the_limit_is_admitted_under_concurrency(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter()
+    decisions = await asyncio.gather(*(limiter.acquire([ip()], lease=False) for _ in range(60)))
+    assert sum(decision.allowed for decision in decisions) == 5
+    refused = [decision for decision in decisions if not decision.allowed]
+    assert all(decision.refused_by == "ip" for decision in refused)
+    assert all(0 < decision.retry_after_s <= 60 for decision in refused)
+
+
+async def test_headline_counts_down_and_reports_the_reset(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter()
+    remaining = []
+    for _ in range(6):
+        decision = await limiter.acquire([ip()], lease=False)
+        assert decision.headline is not None
+        assert decision.headline.limit == 5
+        assert 0 < decision.headline.reset_s <= 60
+        remaining.append(decision.headline.remaining)
+    assert remaining == [4, 3, 2, 1, 0, 0]
+    assert decision.retry_after_header == 60 or decision.retry_after_header == 59
+
+
+async def test_nothing_is_charged_when_one_tier_refuses(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter()
+    busy_session = session("busy", Rate(1, 60))
+    assert (await limiter.acquire([ip(), busy_session], lease=False)).allowed
+    for _ in range(10):
+        refused = await limiter.acquire([ip(), busy_session], lease=False)
+        assert not refused.allowed
+        assert refused.refused_by == "session"
+    # The IP was charged once (the admitted request), not for the ten refusals: four more fit.
+    admitted = [await limiter.acquire([ip(), session(f"other-{n}", Rate(5, 60))], lease=False) for n in range(5)]
+    assert [decision.allowed for decision in admitted] == [True, True, True, True, False]
+    assert admitted[-1].refused_by == "ip"
+
+
+async def test_a_refused_request_takes_no_lease(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter(max_concurrent=3)
+    tier = ip(rate=Rate(1, 60))
+    first = await limiter.acquire([tier])
+    second = await limiter.acquire([tier])
+    assert first.allowed and first.lease is not None
+    assert not second.allowed and second.lease is None
+    assert first.in_flight == 1
+    other = await limiter.acquire([ip("198.51.100.2")])
+    assert other.in_flight == 2  # the refused request did not hold a slot
+
+
+async def test_a_full_cap_charges_no_tier(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter(max_concurrent=1)
+    held = await limiter.acquire([ip("198.51.100.9")])
+    assert held.allowed
+    for _ in range(3):
+        refused = await limiter.acquire([ip()])
+        assert not refused.allowed
+        assert refused.refused_by == CONCURRENCY
+        assert refused.retry_after_header >= 1
+    assert held.lease is not None
+    await held.lease.release()
+    admitted = [await limiter.acquire([ip()], lease=False) for _ in range(6)]
+    assert sum(decision.allowed for decision in admitted) == 5  # the three refusals cost the IP nothing
+
+
+async def test_the_1001st_concurrent_request_is_refused_while_1000_are_held(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter(max_concurrent=1000)
+    held = await asyncio.gather(*(limiter.acquire([]) for _ in range(1000)))
+    assert all(decision.allowed for decision in held)
+    refused = await limiter.acquire([])
+    assert not refused.allowed
+    assert refused.refused_by == CONCURRENCY
+    assert refused.in_flight == 1000
+    first = held[0].lease
+    assert first is not None
+    await first.release()
+    await first.release()  # idempotent: a second release does not free a second slot
+    assert (await limiter.acquire([])).allowed
+    assert not (await limiter.acquire([])).allowed
+    for decision in held[1:]:
+        assert decision.lease is not None
+        await decision.lease.release()
+
+
+async def test_the_window_slides(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter()
+    tier = ip(rate=Rate(2, 1))
+    assert (await limiter.acquire([tier], lease=False)).allowed
+    await asyncio.sleep(0.5)
+    assert (await limiter.acquire([tier], lease=False)).allowed
+    blocked = await limiter.acquire([tier], lease=False)
+    assert not blocked.allowed
+    assert 0.2 < blocked.retry_after_s <= 0.6  # until the first admission leaves the 1 s window
+    await asyncio.sleep(blocked.retry_after_s + 0.05)
+    assert (await limiter.acquire([tier], lease=False)).allowed  # one slot came back, not the whole window
+    assert not (await limiter.acquire([tier], lease=False)).allowed
+    await asyncio.sleep(1.05)
+    assert [(await limiter.acquire([tier], lease=False)).allowed for _ in range(3)] == [True, True, False]
+
+
+async def test_an_unrenewed_lease_expires(make_limiter: MakeLimiter) -> None:
+    """A crashed worker: it holds the only slot, then stops renewing without releasing; the slot comes back."""
+    crashed = await make_limiter(max_concurrent=1, lease_ttl_s=0.6)
+    held = await crashed.acquire([])
+    assert held.allowed
+    await crashed.keeper.stop()
+    assert not (await crashed.acquire([])).allowed
+    await asyncio.sleep(0.75)
+    assert (await crashed.acquire([])).allowed
+
+
+async def test_held_leases_are_renewed_past_their_ttl(make_limiter: MakeLimiter) -> None:
+    """A long stream keeps its slot: the keeper renews every ttl/3."""
+    limiter = await make_limiter(max_concurrent=1, lease_ttl_s=0.6)
+    held = await limiter.acquire([])
+    assert held.allowed
+    await asyncio.sleep(1.3)
+    assert not (await limiter.acquire([])).allowed
+    assert held.lease is not None
+    await held.lease.release()
+    assert (await limiter.acquire([])).allowed
+
+
+async def test_redis_keys_of_one_evaluation_share_a_slot(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter()
+    if not isinstance(limiter, RedisLimiter):
+        pytest.skip("slots are a Redis matter")
+    tiers = [ip("2001:db8:1:2::/64"), Tier("user", "user:7", PER_MINUTE_5), session("{abc}", PER_MINUTE_5)]
+    assert (await limiter.acquire(tiers)).allowed  # on the cluster, a CROSSSLOT error would raise here
+    keys = [limiter.lease_key, *map(limiter.key, tiers)]
+    assert len({key_slot(key.encode()) for key in keys}) == 1
