@@ -1,0 +1,194 @@
+"""The cache through /v1/chat: isolation between owners, invalidation on change, only good answers cached,
+streaming replay, single flight, and a Redis outage that costs nothing but the cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from helpline.knowledge.embeddings import Embedder
+from helpline.providers.base import Unavailable
+from helpline.providers.extractive import ExtractiveProvider
+from helpline.providers.fake import FakeProvider, FakeReply
+from helpline.store.repositories import ConversationRepository
+from tests.api.test_streaming import parse_sse
+from tests.conftest import Api, make_settings, running_api
+from tests.fakes.tcp_proxy import TcpProxy
+
+ADMIN = {"authorization": "Bearer test-admin-token-0123456789abcdef"}
+UNLIMITED = {"rate_limit_ip": "100000/minute", "rate_limit_session": "100000/minute", "rate_limit_user": "100000/hour"}
+
+
+@pytest.fixture
+async def cached(sqlite_url: str, embedder: Embedder) -> AsyncIterator[tuple[Api, FakeProvider]]:
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    async with running_api(make_settings(sqlite_url, **UNLIMITED), embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        yield api, fake
+
+
+async def ask(api: Api, message: str, headers: dict[str, str] | None = None) -> dict[str, object]:
+    response = await api.client.post("/v1/chat", json={"message": message}, headers=headers or {})
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    assert (
+        response.headers["x-cache"]
+        == {"miss": "MISS", "exact": "HIT-EXACT", "semantic": "HIT-SEMANTIC"}[str(body["cache"])]
+    )
+    return body
+
+
+async def test_repeat_is_an_exact_hit_and_recorded(cached: tuple[Api, FakeProvider]) -> None:
+    api, fake = cached
+    first = await ask(api, "How long does delivery take?")
+    second = await ask(api, "how long does delivery take")
+    assert (first["cache"], second["cache"]) == ("miss", "exact")
+    assert second["reply"] == first["reply"]
+    assert second["citations"] == first["citations"]
+    assert len(fake.requests) == 1
+    rows = await ConversationRepository(api.services.sessions).history(str(second["session_id"]))
+    assert rows[-1].cache_state == "exact"
+
+
+async def test_paraphrase_is_a_semantic_hit_with_an_audit_trail(cached: tuple[Api, FakeProvider]) -> None:
+    api, fake = cached
+    await ask(api, "How long does delivery take?")
+    hit = await ask(api, "How long does the delivery take?")
+    assert hit["cache"] == "semantic"
+    assert len(fake.requests) == 1
+    rows = await ConversationRepository(api.services.sessions).history(str(hit["session_id"]))
+    assert rows[-1].cache_matched == "How long does delivery take?"
+    assert rows[-1].cache_similarity is not None
+    assert rows[-1].cache_similarity > 0.8
+
+
+async def test_personal_answers_are_never_shared_between_owners(cached: tuple[Api, FakeProvider]) -> None:
+    api, fake = cached
+    alice, _ = await api.services.api_keys.create("alice")
+    bob, _ = await api.services.api_keys.create("bob")
+    question = "Where is my order #48213? It hasn't arrived"
+    fake.replies = [FakeReply(text="Alice's order is on the van."), FakeReply(text="Bob's order is packed.")]
+    a1 = await ask(api, question, {"authorization": f"Bearer {alice}"})
+    b1 = await ask(api, question, {"authorization": f"Bearer {bob}"})
+    anonymous = await ask(api, question)
+    assert a1["reply"] == "Alice's order is on the van."
+    assert b1["reply"] == "Bob's order is packed."
+    assert b1["cache"] == "miss"
+    assert anonymous["cache"] == "miss"
+    a2 = await ask(api, question, {"authorization": f"Bearer {alice}"})
+    assert (a2["cache"], a2["reply"]) == ("exact", "Alice's order is on the van.")
+
+
+async def test_changed_document_drops_exactly_its_answers(cached: tuple[Api, FakeProvider]) -> None:
+    api, fake = cached
+    await ask(api, "How long does delivery take?")
+    await ask(api, "Which payment methods do you accept?")
+    cited = "policy-delivery.delivery-times"
+    response = await api.client.put(
+        f"/v1/admin/kb/documents/{cited}",
+        json={"title": "Delivery times", "text": "Every order now arrives within 2 hours.", "kind": "policy"},
+        headers=ADMIN,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["removed"] >= 1
+    fake.default = FakeReply(text="Orders arrive within 2 hours.")
+    again = await ask(api, "How long does delivery take?")
+    assert (again["cache"], again["reply"]) == ("miss", "Orders arrive within 2 hours.")
+    other = await ask(api, "Which payment methods do you accept?")
+    assert other["cache"] == "exact"  # an answer that did not use the changed document stays
+
+
+async def test_admin_invalidate_by_tag(cached: tuple[Api, FakeProvider]) -> None:
+    api, _ = cached
+    await ask(api, "How long does delivery take?")
+    refused = await api.client.post("/v1/admin/cache/invalidate", json={"tags": ["delivery"]})
+    assert refused.status_code == 401
+    response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": ["delivery"]}, headers=ADMIN)
+    assert response.json() == {"removed": 1}  # "delivery" is the ingest tag of the delivery policy sections
+    assert (await ask(api, "How long does delivery take?"))["cache"] == "miss"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        FakeReply(text="I'm not sure, a member of our team will follow up.", action="handoff"),
+        FakeReply(text="An answer that cites nothing.", cite_first=False),
+        FakeReply(error=Unavailable("down")),  # the extractive fallback answers: not cached
+    ],
+    ids=["handoff", "ungrounded", "fallback"],
+)
+async def test_only_good_answers_are_cached(cached: tuple[Api, FakeProvider], reply: FakeReply) -> None:
+    api, fake = cached
+    fake.default = reply
+    await ask(api, "How long does delivery take?")
+    assert (await ask(api, "How long does delivery take?"))["cache"] == "miss"
+
+
+async def test_errors_are_never_cached(sqlite_url: str, embedder: Embedder) -> None:
+    broken = FakeProvider(name="gemini", default=FakeReply(error=Unavailable("down")))
+    async with running_api(make_settings(sqlite_url, **UNLIMITED), embedder, [broken]) as api:
+        first = await ask(api, "How long does delivery take?")
+        second = await ask(api, "How long does delivery take?")
+    assert first["action"] == second["action"] == "handoff"
+    assert second["cache"] == "miss"
+
+
+async def test_cut_stream_is_not_cached_and_a_hit_replays_as_a_stream(cached: tuple[Api, FakeProvider]) -> None:
+    api, fake = cached
+    fake.replies = [FakeReply(text="Delivery takes one to two working days.", chunks=5, cut_after=2)]
+    cut = parse_sse((await api.client.post("/v1/chat", json={"message": "How long does delivery take?",
+                                                               "stream": True})).text)  # fmt: skip
+    assert cut[-1][0] == "error"
+    fresh = parse_sse((await api.client.post("/v1/chat", json={"message": "How long does delivery take?",
+                                                                 "stream": True})).text)  # fmt: skip
+    assert fresh[-1][0] == "done"
+    assert fresh[-1][1]["cache"] == "miss"
+    replay = parse_sse((await api.client.post("/v1/chat", json={"message": "How long does delivery take?",
+                                                                  "stream": True})).text)  # fmt: skip
+    assert next(kind for kind, _ in replay) == "meta"
+    assert replay[-1][1]["cache"] == "exact"
+    text = "".join(str(data["text"]) for kind, data in replay if kind == "delta")
+    assert text == replay[-1][1]["reply"]
+
+
+async def test_concurrent_identical_misses_make_one_provider_call(cached: tuple[Api, FakeProvider]) -> None:
+    api, fake = cached
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.", first_token_delay_s=0.3)
+    bodies = await asyncio.gather(*(ask(api, "How long does delivery take?") for _ in range(10)))
+    assert len(fake.requests) == 1
+    assert sorted(str(b["cache"]) for b in bodies).count("miss") == 1
+    assert len({b["reply"] for b in bodies}) == 1
+
+
+@pytest.fixture
+def blackhole_redis() -> Iterator[TcpProxy]:
+    proxy = TcpProxy("127.0.0.1", 6379)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.mark.parametrize("mode", ["blackhole", "cut", "latency"])
+async def test_redis_outage_bypasses_the_cache_without_failing(
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy, mode: str
+) -> None:
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    settings = make_settings(
+        sqlite_url, redis_url=f"redis://127.0.0.1:{blackhole_redis.port}/0", cache_timeout_s=0.2, **UNLIMITED
+    )
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        await ask(api, "How long does delivery take?")  # healthy: cached in Redis
+        assert (await ask(api, "How long does delivery take?"))["cache"] == "exact"
+        if mode == "latency":
+            blackhole_redis.add_latency(1.0)
+        else:
+            getattr(blackhole_redis, mode)()
+        for _ in range(3):
+            started = time.perf_counter()
+            body = await ask(api, "How long does delivery take?")
+            assert time.perf_counter() - started < 1.5
+            assert body["action"] == "answer"
+        assert api.services.cache is not None
+        assert not api.services.cache.available  # bypassed for a moment; a metric and a log line say so
