@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint typecheck pytest services install install-dev bench lock clean
+.PHONY: run test lint typecheck pytest services tools install install-dev bench lock clean
 
 # The runtime install: everything `make run` needs, pinned by requirements.lock.
 $(VENV)/.runtime: requirements.lock pyproject.toml
@@ -28,6 +28,10 @@ run: install
 services:
 	bash scripts/services.sh
 
+# Validators the deploy tests run (promtool, nginx, shellcheck, hadolint, actionlint, docker compose); idempotent.
+tools: install-dev
+	bash scripts/install-tools.sh $(VENV)
+
 lint: install-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -36,7 +40,7 @@ typecheck: install-dev
 	$(BIN)/mypy --strict src tests bench
 
 # pytest exits 5 when it collects nothing; that is a failure for us (a suite that runs no test proves nothing).
-pytest: install-dev services
+pytest: install-dev services tools
 	$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 

@@ -43,7 +43,7 @@ apt_install() {  # packages...
 install_debian_tools() {
   local missing=()
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
   command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)  # actionlint checks `run:` scripts with it
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "install-tools: apt-get install ${missing[*]}"

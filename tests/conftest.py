@@ -102,6 +102,10 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "admin_token": "test-admin-token-0123456789abcdef",
         "log_json": True,
         "providers": "extractive",
+        # Every in-process test talks from one address; limits are tested on purpose in tests/ratelimit.
+        "rate_limit_ip": "10000/minute",
+        "rate_limit_user": "10000/minute",
+        "rate_limit_session": "10000/minute",
     }
     values.update(overrides)
     return Settings.model_validate(values)
@@ -119,10 +123,15 @@ class Api:
         services: Services = self.app.state.services
         return services
 
+    @property
+    def conversations(self) -> ConversationRepository:
+        """The app's own repository: reads through it see this process's pending (write-behind) records."""
+        assert self.services.conversations is not None
+        return self.services.conversations
+
     async def count_rows(self) -> tuple[int, int]:
         """(conversations, chat sessions) stored so far."""
-        conversations = ConversationRepository(self.services.sessions)
-        return await conversations.count(), await conversations.count_sessions()
+        return await self.conversations.count(), await self.conversations.count_sessions()
 
 
 @asynccontextmanager

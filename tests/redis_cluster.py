@@ -42,9 +42,16 @@ def spare_ports(count: int = NODES) -> list[int]:
     return ports
 
 
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed (apt-get install redis-server)")
+    return path
+
+
 def _cli(port: int, *args: str, timeout: float = 10.0) -> str:
     result = subprocess.run(  # noqa: S603 - fixed binary, our own arguments
-        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],  # noqa: S607
+        [_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *args],
         capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     return result.stdout + result.stderr
@@ -76,7 +83,9 @@ class RedisClusterProcesses:
         for port in self.ports:
             _wait(lambda port=port: "PONG" in _cli(port, "ping", timeout=2), f"node {port} answering")
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
-        output = _cli(self.ports[0], "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes", timeout=30)
+        output = _cli(
+            self.ports[0], "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes", timeout=30
+        )
         if "[OK] All 16384 slots covered" not in output:
             raise RuntimeError(f"redis cluster create failed: {output}")
         for port in self.ports:
@@ -87,10 +96,10 @@ class RedisClusterProcesses:
         node_dir.mkdir(parents=True, exist_ok=True)
         return subprocess.Popen(  # noqa: S603 - fixed binary, our own arguments
             [
-                "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                _binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                 "--cluster-config-file", str(node_dir / "nodes.conf"), "--cluster-node-timeout", "2000",
                 "--save", "", "--appendonly", "no", "--dir", str(node_dir), "--logfile", str(node_dir / "redis.log"),
-            ],  # noqa: S607
+            ],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 

@@ -29,6 +29,7 @@ from helpline.knowledge.documents import parse_files
 from helpline.knowledge.embeddings import Embedder
 from helpline.observability.access import AccessLogMiddleware
 from helpline.observability.logging import configure_logging
+from helpline.observability.metrics import record_conversation_write_failure
 from helpline.providers.base import Provider
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.gemini import GeminiProvider
@@ -43,6 +44,7 @@ from helpline.store.repositories import (
     KnowledgeRepository,
     StateRepository,
 )
+from helpline.store.writer import ConversationWriter
 
 log = structlog.get_logger(__name__)
 ADMIN_BOOTSTRAPPED = "admin_token_bootstrapped"
@@ -141,9 +143,15 @@ def create_app(
             list(providers) if providers is not None else build_providers(settings), router_timings(settings)
         )
         health_task = asyncio.create_task(router_provider.run_health_checks(), name="provider-health")
-        conversations = ConversationRepository(sessions)
+        writer = ConversationWriter(
+            ConversationRepository(sessions).write_batch, on_failure=lambda _error: record_conversation_write_failure()
+        )
+        writer.start()
+        conversations = ConversationRepository(sessions, writer)
         limiter = RateLimiter.from_settings(settings)
+        await limiter.warm_up()
         cache = build_cache(settings, SemanticGuard(knowledge.product_vocabulary()))
+        await cache.connect()
         chat = ChatService(settings, conversations, knowledge, router_provider, cache)
         invalidator = Invalidator(cache, chat, knowledge)
         watch_task = asyncio.create_task(invalidator.watch(settings.kb_refresh_s), name="knowledge-watch")
@@ -158,6 +166,7 @@ def create_app(
             limiter=limiter,
             cache=cache,
             invalidator=invalidator,
+            conversations=conversations,
         )
         log.info("started", documents=len(knowledge), providers=[p.name for p in router_provider.providers])
         try:
@@ -168,6 +177,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await invalidator.aclose()
+            await writer.close()  # graceful shutdown: every accepted conversation is written
             await cache.backend.close()
             await limiter.aclose()
             await engine.dispose()

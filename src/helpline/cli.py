@@ -15,10 +15,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from helpline.app import bootstrap_admin, create_app, load_sample_if_empty
+from helpline.cli_cache import cache_cli, eval_cli
 from helpline.config import ConfigError, Settings
 from helpline.knowledge.base import IngestReport, KnowledgeBase
 from helpline.knowledge.documents import DocumentFormatError, parse_files
 from helpline.knowledge.embeddings import Embedder
+from helpline.observability.logging import configure_logging, json_logs_for, uvicorn_log_config
 from helpline.observability.metrics import prepare_multiprocess
 from helpline.store import db
 from helpline.store.repositories import ApiKeyRepository, KnowledgeRepository, StateRepository
@@ -30,6 +32,8 @@ keys_cli = typer.Typer(help="User and admin API keys.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(kb_cli, name="kb")
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(cache_cli, name="cache")
+cli.add_typer(eval_cli, name="eval")
 err = Console(stderr=True, soft_wrap=True)
 
 # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then cancels the rest.
@@ -82,6 +86,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (migrates and loads the sample knowledge base on first start)."""
     settings = load_settings()
+    configure_logging(settings.log_level, json_logs_for(settings.env, settings.log_json))  # _prepare logs too
     asyncio.run(_prepare(settings))
     prepare_multiprocess(workers)  # several workers: a fresh PROMETHEUS_MULTIPROC_DIR they all write to
     uvicorn.run(
@@ -94,6 +99,8 @@ def serve(
         proxy_headers=False,  # client addresses are resolved by our own trusted-proxy rules
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        access_log=False,  # observability.access writes one structured line per request
+        log_config=uvicorn_log_config(settings.log_level, json_logs_for(settings.env, settings.log_json)),
     )
 
 

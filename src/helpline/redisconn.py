@@ -8,6 +8,11 @@ is not answering and can fall back.
 
 Cluster URLs: ``redis+cluster://host:port/0`` (or ``rediss+cluster://`` for TLS), or any ``redis://`` /
 ``rediss://`` URL with ``?cluster=true``. The given node is a seed; the client discovers the rest of the cluster.
+
+Two cluster-client habits to know (redis-py 8): its lazy topology discovery, when a burst of concurrent first
+commands races it, closes connections under commands in flight (``ConnectionError``, even ``AttributeError``), so
+call ``await connect(client)`` once before concurrent use; and an exhausted per-node pool raises
+``MaxConnectionsError`` at once instead of waiting, so bound concurrent commands yourself (a semaphore).
 """
 
 from __future__ import annotations
@@ -78,6 +83,13 @@ def create_redis(
         return RedisCluster.from_url(plain_url, max_connections=max_connections, **common)
     pool = BlockingConnectionPool.from_url(plain_url, max_connections=max_connections, timeout=timeout_s, **common)
     return Redis(connection_pool=pool)
+
+
+async def connect(client: AnyRedis) -> None:
+    """Discover the cluster (if it is one) and round-trip once; raises if Redis does not answer."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+    await client.ping()
 
 
 def describe(url: str) -> str:

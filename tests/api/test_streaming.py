@@ -11,7 +11,6 @@ from helpline.knowledge.embeddings import Embedder
 from helpline.providers.base import Unavailable
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
-from helpline.store.repositories import ConversationRepository
 from tests.conftest import Api, make_settings, running_api
 
 
@@ -77,7 +76,7 @@ async def test_cut_stream_ends_with_error_and_is_recorded_as_an_error(fake_api: 
     assert "done" not in kinds
     assert events[-1][1]["error"]["code"] == "reply_cut"  # type: ignore[index]
     session_id = events[0][1]["session_id"]
-    rows = await ConversationRepository(api.services.sessions).history(str(session_id))
+    rows = await api.conversations.history(str(session_id))
     assert len(rows) == 1
     assert rows[0].error is not None
     assert rows[0].error.startswith("reply cut")

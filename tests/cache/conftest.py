@@ -55,4 +55,5 @@ async def cache_backend(
 
 @pytest.fixture
 def answer_cache(cache_backend: CacheBackend, keyspace: KeySpace) -> AnswerCache:
-    return AnswerCache(cache_backend, keyspace, CacheSettings(ttl_s=60, threshold=0.8), SemanticGuard({"banana"}))
+    settings = CacheSettings(ttl_s=60, threshold=0.8, timeout_s=2.0)  # generous: the machine is shared and busy
+    return AnswerCache(cache_backend, keyspace, settings, SemanticGuard({"banana"}))

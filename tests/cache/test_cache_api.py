@@ -13,7 +13,6 @@ from helpline.knowledge.embeddings import Embedder
 from helpline.providers.base import Unavailable
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
-from helpline.store.repositories import ConversationRepository
 from tests.api.test_streaming import parse_sse
 from tests.conftest import Api, make_settings, running_api
 from tests.fakes.tcp_proxy import TcpProxy
@@ -48,7 +47,7 @@ async def test_repeat_is_an_exact_hit_and_recorded(cached: tuple[Api, FakeProvid
     assert second["reply"] == first["reply"]
     assert second["citations"] == first["citations"]
     assert len(fake.requests) == 1
-    rows = await ConversationRepository(api.services.sessions).history(str(second["session_id"]))
+    rows = await api.conversations.history(str(second["session_id"]))
     assert rows[-1].cache_state == "exact"
 
 
@@ -58,7 +57,7 @@ async def test_paraphrase_is_a_semantic_hit_with_an_audit_trail(cached: tuple[Ap
     hit = await ask(api, "How long does the delivery take?")
     assert hit["cache"] == "semantic"
     assert len(fake.requests) == 1
-    rows = await ConversationRepository(api.services.sessions).history(str(hit["session_id"]))
+    rows = await api.conversations.history(str(hit["session_id"]))
     assert rows[-1].cache_matched == "How long does delivery take?"
     assert rows[-1].cache_similarity is not None
     assert rows[-1].cache_similarity > 0.8

@@ -16,8 +16,10 @@ import httpx
 
 from tests.conftest import SAMPLE_KB
 
-# Load tests send many requests from one address: the limiter is not what these tests are about.
-NO_LIMITS = {
+# Load tests send many requests from one address, and no LLM runs here: the limiter and the provider chain are
+# not what these tests are about.
+QUIET_DEFAULTS = {
+    "HELPLINE_PROVIDERS": "extractive",
     "HELPLINE_RATE_LIMIT_IP": "1000000/minute",
     "HELPLINE_RATE_LIMIT_USER": "1000000/minute",
     "HELPLINE_RATE_LIMIT_SESSION": "1000000/minute",
@@ -55,7 +57,7 @@ def serving(
     """
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("HELPLINE_", "PROMETHEUS_"))}
-    clean.update({"HELPLINE_KB_SAMPLE_PATH": str(SAMPLE_KB), **NO_LIMITS, **(env or {})})
+    clean.update({"HELPLINE_KB_SAMPLE_PATH": str(SAMPLE_KB), **QUIET_DEFAULTS, **(env or {})})
     with (workdir / "server.log").open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own CLI
             [sys.executable, "-m", "helpline", "serve", "--port", str(port), *args],

@@ -1,4 +1,4 @@
-"""One running app per test module: building it ingests the sample store, which is the slow part."""
+"""One running app for the observability tests: building it ingests the sample store, which is the slow part."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from helpline.providers.fake import FakeProvider
 from tests.conftest import Api, make_settings, running_api
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 async def gemini_api(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> AsyncIterator[Api]:
     """The real app with a scripted provider named like a paid one (so tokens and cost are non-zero)."""
     database = tmp_path_factory.mktemp("observability") / "helpline.db"

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -52,6 +53,12 @@ def test_two_workers_share_one_fresh_metrics_directory_and_scrapes_merge_them(tm
         # Whichever worker answers the scrape, it reports the total over both.
         assert [chat_200s(base) for _ in range(6)] == [CHATS] * 6
     assert not directory.exists()  # removed with the server
+    # Not a terminal, so JSON: uvicorn's own lines too, and no plain-text access lines beside our summaries.
+    lines = [line for line in (tmp_path / "server.log").read_text().splitlines() if line.strip()]
+    printed_once = [line for line in lines if "admin token (shown once" in line]  # deliberately not a log line
+    parsed = [orjson.loads(line) for line in lines if line not in printed_once]
+    assert any(entry["event"] == "Application startup complete." for entry in parsed)
+    assert sum(entry["event"] == "request" and entry["route"] == "/v1/chat" for entry in parsed) == CHATS
 
 
 def test_one_worker_needs_no_directory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +76,7 @@ def test_several_workers_get_a_fresh_directory(monkeypatch: pytest.MonkeyPatch) 
         assert directory.is_dir()
         assert list(directory.iterdir()) == []
     finally:
-        monkeypatch.delenv(metrics.MULTIPROC_ENV)
+        os.environ.pop(metrics.MULTIPROC_ENV, None)  # set by the code under test, not through monkeypatch
         metrics._remove_tree(directory)
 
 

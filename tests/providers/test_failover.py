@@ -17,7 +17,6 @@ from helpline.providers.base import Provider
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.gemini import GeminiProvider
 from helpline.providers.ollama import OllamaProvider
-from helpline.store.repositories import ConversationRepository
 from tests.api.test_streaming import parse_sse
 from tests.conftest import Api, make_settings, running_api
 from tests.fakes.gemini import FakeGemini
@@ -86,7 +85,7 @@ FAULTS = {
 
 
 async def assert_recorded(api: Api, session_id: str, provider: str) -> None:
-    rows = await ConversationRepository(api.services.sessions).history(session_id)
+    rows = await api.conversations.history(session_id)
     assert len(rows) == 1
     assert rows[0].provider == provider
     assert rows[0].error is None
@@ -122,7 +121,7 @@ async def test_healthy_gemini_answers_and_is_accounted(stack: Stack) -> None:
     body = (await stack.api.client.post("/v1/chat", json={"message": QUESTION})).json()
     assert body["provider"] == "gemini"
     assert body["model"] == "gemini-2.5-flash"
-    rows = await ConversationRepository(stack.api.services.sessions).history(body["session_id"])
+    rows = await stack.api.conversations.history(body["session_id"])
     assert rows[0].tokens_in > 0
     assert rows[0].tokens_out > 0
     assert rows[0].cost_usd > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 
 import pytest
@@ -86,15 +87,17 @@ async def test_breaker_opens_then_skips_the_dead_provider_quickly_and_recovers()
     assert router.slots[0].breaker.state == "open"
     calls = len(primary.requests)
     baseline = FallbackRouter([secondary], FAST)
-    started = time.perf_counter()
-    await collect(baseline)
-    direct = time.perf_counter() - started
-    started = time.perf_counter()
-    chunks = await collect(router)
-    skipped = time.perf_counter() - started
+    direct, skipped = [], []
+    for _ in range(21):  # medians: the machine is shared, single timings jitter
+        started = time.perf_counter()
+        await collect(baseline)
+        direct.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        chunks = await collect(router)
+        skipped.append(time.perf_counter() - started)
+    assert statistics.median(skipped) - statistics.median(direct) < 0.005
     assert len(primary.requests) == calls  # not even tried
     assert chunks[-1].provider == "secondary"
-    assert skipped - direct < 0.005
     # Recovery: a passing health check lets one probe through, and its success closes the breaker.
     primary.default = FakeReply(text="back again")
     await router.check_health()

@@ -32,8 +32,11 @@ from helpline.privacy import card_scheme_known, iban_valid, luhn_valid, redact
         ("send it to 221B Baker Street, London NW1 6XE", "send it to [address]", ("address",)),
         ("I live at 12 acacia avenue", "I live at [address]", ("address",)),
         ("Flat 3, 45 Queen's Road, Bristol", "[address]", ("address",)),
-        ("deliver to 1600 Pennsylvania Ave NW? no: 1600 Pennsylvania Ave", "deliver to [address] NW? no: [address]",
-         ("address",)),
+        (
+            "deliver to 1600 Pennsylvania Ave NW? no: 1600 Pennsylvania Ave",
+            "deliver to [address] NW? no: [address]",
+            ("address",),
+        ),
         ("ship to 10 Downing St. today", "ship to [address] today", ("address",)),
         ("Hauptstraße? no, 5 Lindenallee Strasse 10115", "Hauptstraße? no, [address]", ("address",)),
         (

@@ -13,20 +13,26 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import Case, GenerationMode
+from schemathesis.config import SchemathesisConfig
+from schemathesis.core.result import Err
 from schemathesis.schemas import APIOperation
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from helpline.app import create_app
 from tests.conftest import make_settings
 from tests.fakes.servers import free_port
 
-EXAMPLES_PER_OPERATION = 40
+EXAMPLES_PER_OPERATION = 100
+Operation = APIOperation[Any, Any, Any, Any]
+AnyCase = Case[Any]
 ADMIN_TOKEN = "schemathesis-admin-token-0123456789"
 
 
@@ -75,11 +81,31 @@ def _wait_ready(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
     raise AssertionError("server did not start: " + log.read_text()[-3000:])
 
 
-def _operations() -> list[APIOperation]:
+# Our refusals of malformed input: schemathesis's defaults plus 413 (a generated body over MAX_BODY_BYTES).
+CONFIG = SchemathesisConfig.from_dict(
+    {
+        "checks": {
+            "negative_data_rejection": {
+                "expected-statuses": [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
+            }
+        }
+    }
+)
+
+
+def _schema() -> OpenApiSchema:
     """Our OpenAPI as ``create_app`` with the test settings publishes it (no lifespan needed to render it)."""
     app = create_app(make_settings("sqlite+aiosqlite:///:memory:"))
-    schema = schemathesis.openapi.from_dict(app.openapi())
-    return [result.ok() for result in schema.get_all_operations()]
+    return schemathesis.openapi.from_dict(app.openapi(), config=CONFIG)
+
+
+def _operations() -> list[Operation]:
+    operations: list[Operation] = []
+    for result in _schema().get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()
+        operations.append(result.ok())
+    return operations
 
 
 OPERATIONS = _operations()
@@ -87,28 +113,52 @@ CASES = [
     pytest.param(operation, mode, id=f"{operation.label} {mode}")
     for operation in OPERATIONS
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-    # Negative data needs something to break: a body or a parameter.
-    if mode is GenerationMode.POSITIVE or operation.body or len(operation.path_parameters) or len(operation.query)
+    # Negative data needs something that can be broken; free-form strings in paths cannot.
+    if mode is GenerationMode.POSITIVE or operation.body
 ]
 
 
+def _answer_as_json(case: AnyCase) -> AnyCase:
+    """Positive chat cases ask for the JSON answer: the SSE variant is checked by its own test below."""
+    if isinstance(case.body, dict):
+        case.body["stream"] = False
+    return case
+
+
 @pytest.mark.parametrize(("operation", "mode"), CASES)
-def test_no_server_errors_and_only_documented_statuses(
-    served: str, operation: APIOperation, mode: GenerationMode
-) -> None:
+def test_no_server_errors_and_only_documented_statuses(served: str, operation: Operation, mode: GenerationMode) -> None:
     """All of schemathesis's response checks except ``positive_data_acceptance``: the schema cannot say "not blank
     after trimming" (a 422 for ``"   "``), so that one check would only restate a known imprecision."""
-    @given(case=operation.as_strategy(generation_mode=mode))
+    # Admin operations are fuzzed as the operator, so their handlers are reached too (auth is tested elsewhere).
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if operation.path.startswith("/v1/admin") else None
+    strategy = operation.as_strategy(generation_mode=mode)
+    if mode is GenerationMode.POSITIVE and operation.label == "POST /v1/chat":
+        strategy = strategy.map(_answer_as_json)
+
+    @given(case=strategy)
     @settings(
         max_examples=EXAMPLES_PER_OPERATION,
         deadline=None,
         database=None,  # no .hypothesis/ directory in the repository
         suppress_health_check=list(HealthCheck),
     )
-    def fuzz(case: Case) -> None:
-        case.call_and_validate(base_url=served, excluded_checks=[positive_data_acceptance])
+    def fuzz(case: AnyCase) -> None:
+        case.call_and_validate(base_url=served, headers=headers, excluded_checks=[positive_data_acceptance])
 
     fuzz()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="POST /v1/chat documents its text/event-stream body as a plain string; schemathesis validates each SSE "
+    "event (meta/delta/done/error, JSON data) against it. Needs an itemSchema for the events.",
+)
+def test_streamed_chat_matches_its_documentation(served: str) -> None:
+    operation = next(operation for operation in OPERATIONS if operation.label == "POST /v1/chat")
+    case = operation.Case(
+        body={"message": "How long does delivery take?", "stream": True}, media_type="application/json"
+    )
+    case.call_and_validate(base_url=served, excluded_checks=[positive_data_acceptance])
 
 
 def test_every_operation_is_fuzzed() -> None:

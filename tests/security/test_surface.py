@@ -27,7 +27,8 @@ async def test_every_response_carries_the_security_headers(tmp_path: Path, embed
         for response in responses:
             csp = response.headers["content-security-policy"]
             script_src = next(part for part in csp.split(";") if part.strip().startswith("script-src"))
-            assert "'unsafe-inline'" not in script_src and "'unsafe-eval'" not in script_src
+            assert "'unsafe-inline'" not in script_src
+            assert "'unsafe-eval'" not in script_src
             assert "frame-ancestors 'self'" in csp
             assert "object-src 'none'" in csp
             assert response.headers["x-content-type-options"] == "nosniff"
@@ -63,7 +64,8 @@ async def test_cors_answers_only_allowed_origins(tmp_path: Path, embedder: Embed
         simple = await api.client.post("/v1/chat", json=QUESTION, headers={"origin": SHOP})
         assert simple.headers["access-control-allow-origin"] == SHOP
         exposed = simple.headers["access-control-expose-headers"].lower()
-        assert "ratelimit-remaining" in exposed and "retry-after" in exposed and "x-request-id" in exposed
+        for header in ("ratelimit-remaining", "ratelimit-reset", "retry-after", "x-request-id"):
+            assert header in exposed
         other = await api.client.post("/v1/chat", json=QUESTION, headers={"origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
 
@@ -136,7 +138,7 @@ async def test_admin_endpoints_refuse_without_or_with_a_wrong_token(tmp_path: Pa
     "payload",
     [
         "'; DROP TABLE conversations; --",
-        "\" OR 1=1 --",
+        '" OR 1=1 --',
         "Robert'); DELETE FROM api_keys WHERE ('1'='1",
         "%' UNION SELECT key_hash FROM api_keys --",
     ],

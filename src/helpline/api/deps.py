@@ -17,7 +17,7 @@ from helpline.errors import Forbidden, Unauthorized, UnsupportedMediaType
 from helpline.knowledge.base import KnowledgeBase
 from helpline.providers.base import Provider
 from helpline.ratelimit.service import RateLimiter
-from helpline.store.repositories import ANONYMOUS, ApiKeyRepository, Principal
+from helpline.store.repositories import ANONYMOUS, ApiKeyRepository, ConversationRepository, Principal
 
 
 @dataclass(slots=True)
@@ -34,6 +34,7 @@ class Services:
     limiter: RateLimiter | None = None  # built in the lifespan; None only where a test builds Services by hand
     cache: AnswerCache | None = None
     invalidator: Invalidator | None = None
+    conversations: ConversationRepository | None = None  # with the write-behind writer of this process
 
 
 def get_services(request: Request) -> Services:

@@ -32,6 +32,7 @@ from helpline.api.deps import PrincipalDep, Services, ServicesDep
 from helpline.api.schemas import ChatRequest
 from helpline.chat.service import clean_message
 from helpline.errors import HelplineError, InvalidInput, TooManyRequests
+from helpline.observability.metrics import record_ratelimit_refusal
 from helpline.ratelimit.base import CONCURRENCY, Decision
 from helpline.ratelimit.service import RateLimiter
 from helpline.store.repositories import Principal
@@ -80,7 +81,7 @@ class RateLimitMiddleware:
         self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
+        if scope["type"] != "http" or _route_path(scope) not in self.paths:
             await self.app(scope, receive, send)
             return
         slot = LimitSlot()
@@ -96,6 +97,13 @@ class RateLimitMiddleware:
         finally:
             if slot.decision is not None and slot.decision.lease is not None:
                 await slot.decision.lease.release()
+
+
+def _route_path(scope: Scope) -> str:
+    """The path as the router matches it: without the ``root_path`` a proxy may mount us under."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _with_headers(headers: Any, extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
@@ -114,7 +122,8 @@ def get_limiter(services: Services) -> RateLimiter:
 async def charge(request: Request, services: Services, principal: Principal, *, session_id: str | None) -> Decision:
     """Admit or refuse this (already validated) request; raises 429/503 with the RateLimit headers on refusal.
 
-    Call it from any chat-like route after its own input validation (``/v1/chat/completions`` does the same).
+    Call it from any chat-like route after its own input validation; ``/v1/chat/completions`` should, once it
+    exists (the middleware already covers that path): ``await charge(request, services, principal, session_id=None)``.
     """
     slot = request.scope.get("state", {}).get(STATE_KEY)
     client = client_key(request.scope, services.settings.trusted_proxies)
@@ -133,6 +142,7 @@ async def charge(request: Request, services: Services, principal: Principal, *, 
 def _refuse(decision: Decision) -> None:
     headers = rate_limit_headers(decision)
     log.info("rate_limited", refused_by=decision.refused_by, backend=decision.backend)
+    record_ratelimit_refusal(decision.refused_by or "unknown")
     if decision.refused_by == CONCURRENCY:
         raise Overloaded("the service is at capacity; try again in a moment", headers=headers)
     tier = decision.headline

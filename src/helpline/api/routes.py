@@ -14,6 +14,7 @@ from helpline.api.limits import ChatLimits
 from helpline.api.responses import JsonResponse
 from helpline.api.schemas import ChatRequest, ChatResponse, ErrorResponse, Readiness, SessionMessages
 from helpline.chat.service import ChatEvent
+from helpline.observability.alerts import alert_report
 from helpline.store.repositories import ConversationRepository, ping
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -105,4 +106,5 @@ async def admin_stats(_admin: AdminDep, services: ServicesDep) -> dict[str, Any]
         "sessions": await conversations.count_sessions(),
         "documents": len(services.knowledge),
         "rate_limit": services.limiter.stats() if services.limiter is not None else {},
+        "alerts": alert_report(),  # the Prometheus rules, evaluated over this process's recent traffic
     }

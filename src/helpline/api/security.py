@@ -204,7 +204,7 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(origins),
-        allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+        allow_methods=["GET", "POST"],  # what the widget uses; admin pages are same-origin and need no CORS
         allow_headers=["authorization", "content-type", "accept", "x-request-id"],
         expose_headers=EXPOSED_HEADERS,
         allow_credentials=False,

@@ -17,6 +17,7 @@ class IndexedQuestion:
     key: str
     question: str
     vector: bytes
+    answer_key: str = ""  # entries with equal answer keys give the same answer (same cited documents)
 
 
 class CacheBackend(Protocol):
@@ -25,7 +26,16 @@ class CacheBackend(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
     async def put(
-        self, key: str, value: bytes, *, ttl_s: int, tags: Sequence[str], scope_id: str, question: str, vector: bytes
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ttl_s: int,
+        tags: Sequence[str],
+        scope_id: str,
+        question: str,
+        vector: bytes,
+        answer_key: str = "",
     ) -> None: ...
 
     async def semantic_version(self, scope_id: str) -> int: ...
@@ -80,11 +90,20 @@ class MemoryBackend:
         return found[0]
 
     async def put(
-        self, key: str, value: bytes, *, ttl_s: int, tags: Sequence[str], scope_id: str, question: str, vector: bytes
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ttl_s: int,
+        tags: Sequence[str],
+        scope_id: str,
+        question: str,
+        vector: bytes,
+        answer_key: str = "",
     ) -> None:
         self._values[key] = (value, self._clock() + ttl_s)
         scope = self._scopes.setdefault(scope_id, _Scope())
-        scope.entries[key] = IndexedQuestion(key, question, vector)
+        scope.entries[key] = IndexedQuestion(key, question, vector, answer_key)
         scope.version += 1
         for tag in tags:
             self._tags.setdefault(tag, set()).add(key)

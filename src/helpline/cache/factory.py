@@ -24,6 +24,7 @@ def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> Answe
     cache_settings = CacheSettings(
         ttl_s=settings.cache_ttl_s,
         threshold=settings.cache_semantic_threshold,
+        margin=settings.cache_semantic_margin,
         timeout_s=settings.cache_timeout_s,
         lock_wait_s=min(settings.first_token_timeout_s, 3.0),
     )

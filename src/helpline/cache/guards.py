@@ -6,12 +6,34 @@ compares one feature that changes the answer; any difference sends the question 
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections import Counter
 from collections.abc import Iterable
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-_NUMBER = re.compile(r"(?<![a-z])(\d+(?:[.,]\d+)?)")
+_NUMBER = re.compile(
+    r"([€£$]?)\s?(\d+(?:[.,]\d+)?)\s?(%|kg|g|ml|l|cl|pints?|packs?|x|p|pm|am|h|hours?|days?|weeks?|months?)?\b"
+)
+NUMBER_WORDS = frozenset(
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+     "dozen", "half", "quarter", "pair", "couple", "twice", "double", "triple", "single", "hundred", "thousand"]
+)  # fmt: skip
+NEGATION_PREFIXES = ("un", "non", "in", "im", "ir", "il", "dis", "de", "anti", "over", "under")
+TIME_WORDS = frozenset(
+    ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "weekend", "weekday", "tonight",
+     "today", "tomorrow", "yesterday", "morning", "afternoon", "evening", "night", "this", "next", "last", "week",
+     "month", "year", "day", "eve", "hour", "minute", "early", "late", "earlier", "later", "start", "end", "daily",
+     "weekly", "monthly", "yearly", "annual", "annually", "now", "soon"]
+)  # fmt: skip
+# Words that carry no meaning of their own: two questions differing only in these may share an answer.
+FUNCTION_WORDS = frozenset(
+    ["a", "an", "the", "i", "me", "my", "we", "our", "you", "your", "it", "its", "is", "are", "am", "be", "was",
+     "were", "do", "does", "did", "can", "could", "will", "would", "should", "may", "might", "to", "of", "for",
+     "on", "at", "by", "and", "or", "so", "if", "please", "just", "any", "some", "there", "here", "that", "what",
+     "how", "when", "where", "which", "who", "why", "get", "got", "have", "has", "had", "with", "using", "via",
+     "about", "from", "having", "hi", "hello", "hey", "thanks", "thank", "ok", "okay", "also", "really",
+     "actually", "still"]
+)  # fmt: skip
 _IDENTIFIER = re.compile(r"\b(?:[a-z]{1,4}-?\d{3,}|#\s?\d+|\d{4,})\b")
 NEGATIONS = frozenset(
     [
@@ -112,15 +134,66 @@ class SemanticGuard:
         sa, sb = set(wa), set(wb)
         if (sa & NEGATIONS) != (sb & NEGATIONS) or _contracted_not(a) != _contracted_not(b):
             return "negation"
-        if Counter(_NUMBER.findall(a)) != Counter(_NUMBER.findall(b)):
+        if numbers(a, wa) != numbers(b, wb):
             return "number"
         if set(_IDENTIFIER.findall(a)) != set(_IDENTIFIER.findall(b)):
             return "identifier"
         if (sa & self._vocabulary) != (sb & self._vocabulary):
             return "product"
-        if (sa & _DAYS) != (sb & _DAYS):
+        if {fold(w) for w in sa} & TIME_WORDS != {fold(w) for w in sb} & TIME_WORDS:
             return "time"
-        return _opposite(sa, sb)
+        return _opposite(sa, sb) or _negated_form(sa, sb) or _substitution(wa, wb)
+
+
+def fold(word: str) -> str:
+    """Plural folding, enough for the guards (saturdays → saturday, mornings → morning)."""
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def numbers(text: str, tokens: list[str]) -> list[str]:
+    """Numbers with their currency and unit, and number words, in order (order matters: 3 then 5 is not 5 then 3)."""
+    found = [f"{cur}{value.replace(',', '.')}{unit.rstrip('s')}" for cur, value, unit in _NUMBER.findall(text)]
+    return found + [word for word in tokens if word in NUMBER_WORDS]
+
+
+def stem(word: str) -> str:
+    """Crude suffix folding for comparing content words (collecting → collect, using → us, use → us)."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            break
+    return word.rstrip("e") or word
+
+
+def content(tokens: list[str]) -> list[str]:
+    return [stem(word) for word in tokens if word not in FUNCTION_WORDS]
+
+
+def _negated_form(sa: set[str], sb: set[str]) -> str | None:
+    """un-/non-/dis-... forms: sweetened vs unsweetened, overcharged vs undercharged."""
+    only_a, only_b = sa - sb, sb - sa
+    for left, right in ((only_a, only_b), (only_b, only_a)):
+        for word in left:
+            for prefix in NEGATION_PREFIXES:
+                stem = word[len(prefix) :]
+                if word.startswith(prefix) and len(stem) > 2 and any(other.endswith(stem) for other in right):
+                    return "negation"
+    return None
+
+
+def _substitution(wa: list[str], wb: list[str]) -> str | None:
+    """Minimal pairs: the same question with one or two content words swapped (cat food / dog food, show / hide,
+    from card to PayPal / from PayPal to card). Paraphrases reword more than that, or only function words."""
+    ca, cb = content(wa), content(wb)
+    if ca == cb:
+        return None
+    if sorted(ca) == sorted(cb):
+        return "order"
+    matcher = difflib.SequenceMatcher(a=ca, b=cb, autojunk=False)
+    changed = [(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]
+    if matcher.ratio() >= 0.5 and all(left <= 2 and right <= 2 for left, right in changed):
+        return "substitution"
+    return None
 
 
 def _contracted_not(text: str) -> bool:

@@ -45,11 +45,21 @@ class RedisBackend:
         return value
 
     async def put(
-        self, key: str, value: bytes, *, ttl_s: int, tags: Sequence[str], scope_id: str, question: str, vector: bytes
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ttl_s: int,
+        tags: Sequence[str],
+        scope_id: str,
+        question: str,
+        vector: bytes,
+        answer_key: str = "",
     ) -> None:
+        packed = question.encode("utf-8") + VECTOR_SEPARATOR + answer_key.encode() + VECTOR_SEPARATOR + vector
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(key, value, ex=ttl_s)
-            pipe.hset(f"{self._prefix}:s:{scope_id}", key, question.encode("utf-8") + VECTOR_SEPARATOR + vector)
+            pipe.hset(f"{self._prefix}:s:{scope_id}", key, packed)
             pipe.incr(f"{self._prefix}:sv:{scope_id}")
             for tag in tags:
                 pipe.sadd(f"{self._prefix}:t:{tag}", key)
@@ -64,8 +74,9 @@ class RedisBackend:
         fields: dict[bytes, bytes] = await self._redis.hgetall(f"{self._prefix}:s:{scope_id}")
         entries = []
         for key, packed in fields.items():
-            question, _, vector = packed.partition(VECTOR_SEPARATOR)
-            entries.append(IndexedQuestion(key.decode(), question.decode("utf-8"), vector))
+            question, _, rest = packed.partition(VECTOR_SEPARATOR)
+            answer_key, _, vector = rest.partition(VECTOR_SEPARATOR)
+            entries.append(IndexedQuestion(key.decode(), question.decode("utf-8"), vector, answer_key.decode()))
         return entries
 
     async def forget(self, key: str) -> None:

@@ -26,7 +26,7 @@ import zstandard
 
 from helpline.cache.backend import CacheBackend
 from helpline.cache.guards import SemanticGuard
-from helpline.cache.keys import CacheScope, KeySpace, normalize
+from helpline.cache.keys import CacheScope, KeySpace, digest, normalize
 from helpline.knowledge.embeddings import from_bytes, to_bytes
 
 log = structlog.get_logger(__name__)
@@ -46,6 +46,11 @@ class CachedAnswer:
     locale: str = ""
     created_at: float = field(default_factory=time.time)
 
+    def answer_key(self) -> str:
+        """Answers citing the same documents are the same answer, whatever their wording."""
+        cited = sorted(citation["id"] for citation in self.citations)
+        return digest(*cited, size=16) if cited else digest(self.reply, size=16)
+
 
 @dataclass(frozen=True, slots=True)
 class CacheHit:
@@ -60,6 +65,7 @@ class _Mirror:
     version: int
     keys: list[str]
     questions: list[str]
+    answers: list[str]
     matrix: Vector
 
 
@@ -67,9 +73,10 @@ class _Mirror:
 class CacheSettings:
     ttl_s: int = 3600
     threshold: float = 0.9
+    margin: float = 0.1  # the best match must beat every cached question with a different answer by this much
     timeout_s: float = 0.15
     bypass_s: float = 2.0
-    candidates: int = 3
+    candidates: int = 20
     lock_wait_s: float = 3.0
 
 
@@ -114,17 +121,33 @@ class AnswerCache:
             self._on_event("store_error", operation)
             return default
 
+    async def connect(self, timeout_s: float = 2.0) -> bool:
+        """At start-up: open the connection (and learn a cluster's slots) outside any request's tight timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.backend.ping()
+        except Exception as error:  # noqa: BLE001 - the service starts without its cache; requests bypass it
+            log.warning("cache_store_unavailable", operation="connect", error=type(error).__name__)
+            return False
+
     # -- lookups ---------------------------------------------------------------------------------------------
 
     def entry_key(self, question: str, scope: CacheScope) -> str:
         return self.keys.entry(scope, normalize(question))
 
     async def lookup(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
+        return await self.lookup_exact(question, scope) or await self.lookup_semantic(question, vector, scope)
+
+    async def lookup_exact(self, question: str, scope: CacheScope) -> CacheHit | None:
+        """The cheap tier: needs no embedding, so a repeated question costs one store round trip."""
         key = self.entry_key(question, scope)
         raw = await self._guarded("get", lambda: self.backend.get(key), None)
-        if raw is not None:
-            await self._guarded("popularity", lambda: self.backend.bump_popularity(key), None)
-            return CacheHit(self._decode(raw), "exact", 1.0, question)
+        if raw is None:
+            return None
+        await self._guarded("popularity", lambda: self.backend.bump_popularity(key), None)
+        return CacheHit(self._decode(raw), "exact", 1.0, question)
+
+    async def lookup_semantic(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
         return await self._semantic(question, vector, scope)
 
     async def _semantic(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
@@ -132,19 +155,17 @@ class AnswerCache:
         if mirror is None or not mirror.keys:
             return None
         scores = mirror.matrix @ vector
-        for index in np.argsort(-scores)[: self.settings.candidates]:
-            similarity = float(scores[index])
-            if similarity < self.settings.threshold:
-                return None
-            matched = mirror.questions[index]
-            reason = self.guard.conflict(question, matched)
-            if reason is not None:
-                self._on_event("guard", reason)
-                continue
-            hit = await self._fetch(mirror.keys[index], similarity, matched)
-            if hit is not None:
-                return hit
-        return None
+        ranked = [int(i) for i in np.argsort(-scores)[: self.settings.candidates]]
+        best = choose(
+            Candidates(ranked, scores, mirror.questions, mirror.answers), question,
+            threshold=self.settings.threshold, margin=self.settings.margin, guard=self.guard,
+        )  # fmt: skip
+        if best is None:
+            return None
+        if isinstance(best, str):
+            self._on_event("guard", best)
+            return None
+        return await self._fetch(mirror.keys[best], float(scores[best]), mirror.questions[best])
 
     async def _fetch(self, key: str, similarity: float, matched: str) -> CacheHit | None:
         raw = await self._guarded("get", lambda: self.backend.get(key), None)
@@ -165,7 +186,13 @@ class AnswerCache:
         if entries is None:
             return None
         matrix = np.vstack([from_bytes(e.vector) for e in entries]) if entries else np.zeros((0, 384), np.float32)
-        mirror = _Mirror(version, [e.key for e in entries], [e.question for e in entries], matrix.astype(np.float32))
+        mirror = _Mirror(
+            version,
+            [e.key for e in entries],
+            [e.question for e in entries],
+            [e.answer_key for e in entries],
+            matrix.astype(np.float32),
+        )
         self._mirrors[scope_id] = mirror
         return mirror
 
@@ -178,7 +205,7 @@ class AnswerCache:
         async def put() -> bool:
             await self.backend.put(
                 key, value, ttl_s=self.settings.ttl_s, tags=answer.tags, scope_id=scope.id,
-                question=question, vector=to_bytes(vector),
+                question=question, vector=to_bytes(vector), answer_key=answer.answer_key(),
             )  # fmt: skip
             return True
 
@@ -234,7 +261,7 @@ class AnswerCache:
         if future is not None and not future.done():
             future.set_result(result)
 
-    async def wait_for_peer(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
+    async def wait_for_peer(self, question: str, scope: CacheScope) -> CacheHit | None:
         """Across replicas: if another replica is computing this answer, wait briefly for it to land."""
         key = self.entry_key(question, scope)
         lock_key = self.keys.lock(key)
@@ -259,3 +286,40 @@ class AnswerCache:
 
     def _decode(self, raw: bytes) -> CachedAnswer:
         return CachedAnswer(**orjson.loads(self._decompressor.decompress(raw)))
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Cached questions ranked by similarity to a new one (indices into the parallel lists)."""
+
+    ranked: Sequence[int]
+    scores: Sequence[float] | Vector
+    questions: Sequence[str]
+    answers: Sequence[str]
+
+
+def choose(
+    candidates: Candidates, question: str, *, threshold: float, margin: float, guard: SemanticGuard
+) -> int | str | None:
+    """The semantic tier's decision over candidates ranked by similarity.
+
+    The first candidate at or above the threshold that the guards accept is the match, but only when it beats
+    every candidate with a *different* answer (guard-rejected ones included) by ``margin``: an ambiguous
+    neighbourhood is a miss. Returns the index, a guard's reason when a guard vetoed the only match, or None.
+    (``helpline eval cache`` evaluates this very function.)
+    """
+    vetoed: str | None = None
+    scores, answers = candidates.scores, candidates.answers
+    for index in candidates.ranked:
+        similarity = float(scores[index])
+        if similarity < threshold:
+            return vetoed
+        reason = guard.conflict(question, candidates.questions[index])
+        if reason is not None:
+            vetoed = vetoed or reason
+            continue
+        rival = max(
+            (float(scores[other]) for other in candidates.ranked if answers[other] != answers[index]), default=-1.0
+        )
+        return index if similarity - rival >= margin else None
+    return vetoed

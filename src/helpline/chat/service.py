@@ -85,7 +85,7 @@ class Prepared:
     request_id: str
     locale: str | None
     history: tuple[Turn, ...]
-    vector: Vectors
+    vector: Vectors | None  # None when the exact tier answered before any embedding was needed
     scope: CacheScope
     hit: CacheHit | None = None
     passages: tuple[Passage, ...] = ()
@@ -160,11 +160,14 @@ class ChatService:
             history = await self._history(session_id)
         else:
             session_id = await self._conversations.create_session(principal, locale)
-        (vector,) = await self._knowledge.embedder.aembed([message])
         scope = self.scope(message, locale, history, principal, session_id)
-        prepared = Prepared(message, session_id, principal, request_id, locale, history, vector, scope)
+        prepared = Prepared(message, session_id, principal, request_id, locale, history, None, scope)
         if self._cache is not None:
-            prepared.hit = await self._cache.lookup(message, vector, scope)
+            prepared.hit = await self._cache.lookup_exact(message, scope)
+        if prepared.hit is None:
+            (prepared.vector,) = await self._knowledge.embedder.aembed([message])
+            if self._cache is not None:
+                prepared.hit = await self._cache.lookup_semantic(message, prepared.vector, scope)
         return prepared
 
     def scope(
@@ -194,7 +197,7 @@ class ChatService:
                 if isinstance(landed, CachedAnswer):
                     return await self._serve_hit(prepared, CacheHit(landed, "exact", 1.0, prepared.message))
                 return await self._answer(prepared)
-            peer = await self._cache.wait_for_peer(prepared.message, prepared.vector, prepared.scope)
+            peer = await self._cache.wait_for_peer(prepared.message, prepared.scope)
             if peer is not None:
                 return await self._serve_hit(prepared, peer)
             try:
@@ -210,6 +213,8 @@ class ChatService:
         return await self._finish(prepared, parse_reply(completion.text, prepared.passages), usage)
 
     async def _retrieve(self, prepared: Prepared) -> None:
+        if prepared.vector is None:
+            (prepared.vector,) = await self._knowledge.embedder.aembed([prepared.message])
         passages = self._knowledge.search_vector(prepared.vector, self._settings.retrieval_top_k, prepared.message)
         prepared.passages = tuple(passages)
 
@@ -361,7 +366,8 @@ class ChatService:
             model=usage.model, tags=drawn_on(prepared.passages), cost_usd=record.cost_usd,
             locale=prepared.locale or "",
         )  # fmt: skip
-        await self._cache.store(prepared.message, prepared.vector, prepared.scope, answer)
+        if prepared.vector is not None:
+            await self._cache.store(prepared.message, prepared.vector, prepared.scope, answer)
         self._cache.land(key, answer)
 
     async def warm(self, question: str, locale: str | None = None) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -167,14 +167,10 @@ class KnowledgeBase:
 
     def product_vocabulary(self) -> set[str]:
         """Words that name products but are not common in the FAQ and policies (for the cache's product guard)."""
-        product_words: set[str] = set()
-        other_words: set[str] = set()
-        for passage in self._documents.values():
-            target = product_words if passage.kind == "product" else other_words
-            target.update(word for word in _WORDS.findall(passage.title.lower()))
-            if passage.kind != "product":
-                other_words.update(_WORDS.findall(passage.text.lower()))
-        return product_words - other_words
+        return product_vocabulary((p.kind, p.title, p.text) for p in self._documents.values())
+
+    def passages(self) -> list[Passage]:
+        return list(self._documents.values())
 
     def get(self, document_id: str) -> Passage | None:
         return self._documents.get(document_id)
@@ -190,3 +186,15 @@ def _with_score(passage: Passage, score: float) -> Passage:
 
 def _lexical_text(passage: Passage) -> str:
     return f"{passage.title}\n{passage.text}"
+
+
+def product_vocabulary(documents: Iterable[tuple[str, str, str]]) -> set[str]:
+    """Words of product titles that the FAQ and policies do not use: they name what the store sells."""
+    product_words: set[str] = set()
+    other_words: set[str] = set()
+    for kind, title, text in documents:
+        if kind == "product":
+            product_words.update(_WORDS.findall(title.lower()))
+        else:
+            other_words.update(_WORDS.findall(f"{title} {text}".lower()))
+    return product_words - other_words

@@ -54,24 +54,65 @@ def _orjson_dumps(data: Any, default: Any) -> str:
     return orjson.dumps(data, default=default).decode()
 
 
-def configure_logging(level: str = "INFO", json_logs: bool | None = None) -> None:
-    """Idempotent: called by the app factory and the CLI."""
-    if json_logs is None:
-        json_logs = not sys.stderr.isatty()
-    shared: list[structlog.typing.Processor] = [
+def _renderer(json_logs: bool) -> structlog.typing.Processor:
+    if json_logs:
+        return structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    return structlog.dev.ConsoleRenderer(colors=False)
+
+
+def _shared_processors() -> list[structlog.typing.Processor]:
+    return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
     ]
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        if json_logs
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+
+
+def configure_logging(level: str = "INFO", json_logs: bool | None = None) -> None:
+    """Idempotent: called by the app factory and the CLI."""
+    if json_logs is None:
+        json_logs = not sys.stderr.isatty()
+    shared = _shared_processors()
+    renderer = _renderer(json_logs)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level.upper(), 20)),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+
+
+def uvicorn_log_config(level: str = "INFO", json_logs: bool | None = None) -> dict[str, Any]:
+    """uvicorn's own lines (start, stop, its errors) in our format, so a JSON log stream stays parseable.
+
+    Its per-request access lines are switched off: ``observability.access`` writes one structured summary line per
+    request instead. Passed to ``uvicorn.run(log_config=...)``; each worker process applies it.
+    """
+    if json_logs is None:
+        json_logs = not sys.stderr.isatty()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "helpline": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "foreign_pre_chain": _shared_processors(),
+                "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta, _renderer(json_logs)],
+            }
+        },
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "helpline", "stream": "ext://sys.stderr"}
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+    }
+
+
+def json_logs_for(env: str, log_json: bool | None) -> bool | None:
+    """HELPLINE_LOG_JSON when set; else JSON in production and auto-detect (terminal or not) elsewhere."""
+    if log_json is not None:
+        return log_json
+    return True if env == "production" else None

@@ -64,6 +64,9 @@ from prometheus_client import (
 from helpline.observability.alerts import BREAKER_STATES, REPLY_LATENCY_BUCKETS, WINDOW
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# prometheus-client picks file-backed values when the variable is set as it is imported, never later; the same
+# decision, taken at the same moment, tells render() where this process's values are.
+_MULTIPROC_DIR = os.environ.get(MULTIPROC_ENV) or None
 CACHE_TIERS = ("exact", "semantic", "miss")
 REDIS_COMPONENTS = ("cache", "ratelimit")
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -189,10 +192,9 @@ def record_redis_fallback(component: str) -> None:
 
 def render() -> tuple[bytes, str]:
     """The Prometheus text exposition and its content type; merges all workers in multi-process mode."""
-    directory = os.environ.get(MULTIPROC_ENV)
-    if directory:
+    if _MULTIPROC_DIR:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry, path=_MULTIPROC_DIR)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
@@ -221,15 +223,15 @@ def prepare_multiprocess(workers: int) -> Path | None:
 
 def mark_worker_dead(pid: int | None = None) -> None:
     """Drop an exiting worker's live gauges (in-flight, provider up, breaker) so they stop being summed in."""
-    if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(os.getpid() if pid is None else pid)  # type: ignore[no-untyped-call]
+    if _MULTIPROC_DIR:
+        multiprocess.mark_process_dead(os.getpid() if pid is None else pid, _MULTIPROC_DIR)  # type: ignore[no-untyped-call]
 
 
 def _remove_tree(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-if os.environ.get(MULTIPROC_ENV):
+if _MULTIPROC_DIR:
     # A worker of a multi-process server: its live gauges must not outlive it. Spawned workers exit through
     # sys.exit, so atexit runs on a graceful stop.
     atexit.register(mark_worker_dead)

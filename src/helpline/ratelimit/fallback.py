@@ -38,12 +38,14 @@ class FallbackLimiter:
         timeout_s: float = 0.5,
         cooldown_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        on_fallback: Callable[[], None] | None = None,
     ) -> None:
         self.primary = primary
         self.fallback = fallback
         self._timeout_s = timeout_s
         self._cooldown_s = cooldown_s
         self._clock = clock
+        self._on_fallback = on_fallback
         self._down_until: float | None = None
         self._probing = False
         self.redis_failures = 0
@@ -66,7 +68,7 @@ class FallbackLimiter:
                     decision = await self.primary.acquire(tiers, lease=lease)
             except REDIS_FAILURES as error:
                 self._trip(error)
-            except Exception as error:  # noqa: BLE001 - a client bug must not become a 500 either; logged loudly
+            except Exception as error:
                 log.exception("ratelimit_redis_client_error", error_type=type(error).__name__)
                 self._trip(error)
             else:
@@ -76,7 +78,17 @@ class FallbackLimiter:
                 if probing:
                     self._probing = False
         self.fallback_decisions += 1
+        if self._on_fallback is not None:
+            self._on_fallback()
         return await self.fallback.acquire(tiers, lease=lease)
+
+    async def warm_up(self, timeout_s: float = 3.0) -> None:
+        """Connect before serving; a Redis that is down at start is logged and the replica starts on the fallback."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.primary.warm_up()
+        except Exception as error:  # noqa: BLE001 - any failure here means "start degraded", never "do not start"
+            self._trip(error)
 
     def _may_try_primary(self) -> bool:
         if self._down_until is None:

@@ -113,6 +113,9 @@ class MemoryLimiter:
         for key in [key for key, window in self._windows.items() if _idle(window, now)]:
             del self._windows[key]
 
+    async def warm_up(self) -> None:
+        """Nothing to connect to."""
+
     async def aclose(self) -> None:
         await self.keeper.stop()
 

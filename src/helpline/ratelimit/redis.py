@@ -12,9 +12,10 @@ approximate. The price is memory proportional to the limit per active key, small
 
 Cluster: every key of one evaluation must live in one hash slot, and the tiers of a request name different
 identities (an IP with a session, a session seen from several IPs), so all limiter keys share the hash tag in the
-prefix (``{helpline:rl}:``). The limiter therefore uses one shard of a cluster. That is the price of exact,
+prefix (``hl:rl:{<tenant>:rl}:``). The limiter therefore uses one shard of a cluster. That is the price of exact,
 all-or-nothing admission; one shard serves tens of thousands of evaluations a second, far above what an LLM front
-end admits, and the cluster still gives failover. Several stores can be spread over shards with one prefix each.
+end admits, and the cluster still gives failover. Tenants (``HELPLINE_TENANT``) have one tag each, so several
+stores spread over shards.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from redis.asyncio.cluster import RedisCluster
 
 from helpline.ratelimit.base import CONCURRENCY, Decision, Lease, LeaseKeeper, TierState
 from helpline.ratelimit.policies import Tier
-from helpline.redisconn import AnyRedis
+from helpline.redisconn import AnyRedis, connect
 
-DEFAULT_PREFIX = "{helpline:rl}:"
+DEFAULT_PREFIX = "hl:rl:{default:rl}:"
 _HASH_TAG = re.compile(r"\{[^{}]+\}")
 
 ACQUIRE_LUA = """
@@ -139,8 +140,7 @@ class RedisLimiter:
             return
         async with self._ready_lock:
             if not self._ready:
-                assert isinstance(self.client, RedisCluster)  # noqa: S101 - only clusters start not ready
-                await self.client.initialize()
+                await connect(self.client)
                 self._ready = True
 
     async def acquire(self, tiers: Sequence[Tier], *, lease: bool = True) -> Decision:
@@ -181,8 +181,14 @@ class RedisLimiter:
     async def in_flight(self) -> int:
         return int(await self.client.zcard(self.lease_key))
 
-    async def ping(self) -> bool:
-        return bool(await self.client.ping())
+    async def warm_up(self) -> None:
+        """At start, not inside the first burst of requests: discover the cluster, open a connection, load the
+        scripts. Under load those round trips could otherwise outlast the fallback's budget and make a healthy
+        Redis look down."""
+        await connect(self.client)
+        self._ready = True
+        await self.client.script_load(ACQUIRE_LUA)
+        await self.client.script_load(RENEW_LUA)
 
     async def aclose(self) -> None:
         await self.keeper.stop()

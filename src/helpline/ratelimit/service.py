@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from helpline.observability.metrics import record_redis_fallback
 from helpline.ratelimit.base import Decision, Limiter
 from helpline.ratelimit.fallback import FallbackLimiter
 from helpline.ratelimit.memory import MemoryLimiter
@@ -30,8 +31,9 @@ def session_hash(session_id: str) -> str:
 
 
 def key_prefix(settings: Settings) -> str:
-    """``{helpline:rl}:``: one hash tag per deployment, so every key of one evaluation shares a cluster slot."""
-    return "{" + settings.redis_prefix + ":rl}:"
+    """``hl:rl:{default:rl}:``: one hash tag per tenant, so every key of one evaluation shares a cluster slot, and
+    tenants (stores, staging and production on one Redis) are apart and may land on different shards."""
+    return "hl:rl:{" + settings.tenant + ":rl}:"
 
 
 def build_backend(settings: Settings) -> Limiter:
@@ -39,7 +41,7 @@ def build_backend(settings: Settings) -> Limiter:
         return MemoryLimiter(settings.max_concurrent)
     primary = RedisLimiter(create_redis(settings.redis_url), settings.max_concurrent, prefix=key_prefix(settings))
     fallback = MemoryLimiter(settings.max_concurrent, backend="memory-fallback")
-    return FallbackLimiter(primary, fallback)
+    return FallbackLimiter(primary, fallback, on_fallback=lambda: record_redis_fallback("ratelimit"))
 
 
 class RateLimiter:
@@ -71,6 +73,10 @@ class RateLimiter:
             client=client, user_id=user_id, session_hash=session_hash(session_id) if session_id else None
         )
         return await self.limiter.acquire(tiers)
+
+    async def warm_up(self) -> None:
+        """Called once in the lifespan, before the first request (see RedisLimiter.warm_up)."""
+        await self.limiter.warm_up()
 
     async def aclose(self) -> None:
         await self.limiter.aclose()

@@ -21,6 +21,7 @@ from helpline.store.models import (
     KnowledgeDocument,
     utcnow,
 )
+from helpline.store.writer import ConversationWriter, PendingSession
 
 API_KEY_PREFIX = "hl_"
 
@@ -114,17 +115,27 @@ class ApiKeyRepository:
 
 
 class ConversationRepository:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Sessions and exchanges. With a :class:`ConversationWriter`, writes leave the request path (write-behind)
+    and reads flush first, so callers see their own writes."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], writer: ConversationWriter | None = None) -> None:
         self._sessions = sessions
+        self._writer = writer
 
     async def create_session(self, owner: Principal, locale: str | None) -> str:
         session_id = new_session_id()
+        if self._writer is not None:
+            self._writer.add_session(PendingSession(session_id, owner.key_id, locale))
+            return session_id
         async with self._sessions.begin() as session:
             session.add(ChatSession(id=session_id, owner_key_id=owner.key_id, locale=locale, created_at=utcnow()))
         return session_id
 
     async def session_owner(self, session_id: str) -> tuple[bool, int | None]:
         """(exists, owner key id) for a session."""
+        pending = self._writer.pending_session(session_id) if self._writer is not None else None
+        if pending is not None:
+            return True, pending.owner_key_id
         async with self._sessions() as session:
             row = await session.execute(select(ChatSession.owner_key_id).where(ChatSession.id == session_id))
             found = row.first()
@@ -133,17 +144,32 @@ class ConversationRepository:
         return True, found[0]
 
     async def add(self, record: ConversationRecord) -> None:
+        if self._writer is not None:
+            self._writer.add(record)
+            return
         async with self._sessions.begin() as session:
             session.add(_to_row(record))
 
-    async def add_many(self, records: Sequence[ConversationRecord]) -> None:
-        if not records:
-            return
+    async def flush(self) -> None:
+        if self._writer is not None:
+            await self._writer.flush()
+
+    async def write_batch(self, items: Sequence[object]) -> None:
+        """One transaction for a write-behind batch: sessions and exchanges in the order they were made."""
         async with self._sessions.begin() as session:
-            session.add_all([_to_row(record) for record in records])
+            for item in items:
+                if isinstance(item, PendingSession):
+                    session.add(
+                        ChatSession(id=item.session_id, owner_key_id=item.owner_key_id, locale=item.locale,
+                                    created_at=utcnow())
+                    )  # fmt: skip
+                    await session.flush()  # the session row must exist before an exchange refers to it
+                elif isinstance(item, ConversationRecord):
+                    session.add(_to_row(item))
 
     async def history(self, session_id: str, limit: int = 200) -> list[Conversation]:
         """The session's exchanges, oldest first (the most recent ``limit`` of them)."""
+        await self.flush()
         async with self._sessions() as session:
             rows = await session.scalars(
                 select(Conversation)
@@ -154,10 +180,12 @@ class ConversationRepository:
             return list(reversed(rows.all()))
 
     async def count(self) -> int:
+        await self.flush()
         async with self._sessions() as session:
             return int(await session.scalar(select(func.count()).select_from(Conversation)) or 0)
 
     async def count_sessions(self) -> int:
+        await self.flush()
         async with self._sessions() as session:
             return int(await session.scalar(select(func.count()).select_from(ChatSession)) or 0)
 

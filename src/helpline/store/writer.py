@@ -1,0 +1,107 @@
+"""Write-behind for conversations: records leave the request path, are written in batches, and are never lost.
+
+A request enqueues its session and exchange and answers at once; a background task writes whatever is queued in
+one transaction (in order: sessions before the exchanges that use them). A failed batch is retried with backoff
+(counted and logged), never dropped; shutdown drains the queue. Reads of a session flush first, so a shopper
+always reads their own writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSession:
+    session_id: str
+    owner_key_id: int | None
+    locale: str | None
+
+
+WriteBatch = Callable[[Sequence[object]], Awaitable[None]]
+
+
+class ConversationWriter:
+    def __init__(
+        self,
+        write: WriteBatch,
+        *,
+        batch_size: int = 200,
+        on_failure: Callable[[BaseException], None] | None = None,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self._write = write
+        self._batch_size = batch_size
+        self._on_failure = on_failure or (lambda _error: None)
+        self._max_backoff_s = max_backoff_s
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._sessions: dict[str, PendingSession] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="conversation-writer")
+
+    def add_session(self, session: PendingSession) -> None:
+        self._sessions[session.session_id] = session
+        self._queue.put_nowait(session)
+
+    def add(self, record: object) -> None:
+        self._queue.put_nowait(record)
+
+    def pending_session(self, session_id: str) -> PendingSession | None:
+        return self._sessions.get(session_id)
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    async def flush(self) -> None:
+        """Return once everything queued before the call is written."""
+        if self._task is None:
+            return
+        await self._queue.join()
+
+    async def close(self) -> None:
+        """Drain and stop (graceful shutdown)."""
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write_with_retry(batch)
+            for item in batch:
+                if isinstance(item, PendingSession):
+                    self._sessions.pop(item.session_id, None)
+                self._queue.task_done()
+
+    async def _write_with_retry(self, batch: list[object]) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self._write(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a database outage must not lose a conversation
+                self._on_failure(error)
+                log.warning(
+                    "conversation_write_failed", error=type(error).__name__, batch=len(batch), retry_in_s=backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+            else:
+                return
