@@ -10,13 +10,14 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 $(VENV)/.runtime: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -r requirements.lock
+	# llama-cpp-python builds from source (~7 min on 2 cores, once; pip caches the wheel); portable CPU flags.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -r requirements.lock
 	$(PIP) install --no-deps -e .
 	touch $@
 
 # Dev tools on top (ruff, mypy, pytest), pinned by requirements-dev.lock.
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
-	$(PIP) install -r requirements-dev.lock
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -r requirements-dev.lock
 	touch $@
 
 install: $(VENV)/.runtime

@@ -133,8 +133,19 @@ def score(queries: Sequence[Query], point: Operating, guard: SemanticGuard) -> d
     return tiers
 
 
+def wilson_lower(correct: int, hits: int, z: float = 1.645) -> float:
+    """95% one-sided lower confidence bound of a precision measured as ``correct`` of ``hits``."""
+    if hits == 0:
+        return 0.0
+    p = correct / hits
+    centre = p + z * z / (2 * hits)
+    spread = z * math.sqrt(p * (1 - p) / hits + z * z / (4 * hits * hits))
+    return (centre - spread) / (1 + z * z / hits)
+
+
 def calibrate(queries: Sequence[Query], target: float, guard: SemanticGuard) -> Operating:
-    """The (threshold, margin) with the most combined hits at precision >= ``target``.
+    """The (threshold, margin) with the most combined hits whose precision is at least ``target`` with 95%
+    confidence (Wilson lower bound), so the held-out precision does not fall below the target by chance.
 
     The threshold never goes below ``THRESHOLD_FLOOR``: in a young, sparse cache there is no rival to beat, and
     the threshold (with the guards) is then all that keeps near misses out."""
@@ -143,7 +154,7 @@ def calibrate(queries: Sequence[Query], target: float, guard: SemanticGuard) -> 
         for threshold_step in range(int(THRESHOLD_FLOOR * 100), 100):
             point = Operating(threshold_step / 100, margin_step / 100)
             combined = score(queries, point, guard)["combined"]
-            if combined.hits and combined.precision >= target:
+            if wilson_lower(combined.correct, combined.hits) >= target:
                 if best is None or combined.hits > best[0]:
                     best = (combined.hits, point)
                 break  # higher thresholds at this margin only lose hits
