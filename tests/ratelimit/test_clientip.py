@@ -71,6 +71,12 @@ def test_ipv6_proxies_are_trusted_by_network() -> None:
     assert resolve_client("fd00::1", xff("2001:db8:9::5"), PROXIES) == "2001:db8:9::5"
 
 
+def test_a_unix_socket_peer_is_a_local_proxy() -> None:
+    assert resolve_client(None, xff("6.6.6.6, 198.51.100.1"), PROXIES) == "198.51.100.1"
+    assert resolve_client(None, xff("198.51.100.1"), ()) == "unknown"  # no proxies configured: nothing is trusted
+    assert resolve_client(None, [], PROXIES) == "unknown"
+
+
 def test_client_key_from_an_asgi_scope() -> None:
     scope = {"type": "http", "client": ("10.2.3.4", 5555), "headers": xff("2001:db8:5:6::9")}
     assert client_key(scope, "10.0.0.0/8") == "2001:db8:5:6::/64"

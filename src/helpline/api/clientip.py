@@ -67,12 +67,15 @@ def _forwarded_for(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
 
 
 def resolve_client(peer: str | None, headers: Iterable[tuple[bytes, bytes]], proxies: Sequence[IPNetwork]) -> str:
-    """The client's address (as text), following X-Forwarded-For only through trusted proxies."""
+    """The client's address (as text), following X-Forwarded-For only through trusted proxies.
+
+    A peer without an IP address is a Unix socket, i.e. a proxy on this very host: trusted whenever any proxy is.
+    """
     current = parse_address(peer) if peer else None
-    if current is None:
-        return UNKNOWN
-    if not proxies or not _trusted(current, proxies):
+    if current is not None and (not proxies or not _trusted(current, proxies)):
         return str(current)
+    if current is None and not proxies:
+        return UNKNOWN
     for entry in reversed(_forwarded_for(headers)):
         hop = parse_address(entry)
         if hop is None:
@@ -80,7 +83,7 @@ def resolve_client(peer: str | None, headers: Iterable[tuple[bytes, bytes]], pro
         current = hop
         if not _trusted(hop, proxies):
             break
-    return str(current)
+    return str(current) if current is not None else UNKNOWN
 
 
 def rate_key(address: str) -> str:

@@ -19,6 +19,9 @@ from helpline.providers.base import Provider
 from helpline.ratelimit.service import RateLimiter
 from helpline.store.repositories import ANONYMOUS, ApiKeyRepository, ConversationRepository, Principal
 
+# Dependencies are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in a thread pool, which costs
+# a thread hop per dependency per request (measured: about a quarter of a cached answer's time).
+
 
 @dataclass(slots=True)
 class Services:
@@ -37,7 +40,7 @@ class Services:
     conversations: ConversationRepository | None = None  # with the write-behind writer of this process
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -45,7 +48,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_chat(services: ServicesDep) -> ChatService:
+async def get_chat(services: ServicesDep) -> ChatService:
     return services.chat
 
 
@@ -92,14 +95,14 @@ async def require_admin(request: Request, services: ServicesDep) -> Principal:
 AdminDep = Annotated[Principal, Depends(require_admin)]
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """415 for a body that is not declared as JSON (checked before the body is parsed)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType("send the body as application/json")
 
 
-def request_id(request: Request) -> str:
+async def request_id(request: Request) -> str:
     value: str = request.scope.get("state", {}).get("request_id", "")
     return value
 

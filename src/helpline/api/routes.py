@@ -100,7 +100,8 @@ async def readyz(services: ServicesDep) -> JsonResponse:
 @router.get("/v1/admin/stats", responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
 async def admin_stats(_admin: AdminDep, services: ServicesDep) -> dict[str, Any]:
     """Basic counts for operators (admin token or admin key)."""
-    conversations = ConversationRepository(services.sessions)
+    # The process's own repository flushes its write-behind queue first, so recent exchanges are counted.
+    conversations = services.conversations or ConversationRepository(services.sessions)
     return {
         "conversations": await conversations.count(),
         "sessions": await conversations.count_sessions(),

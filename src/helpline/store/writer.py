@@ -1,7 +1,8 @@
 """Write-behind for conversations: records leave the request path, are written in batches, and are never lost.
 
 A request enqueues its session and exchange and answers at once; a background task writes whatever is queued in
-one transaction (in order: sessions before the exchanges that use them). A failed batch is retried with backoff
+one transaction (in order: sessions before the exchanges that use them), lingering ``linger_s`` so a burst shares one
+transaction. A failed batch is retried with backoff
 (counted and logged), never dropped; shutdown drains the queue. Reads of a session flush first, so a shopper
 always reads their own writes.
 """
@@ -33,12 +34,14 @@ class ConversationWriter:
         self,
         write: WriteBatch,
         *,
-        batch_size: int = 200,
+        batch_size: int = 500,
+        linger_s: float = 0.01,
         on_failure: Callable[[BaseException], None] | None = None,
         max_backoff_s: float = 5.0,
     ) -> None:
         self._write = write
         self._batch_size = batch_size
+        self._linger_s = linger_s
         self._on_failure = on_failure or (lambda _error: None)
         self._max_backoff_s = max_backoff_s
         self._queue: asyncio.Queue[object] = asyncio.Queue()
@@ -81,6 +84,7 @@ class ConversationWriter:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            await asyncio.sleep(self._linger_s)  # let a burst gather: one transaction for many requests
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._write_with_retry(batch)
