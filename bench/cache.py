@@ -64,7 +64,7 @@ def main() -> None:
         script.write_text(LUA, encoding="utf-8")
         with server(Path(tmp), env) as base:
             first = httpx.post(f"{base}/v1/chat", json={"message": QUESTION}, timeout=30).json()
-            assert first["cache"] == "miss" and first["provider"] == "gemini", first
+            assert (first["cache"], first["provider"]) == ("miss", "gemini"), first
             assert httpx.post(f"{base}/v1/chat", json={"message": QUESTION}, timeout=30).json()["cache"] == "exact"
             before = stats(base)
             health = wrk(base, "/healthz", None)
@@ -74,12 +74,8 @@ def main() -> None:
     print(f"one worker, {CONNECTIONS} connections, {DURATION_S} s each (wrk)")
     print("| endpoint | req/s | p50 ms | p99 ms | non-2xx |")
     print("|---|---|---|---|---|")
-    print(
-        f"| GET /healthz (baseline) | {health['rps']:.0f} | {health['p50']:.2f} | {health['p99']:.2f} | {health['errors']:.0f} |"
-    )
-    print(
-        f"| POST /v1/chat, exact hit | {cached['rps']:.0f} | {cached['p50']:.2f} | {cached['p99']:.2f} | {cached['errors']:.0f} |"
-    )
+    for name, row in (("GET /healthz (baseline)", health), ("POST /v1/chat, exact hit", cached)):
+        print(f"| {name} | {row['rps']:.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['errors']:.0f} |")
     print(f"throughput ratio chat/healthz: {cached['rps'] / health['rps']:.2f}")
     print(f"cached requests answered: {cached['requests']:.0f}; conversations recorded for them: {recorded}")
 
