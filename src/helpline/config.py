@@ -59,9 +59,9 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(default=3600, ge=1)
     # Cosine similarity for a semantic hit (after the guards). Calibrated by `helpline eval cache` on BANKING77
     # for >= 99% precision; see the README.
-    cache_semantic_threshold: float = Field(default=0.86, ge=0.5, le=1.0)
+    cache_semantic_threshold: float = Field(default=0.81, ge=0.5, le=1.0)
     # ... and the lead the best match needs over any cached question with a different answer (same calibration).
-    cache_semantic_margin: float = Field(default=0.1, ge=0.0, le=1.0)
+    cache_semantic_margin: float = Field(default=0.16, ge=0.0, le=1.0)
     cache_timeout_s: float = Field(default=0.15, gt=0)  # a slower cache store is bypassed, never waited on
     cache_fallback_answers: bool = False  # cache answers of the last-resort provider when models are configured
     tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,40}$")

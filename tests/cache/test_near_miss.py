@@ -64,5 +64,5 @@ async def test_paraphrases_hit(embedder: Embedder, guard: SemanticGuard) -> None
     assert rate >= PARAPHRASE_FLOOR
 
 
-# Measured with the calibrated defaults; a drop below this floor is a regression worth a look.
-PARAPHRASE_FLOOR = 0.0
+# Measured with the calibrated defaults (18 of 137 = 0.131); a drop below this floor is a regression.
+PARAPHRASE_FLOOR = 0.12
