@@ -132,6 +132,8 @@ async def test_a_crash_is_a_plain_500_outside_and_a_stack_trace_only_in_the_serv
     assert response.status_code == 500
     body = response.json()
     assert body["error"]["code"] == "internal_error"
+    assert body["error"]["request_id"]
+    assert response.headers["x-request-id"] == body["error"]["request_id"]
     assert "hunter2" not in response.text
     assert "Traceback" not in response.text
     err = capsys.readouterr().err

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import AsyncGenerator
+from typing import cast
 
 import pytest
 
@@ -170,3 +172,29 @@ async def test_every_provider_down_gives_an_apology_and_handoff() -> None:
     assert reply.action == "handoff"
     assert reply.text == APOLOGY_REPLY
     assert completion.provider == "none"
+
+
+async def test_background_health_check_restores_a_recovered_provider_within_one_interval() -> None:
+    primary, secondary = fakes("primary", "secondary")
+    primary.default = FakeReply(error=Unavailable("down"))
+    router = FallbackRouter([primary, secondary], FAST)
+    for _ in range(FAST.breaker_failures):
+        await collect(router)
+    assert router.slots[0].breaker.state == "open"
+    primary.default = FakeReply(text="recovered")
+    checks = asyncio.create_task(router.run_health_checks())
+    try:
+        await asyncio.sleep(FAST.health_interval_s * 1.2)
+        assert text_of(await collect(router)) == "recovered"  # the half-open probe
+    finally:
+        checks.cancel()
+
+
+async def test_a_consumer_that_goes_away_cancels_the_provider_call() -> None:
+    primary = FakeProvider(name="primary", default=FakeReply(text="a long answer " * 20, chunks=20, chunk_delay_s=0.05))
+    router = FallbackRouter([primary], FAST)
+    stream = cast(AsyncGenerator[StreamChunk, None], router.stream(REQUEST))
+    assert (await anext(stream)).text  # the shopper saw the first words ...
+    await stream.aclose()  # ... and closed the page: the provider's stream is cancelled, not left running
+    await asyncio.sleep(0.05)
+    assert primary.cancelled == 1

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 REQUEST_ID_HEADER = b"x-request-id"
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="")
+log = structlog.get_logger(__name__)
 
 
 def current_request_id() -> str:
@@ -39,8 +40,12 @@ class RequestIdMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         scope.setdefault("state", {})["request_id"] = request_id
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
                 message["headers"] = headers
@@ -48,6 +53,15 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # An unhandled error: answer here, while the request id is still known (Starlette's outermost error
+            # middleware would answer after this one has let go of it). Never a stack trace to the client.
+            if started:
+                raise
+            log.exception("unhandled_error")
+            await _send_json(
+                send_with_id, 500, "internal_error", "something went wrong on our side; it has been logged"
+            )
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
             request_id_var.reset(token)
@@ -116,3 +130,16 @@ class BodyLimitMiddleware:
 
 class BodyTooLargeError(Exception):
     """Raised inside the app's receive when a streamed body passes the limit."""
+
+
+async def _send_json(send: Send, status: int, code: str, message: str) -> None:
+    """The contract's error shape, straight onto the ASGI channel."""
+    body = orjson.dumps({"error": {"code": code, "message": message, "request_id": current_request_id()}})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

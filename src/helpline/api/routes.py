@@ -91,6 +91,10 @@ async def readyz(services: ServicesDep) -> JsonResponse:
         checks["database"] = f"down: {type(error).__name__}"
     checks["providers"] = "ok" if await services.provider.health() else "down: no usable provider"
     checks["knowledge"] = "ok" if len(services.knowledge) else "empty"
+    if services.cache is not None:
+        # Reported, not required: without its cache store the service still answers (it bypasses the cache).
+        up = await services.cache.connect(timeout_s=0.5)
+        checks["cache"] = f"ok ({services.cache.backend.kind})" if up else "down: bypassed"
     ready = checks["database"] == "ok" and checks["providers"] == "ok"
     return JsonResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503

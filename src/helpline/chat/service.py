@@ -326,7 +326,7 @@ class ChatService:
             tokens_in=usage.tokens_in, tokens_out=tokens_out, cost_usd=record.cost_usd,
         )  # fmt: skip
         await self._conversations.add(record)
-        await self._maybe_cache(prepared, reply, usage, record)
+        await self._maybe_cache(prepared, reply, usage)
         log.info(
             "chat_answered", provider=usage.provider, model=usage.model, action=reply.action, latency_ms=latency_ms,
             tokens_in=usage.tokens_in, tokens_out=tokens_out, grounded=reply.grounded,
@@ -347,28 +347,29 @@ class ChatService:
             cost_usd=record.cost_usd,
         )
 
-    async def _maybe_cache(
-        self, prepared: Prepared, reply: ParsedReply, usage: Usage, record: ConversationRecord
-    ) -> None:
+    def _worth_caching(self, prepared: Prepared, reply: ParsedReply, usage: Usage) -> CachedAnswer | None:
+        """The cache entry for a good answer, or None: no errors, apologies, handoffs, ungrounded or fallback
+        replies (the last-resort answerer standing in for configured models), unless settings allow fallbacks."""
+        last_resort = usage.provider == "extractive" and len(self._router.providers) > 1
+        if not cacheable(
+            action=reply.action, grounded=reply.grounded, provider=usage.provider, error=None,
+            last_resort=last_resort, allow_fallback=self._settings.cache_fallback_answers,
+        ):  # fmt: skip
+            return None
+        return CachedAnswer(
+            question=prepared.message, reply=reply.text, citations=[c.as_dict() for c in reply.citations],
+            provider=usage.provider, model=usage.model, tags=drawn_on(prepared.passages), cost_usd=self.cost(usage),
+            locale=prepared.locale or "",
+        )  # fmt: skip
+
+    async def _maybe_cache(self, prepared: Prepared, reply: ParsedReply, usage: Usage) -> None:
         """Store good answers only; let identical requests waiting in this process share the answer."""
         if self._cache is None:
             return
-        key = self._cache.entry_key(prepared.message, prepared.scope)
-        last_resort = usage.provider == "extractive" and len(self._router.providers) > 1
-        if not cacheable(
-            action=reply.action, grounded=reply.grounded, provider=usage.provider, error=record.error,
-            last_resort=last_resort, allow_fallback=self._settings.cache_fallback_answers,
-        ):  # fmt: skip
-            self._cache.land(key, None)
-            return
-        answer = CachedAnswer(
-            question=prepared.message, reply=reply.text, citations=record.citations, provider=usage.provider,
-            model=usage.model, tags=drawn_on(prepared.passages), cost_usd=record.cost_usd,
-            locale=prepared.locale or "",
-        )  # fmt: skip
-        if prepared.vector is not None:
+        answer = self._worth_caching(prepared, reply, usage)
+        if answer is not None and prepared.vector is not None:
             await self._cache.store(prepared.message, prepared.vector, prepared.scope, answer)
-        self._cache.land(key, answer)
+        self._cache.land(self._cache.entry_key(prepared.message, prepared.scope), answer)
 
     async def warm(self, question: str, locale: str | None = None) -> bool:
         """Answer ``question`` as a first message from nobody in particular and cache it (no conversation)."""
@@ -382,20 +383,9 @@ class ChatService:
         prepared = Prepared(message, "warm", ANONYMOUS, "warm", locale, (), vector, scope)
         await self._retrieve(prepared)
         completion = await self._router.complete(prepared.request)
-        reply = parse_reply(completion.text, prepared.passages)
         usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
-        last_resort = usage.provider == "extractive" and len(self._router.providers) > 1
-        if not cacheable(
-            action=reply.action, grounded=reply.grounded, provider=usage.provider, error=None,
-            last_resort=last_resort, allow_fallback=self._settings.cache_fallback_answers,
-        ):  # fmt: skip
-            return False
-        answer = CachedAnswer(
-            question=message, reply=reply.text, citations=[c.as_dict() for c in reply.citations],
-            provider=usage.provider, model=usage.model, tags=drawn_on(prepared.passages),
-            cost_usd=self.cost(usage), locale=locale or "",
-        )  # fmt: skip
-        return await self._cache.store(message, vector, scope, answer)
+        answer = self._worth_caching(prepared, parse_reply(completion.text, prepared.passages), usage)
+        return answer is not None and await self._cache.store(message, vector, scope, answer)
 
     async def _record_cut(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> None:
         """A cut reply is kept for the operators, marked as an error, never as an answer."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from helpline.chat.reply import strip_control
+from helpline.observability.metrics import record_provider_call, set_breaker_state, set_provider_up
 from helpline.providers.base import (
     BadResponse,
     Completion,
@@ -224,6 +225,8 @@ class FallbackRouter:
             else:
                 buffered.append(labelled)
         attempt.slot.breaker.record_success()
+        record_provider_call(provider)
+        set_breaker_state(provider, attempt.slot.breaker.state)
         for chunk in buffered:
             yield chunk
 
@@ -297,6 +300,8 @@ class FallbackRouter:
 
     def _record_failure(self, slot: Slot, error: BaseException) -> None:
         slot.breaker.record_failure()
+        record_provider_call(slot.provider.name, error)
+        set_breaker_state(slot.provider.name, slot.breaker.state)
         slot.last_error = f"{type(error).__name__}: {error}"
         if isinstance(error, RateLimited) and error.retry_after_s:
             slot.cooldown_until = self._clock() + error.retry_after_s
@@ -314,6 +319,8 @@ class FallbackRouter:
             slot.healthy = healthy
             if healthy:
                 slot.breaker.health_ok()
+            set_provider_up(slot.provider.name, healthy)
+            set_breaker_state(slot.provider.name, slot.breaker.state)
 
     async def run_health_checks(self) -> None:
         """Forever, one round per interval (the first after one interval: providers start presumed healthy)."""

@@ -297,29 +297,19 @@ class KnowledgeRepository:
             return list((await session.scalars(query)).all())
 
     async def all_chunks(self) -> list[StoredChunk]:
-        async with self._sessions() as session:
-            rows = await session.execute(
-                select(
-                    KnowledgeChunk.document_id,
-                    KnowledgeChunk.ordinal,
-                    KnowledgeChunk.text,
-                    KnowledgeChunk.embedding,
-                ).order_by(KnowledgeChunk.document_id, KnowledgeChunk.ordinal)
-            )
-            return [StoredChunk(doc_id, ordinal, chunk_text, blob) for doc_id, ordinal, chunk_text, blob in rows.all()]
+        return await self._chunks(None)
 
     async def chunks_for(self, document_id: str) -> list[StoredChunk]:
+        return await self._chunks(document_id)
+
+    async def _chunks(self, document_id: str | None) -> list[StoredChunk]:
+        query = select(
+            KnowledgeChunk.document_id, KnowledgeChunk.ordinal, KnowledgeChunk.text, KnowledgeChunk.embedding
+        ).order_by(KnowledgeChunk.document_id, KnowledgeChunk.ordinal)
+        if document_id is not None:
+            query = query.where(KnowledgeChunk.document_id == document_id)
         async with self._sessions() as session:
-            rows = await session.execute(
-                select(
-                    KnowledgeChunk.document_id,
-                    KnowledgeChunk.ordinal,
-                    KnowledgeChunk.text,
-                    KnowledgeChunk.embedding,
-                )
-                .where(KnowledgeChunk.document_id == document_id)
-                .order_by(KnowledgeChunk.ordinal)
-            )
+            rows = await session.execute(query)
             return [StoredChunk(doc_id, ordinal, chunk_text, blob) for doc_id, ordinal, chunk_text, blob in rows.all()]
 
 
