@@ -57,6 +57,7 @@ class ParsedReply:
     citations: tuple[Citation, ...]
     grounded: bool  # cites at least one passage we gave it (or is a handoff)
     had_control_line: bool
+    blocked: bool = False  # replaced because it quoted our rules
 
 
 def parse_reply(raw: str, passages: tuple[Passage, ...]) -> ParsedReply:
@@ -85,6 +86,26 @@ def _split_control(raw: str) -> tuple[str, str]:
     if cut != -1 and _CONTROL.search(stripped[cut:]):
         return stripped[:cut], stripped[cut:]
     return stripped, ""
+
+
+_WORDS = re.compile(r"[a-z0-9]+")
+SHINGLE = 7  # a run of this many words of our rules in a reply means the model is quoting them
+BLOCKED_REPLY = (
+    "I can only help with questions about our shop, your orders and our products. "
+    "A member of our support team will follow up if you need anything else."
+)
+
+
+class PromptLeakGuard:
+    """Spots a reply that quotes the system rules (a successful prompt-injection), as a whole or as it streams."""
+
+    def __init__(self, secret_text: str) -> None:
+        words = _WORDS.findall(secret_text.lower())
+        self._shingles = {tuple(words[i : i + SHINGLE]) for i in range(len(words) - SHINGLE + 1)}
+
+    def leaks(self, text: str) -> bool:
+        words = _WORDS.findall(text.lower())
+        return any(tuple(words[i : i + SHINGLE]) in self._shingles for i in range(len(words) - SHINGLE + 1))
 
 
 def strip_control(raw: str) -> str:

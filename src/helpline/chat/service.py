@@ -6,6 +6,7 @@ events (meta, delta…, then done or error). Both go through the same preparatio
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ import structlog
 from helpline.cache.keys import CacheScope, context_digest
 from helpline.cache.policy import cacheable, is_personal, owner_scope
 from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit
-from helpline.chat.prompts import PROMPT_VERSION, estimate_tokens
-from helpline.chat.reply import ControlLineFilter, ParsedReply, parse_reply
+from helpline.chat.prompts import PROMPT_VERSION, SYSTEM_RULES, estimate_tokens
+from helpline.chat.reply import BLOCKED_REPLY, ControlLineFilter, ParsedReply, PromptLeakGuard, parse_reply
 from helpline.config import Settings
 from helpline.errors import InvalidInput, NotFound
 from helpline.knowledge.base import KnowledgeBase, Passage
@@ -110,6 +111,12 @@ class Usage:
         self.tokens_out = chunk.tokens_out if chunk.tokens_out is not None else self.tokens_out
 
 
+def _reply_error(reply: ParsedReply) -> str | None:
+    if reply.blocked:
+        return "blocked: the model's reply quoted the system prompt"
+    return None if reply.grounded else "ungrounded: the reply cited no passage it was given"
+
+
 def drawn_on(passages: tuple[Passage, ...]) -> list[str]:
     """The tags a cached answer carries: the ids of the documents it was given, and their ingest tags."""
     return sorted({p.id for p in passages} | {tag for p in passages for tag in p.tags})
@@ -142,6 +149,7 @@ class ChatService:
         self._knowledge = knowledge
         self._router = router
         self._cache = cache
+        self._leak_guard = PromptLeakGuard(SYSTEM_RULES)
 
     async def prepare(
         self,
@@ -210,7 +218,14 @@ class ChatService:
         await self._retrieve(prepared)
         completion = await self._router.complete(prepared.request)
         usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
-        return await self._finish(prepared, parse_reply(completion.text, prepared.passages), usage)
+        return await self._finish(prepared, self._checked(parse_reply(completion.text, prepared.passages)), usage)
+
+    def _checked(self, reply: ParsedReply) -> ParsedReply:
+        """A reply that quotes our rules (an injection that worked) never reaches the shopper or the cache."""
+        if not self._leak_guard.leaks(reply.text):
+            return reply
+        log.warning("reply_blocked", reason="quoted the system prompt")
+        return ParsedReply(BLOCKED_REPLY, "handoff", (), True, False, blocked=True)
 
     async def _retrieve(self, prepared: Prepared) -> None:
         if prepared.vector is None:
@@ -230,14 +245,21 @@ class ChatService:
         await self._retrieve(prepared)
         visible = ControlLineFilter()
         usage = Usage()
+        stopped: str | None = None
         try:
-            async for chunk in self._router.stream(prepared.request, live=True):
-                usage.add(chunk)
-                text = visible.feed(chunk.text)
-                if text:
-                    yield ChatEvent("delta", {"text": text})
+            async with contextlib.aclosing(self._router.stream(prepared.request, live=True)) as chunks:
+                async for chunk in chunks:
+                    usage.add(chunk)
+                    text = visible.feed(chunk.text)
+                    if self._leak_guard.leaks(visible.visible):  # an injection that worked: stop showing it
+                        stopped = "blocked: the reply quoted the system prompt"
+                        break
+                    if text:
+                        yield ChatEvent("delta", {"text": text})
         except StreamCut as cut:
-            await self._record_cut(prepared, visible.visible, usage, str(cut))
+            stopped = str(cut)
+        if stopped is not None:
+            await self._record_cut(prepared, visible.visible, usage, stopped)
             yield ChatEvent(
                 "error",
                 {"code": "reply_cut", "message": "the reply was interrupted; please ask again",
@@ -247,7 +269,8 @@ class ChatService:
         rest, control = visible.finish()
         if rest:
             yield ChatEvent("delta", {"text": rest})
-        result = await self._finish(prepared, parse_reply(visible.visible + control, prepared.passages), usage)
+        reply = self._checked(parse_reply(visible.visible + control, prepared.passages))
+        result = await self._finish(prepared, reply, usage)
         yield ChatEvent("done", result.body())
 
     async def _serve_hit(self, prepared: Prepared, hit: CacheHit) -> ChatResult:
@@ -317,7 +340,7 @@ class ChatService:
             tokens_in=usage.tokens_in,
             tokens_out=tokens_out,
             cost_usd=self.cost(usage),
-            error=None if reply.grounded else "ungrounded: the reply cited no passage it was given",
+            error=_reply_error(reply),
             user_key_id=prepared.principal.key_id,
             locale=prepared.locale,
         )

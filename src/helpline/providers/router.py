@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -188,7 +188,7 @@ class FallbackRouter:
             tokens_in, tokens_out = chunk.tokens_in or tokens_in, chunk.tokens_out or tokens_out
         return Completion(text, provider, model, tokens_in, tokens_out)
 
-    async def stream(self, request: CompletionRequest, *, live: bool = True) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: CompletionRequest, *, live: bool = True) -> AsyncGenerator[StreamChunk, None]:
         """Chunks labelled with the provider that wrote them; ends with a ``done`` chunk or raises StreamCut."""
         order = iter(self.slots)
         shown = ""
