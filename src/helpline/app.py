@@ -14,9 +14,11 @@ from fastapi import FastAPI
 from helpline.api.admin import router as admin_router
 from helpline.api.deps import Services
 from helpline.api.errors import install_error_handlers
+from helpline.api.feedback import router as feedback_router
 from helpline.api.limits import RateLimitMiddleware
 from helpline.api.metrics_route import router as metrics_router
 from helpline.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from helpline.api.openai_compat import router as openai_router
 from helpline.api.routes import router
 from helpline.api.security import install_security
 from helpline.cache.factory import build_cache
@@ -189,12 +191,23 @@ def create_app(
         description="AI customer support for online stores.",
     )
     install_error_handlers(app)
+    include_routes(app)
+    install_middleware(app, settings)
+    return app
+
+
+def include_routes(app: FastAPI) -> None:
     app.include_router(router)
     app.include_router(metrics_router)
     app.include_router(admin_router)
+    app.include_router(feedback_router)
+    app.include_router(openai_router)
+
+
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    """Outermost last: RequestId → AccessLog → security (CSRF, CORS, headers) → body limit → rate limits."""
     app.add_middleware(RateLimitMiddleware)  # innermost: holds the concurrency lease until the last body byte
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_security(app, settings)  # CSRF, CORS, security headers
     app.add_middleware(AccessLogMiddleware)  # inside RequestId (knows the id), outside the rest (counts 413/429)
     app.add_middleware(RequestIdMiddleware)
-    return app

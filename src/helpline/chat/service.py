@@ -159,10 +159,13 @@ class ChatService:
         request_id: str,
         session_id: str | None = None,
         locale: str | None = None,
+        history: tuple[Turn, ...] = (),
     ) -> Prepared:
-        """Everything that can refuse the request, before any event is sent; then the cache lookup."""
+        """Everything that can refuse the request, before any event is sent; then the cache lookup.
+
+        ``history``: earlier turns supplied by the caller (the OpenAI-compatible API is stateless); a stored
+        session's own turns take their place when ``session_id`` is given."""
         message = clean_message(raw_message, self._settings.max_message_chars)
-        history: tuple[Turn, ...] = ()
         if session_id is not None:
             await self.check_owner(session_id, principal)
             history = await self._history(session_id)
@@ -193,7 +196,10 @@ class ChatService:
         )
 
     async def chat(self, raw_message: str, **context: Any) -> ChatResult:
-        prepared = await self.prepare(raw_message, **context)
+        return await self.answer(await self.prepare(raw_message, **context))
+
+    async def answer(self, prepared: Prepared) -> ChatResult:
+        """The whole reply for a prepared question: from the cache, a peer's identical request, or the router."""
         if prepared.hit is not None:
             return await self._serve_hit(prepared, prepared.hit)
         if self._cache is None:

@@ -100,6 +100,18 @@ class Conversation(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
+class Feedback(Base):
+    """A shopper's thumbs up/down (and optional comment) on one reply; the latest one counts."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("conversations.message_id"), unique=True)
+    rating: Mapped[str] = mapped_column(String(8))
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
 class KnowledgeDocument(Base):
     """A passage the bot may answer from: an FAQ entry, a policy section or a product record."""
 
@@ -145,6 +157,7 @@ __all__ = [
     "Base",
     "ChatSession",
     "Conversation",
+    "Feedback",
     "KeyValue",
     "KnowledgeChunk",
     "KnowledgeDocument",

@@ -16,6 +16,7 @@ from helpline.store.models import (
     ApiKey,
     ChatSession,
     Conversation,
+    Feedback,
     KeyValue,
     KnowledgeChunk,
     KnowledgeDocument,
@@ -192,6 +193,58 @@ class ConversationRepository:
         async with self._sessions() as session:
             return int(await session.scalar(select(func.count()).select_from(ChatSession)) or 0)
 
+    # --- the admin dashboard (web/): activity rows, a conversation search and a keyset-paged export ---
+
+    async def activity_since(self, since: datetime, limit: int = 200_000) -> list[tuple[Any, ...]]:
+        """(created_at, latency ms, cache, provider, action, cost, cost saved) of recent exchanges, oldest first;
+        the dashboard buckets them by hour in Python (percentiles are not portable SQL)."""
+        await self.flush()
+        query = (
+            select(
+                Conversation.created_at, Conversation.response_time_ms, Conversation.cache_state,
+                Conversation.provider, Conversation.action, Conversation.cost_usd, Conversation.cost_saved_usd,
+            )
+            .where(Conversation.created_at >= since)
+            .order_by(Conversation.id)
+            .limit(limit)
+        )  # fmt: skip
+        async with self._sessions() as session:
+            return [tuple(row) for row in (await session.execute(query)).all()]
+
+    async def feedback_counts(self) -> dict[str, int]:
+        """Thumbs by rating, e.g. ``{"up": 3, "down": 1}``."""
+        async with self._sessions() as session:
+            rows = await session.execute(select(Feedback.rating, func.count()).group_by(Feedback.rating))
+            return {str(rating): int(count) for rating, count in rows.all()}
+
+    async def search(self, filters: dict[str, str], limit: int = 50) -> list[Conversation]:
+        """Newest first; ``q`` is a substring of the question or reply (LIKE wildcards escaped), and ``provider``,
+        ``cache`` and ``action`` must match exactly."""
+        await self.flush()
+        query = select(Conversation).order_by(Conversation.id.desc()).limit(limit)
+        if q := filters.get("q"):
+            asked = Conversation.user_query.contains(q, autoescape=True)
+            query = query.where(asked | Conversation.ai_response.contains(q, autoescape=True))
+        for name, column in (
+            ("provider", Conversation.provider), ("cache", Conversation.cache_state), ("action", Conversation.action),
+        ):  # fmt: skip
+            if value := filters.get(name):
+                query = query.where(column == value)
+        async with self._sessions() as session:
+            return list((await session.scalars(query)).all())
+
+    async def export_page(self, after_id: int, limit: int = 500) -> list[tuple[Conversation, str | None, str | None]]:
+        """The next ``limit`` exchanges after ``after_id`` (keyset: no OFFSET), each with its feedback, if any."""
+        query = (
+            select(Conversation, Feedback.rating, Feedback.comment)
+            .outerjoin(Feedback, Feedback.message_id == Conversation.message_id)
+            .where(Conversation.id > after_id)
+            .order_by(Conversation.id)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return [(row[0], row[1], row[2]) for row in (await session.execute(query)).all()]
+
 
 def _row_values(record: ConversationRecord) -> dict[str, Any]:
     return {
@@ -311,6 +364,34 @@ class KnowledgeRepository:
         async with self._sessions() as session:
             rows = await session.execute(query)
             return [StoredChunk(doc_id, ordinal, chunk_text, blob) for doc_id, ordinal, chunk_text, blob in rows.all()]
+
+
+class FeedbackRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def message_owner(self, message_id: str) -> tuple[bool, int | None]:
+        """(exists, owner key id of the message's conversation)."""
+        async with self._sessions() as session:
+            row = await session.execute(
+                select(ChatSession.owner_key_id)
+                .join(Conversation, Conversation.session_id == ChatSession.id)
+                .where(Conversation.message_id == message_id)
+            )
+            found = row.first()
+        return (False, None) if found is None else (True, found[0])
+
+    async def upsert(self, message_id: str, rating: str, comment: str | None) -> None:
+        async with self._sessions.begin() as session:
+            existing = await session.scalar(select(Feedback).where(Feedback.message_id == message_id))
+            if existing is None:
+                session.add(Feedback(message_id=message_id, rating=rating, comment=comment, created_at=utcnow()))
+            else:
+                existing.rating, existing.comment, existing.created_at = rating, comment, utcnow()
+
+    async def get(self, message_id: str) -> Feedback | None:
+        async with self._sessions() as session:
+            return await session.scalar(select(Feedback).where(Feedback.message_id == message_id))
 
 
 class StateRepository:
