@@ -32,6 +32,7 @@ services:
 # Validators the deploy tests run (promtool, nginx, shellcheck, hadolint, actionlint, docker compose); idempotent.
 tools: install-dev
 	bash scripts/install-tools.sh $(VENV)
+	bash scripts/install-browser.sh $(VENV)
 
 lint: install-dev
 	$(BIN)/ruff check src tests bench

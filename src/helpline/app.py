@@ -47,6 +47,7 @@ from helpline.store.repositories import (
     StateRepository,
 )
 from helpline.store.writer import ConversationWriter
+from helpline.web.routes import router as web_router
 
 log = structlog.get_logger(__name__)
 ADMIN_BOOTSTRAPPED = "admin_token_bootstrapped"
@@ -202,6 +203,7 @@ def include_routes(app: FastAPI) -> None:
     app.include_router(admin_router)
     app.include_router(feedback_router)
     app.include_router(openai_router)
+    app.include_router(web_router)
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:

@@ -17,6 +17,7 @@ import pytest
 from helpline.chat.prompts import SYSTEM_RULES
 from helpline.chat.reply import BLOCKED_REPLY, SHINGLE
 from helpline.knowledge.embeddings import Embedder
+from helpline.providers.base import Provider
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.gemini import GeminiProvider
 from tests.api.test_streaming import parse_sse
@@ -41,7 +42,10 @@ def gemini() -> Iterator[FakeGemini]:
 async def api(sqlite_url: str, embedder: Embedder, gemini: FakeGemini) -> AsyncIterator[Api]:
     gemini.reset()
     gemini.reply_text = HONEST
-    providers = [GeminiProvider("test-key", "gemini-2.5-flash", gemini.base_url), ExtractiveProvider(0.5)]
+    providers: list[Provider] = [
+        GeminiProvider("test-key", "gemini-2.5-flash", gemini.base_url),
+        ExtractiveProvider(0.5),
+    ]
     async with running_api(make_settings(sqlite_url), embedder, providers) as running:
         yield running
 

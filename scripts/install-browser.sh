@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# What the browser tests need: headless Chromium from Debian (never a browser download of Playwright's own) and
+# axe-core from npm for the accessibility check, kept inside the venv (VENV/node, ignored by git).
+# Idempotent and fast when both are there. Usage: scripts/install-browser.sh [VENV_DIR]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="${1:-$ROOT/.venv}"
+AXE_DIR="$VENV/node"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo "$@"
+  else
+    echo "install-browser: '$*' needs root (run as root or with password-less sudo)" >&2
+    exit 1
+  fi
+}
+
+if [ ! -x /usr/bin/chromium ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q chromium >/dev/null; }
+fi
+
+if [ ! -f "$AXE_DIR/node_modules/axe-core/axe.min.js" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm >/dev/null
+  fi
+  mkdir -p "$AXE_DIR"
+  npm install --prefix "$AXE_DIR" --no-save --no-audit --no-fund --silent axe-core@4 >/dev/null
+fi

@@ -1,0 +1,282 @@
+/*
+ * Helpline dashboard: fetches /admin/api/* (the HttpOnly session cookie authenticates) and draws plain SVG charts
+ * with createElementNS. Every value from the server is written with textContent, never as markup.
+ */
+(function () {
+  "use strict";
+
+  var SVG = "http://www.w3.org/2000/svg";
+  var WIDTH = 520;
+  var HEIGHT = 200;
+  var PAD = { left: 44, right: 12, top: 12, bottom: 34 };
+  var COLOURS = ["#1d6b3a", "#b35c00", "#2c5fa8", "#8a3b9e", "#6b6b6b", "#a8322c"];
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) {
+      node.className = className;
+    }
+    if (text !== undefined && text !== null) {
+      node.textContent = String(text);
+    }
+    return node;
+  }
+
+  function svg(tag, attributes, text) {
+    var node = document.createElementNS(SVG, tag);
+    Object.keys(attributes || {}).forEach(function (name) {
+      node.setAttribute(name, String(attributes[name]));
+    });
+    if (text !== undefined) {
+      node.textContent = String(text);
+    }
+    return node;
+  }
+
+  function percent(value) {
+    return (Math.round(value * 1000) / 10).toFixed(1) + "%";
+  }
+
+  function money(value) {
+    return "$" + Number(value || 0).toFixed(4);
+  }
+
+  function hourLabel(iso) {
+    return iso.slice(11, 16);
+  }
+
+  function status(text) {
+    document.getElementById("status").textContent = text;
+  }
+
+  async function getJson(url) {
+    var response = await fetch(url, { credentials: "same-origin", headers: { accept: "application/json" } });
+    if (response.status === 401) {
+      window.location.assign("/admin");
+      throw new Error("signed out");
+    }
+    if (!response.ok) {
+      throw new Error("HTTP " + response.status);
+    }
+    return response.json();
+  }
+
+  /* ---------- charts ---------- */
+
+  function frame(container, label) {
+    var chart = svg("svg", { viewBox: "0 0 " + WIDTH + " " + HEIGHT, role: "img", "aria-label": label, class: "svg-chart" });
+    chart.appendChild(svg("title", {}, label));
+    container.replaceChildren(chart);
+    return chart;
+  }
+
+  function axes(chart, maxValue, labels) {
+    var bottom = HEIGHT - PAD.bottom;
+    chart.appendChild(svg("line", { x1: PAD.left, y1: bottom, x2: WIDTH - PAD.right, y2: bottom, class: "axis" }));
+    chart.appendChild(svg("line", { x1: PAD.left, y1: PAD.top, x2: PAD.left, y2: bottom, class: "axis" }));
+    chart.appendChild(svg("text", { x: PAD.left - 6, y: PAD.top + 10, "text-anchor": "end", class: "tick" }, maxValue));
+    chart.appendChild(svg("text", { x: PAD.left - 6, y: bottom, "text-anchor": "end", class: "tick" }, 0));
+    var step = Math.max(1, Math.ceil(labels.length / 8));
+    var slot = (WIDTH - PAD.left - PAD.right) / Math.max(labels.length, 1);
+    labels.forEach(function (label, index) {
+      if (index % step === 0) {
+        var x = PAD.left + slot * index + slot / 2;
+        chart.appendChild(svg("text", { x: x, y: HEIGHT - 12, "text-anchor": "middle", class: "tick" }, label));
+      }
+    });
+  }
+
+  function empty(container, label) {
+    var chart = frame(container, label + ": no traffic yet");
+    chart.appendChild(svg("text", { x: WIDTH / 2, y: HEIGHT / 2, "text-anchor": "middle", class: "empty" }, "No traffic yet"));
+  }
+
+  function barChart(container, label, labels, values) {
+    if (!values.length) {
+      return empty(container, label);
+    }
+    var chart = frame(container, label);
+    var max = Math.max.apply(null, values.concat([1]));
+    axes(chart, max, labels);
+    var slot = (WIDTH - PAD.left - PAD.right) / values.length;
+    var plot = HEIGHT - PAD.top - PAD.bottom;
+    values.forEach(function (value, index) {
+      var height = (value / max) * plot;
+      var bar = svg("rect", {
+        x: PAD.left + slot * index + slot * 0.15, y: HEIGHT - PAD.bottom - height,
+        width: slot * 0.7, height: height, class: "bar-rect",
+      });
+      bar.appendChild(svg("title", {}, labels[index] + ": " + value));
+      chart.appendChild(bar);
+    });
+  }
+
+  function lineChart(container, label, labels, series) {
+    if (!labels.length) {
+      return empty(container, label);
+    }
+    var chart = frame(container, label);
+    var all = [1];
+    series.forEach(function (item) { all = all.concat(item.values); });
+    var max = Math.max.apply(null, all);
+    axes(chart, max, labels);
+    var slot = (WIDTH - PAD.left - PAD.right) / labels.length;
+    var plot = HEIGHT - PAD.top - PAD.bottom;
+    series.forEach(function (item, seriesIndex) {
+      var points = item.values.map(function (value, index) {
+        return [PAD.left + slot * index + slot / 2, HEIGHT - PAD.bottom - (value / max) * plot];
+      });
+      var colour = COLOURS[seriesIndex % COLOURS.length];
+      chart.appendChild(svg("polyline", { points: points.map(function (p) { return p.join(","); }).join(" "), fill: "none", stroke: colour, "stroke-width": 2 }));
+      points.forEach(function (point, index) {
+        var dot = svg("circle", { cx: point[0], cy: point[1], r: 3, fill: colour });
+        dot.appendChild(svg("title", {}, item.name + " " + labels[index] + ": " + item.values[index] + " ms"));
+        chart.appendChild(dot);
+      });
+    });
+    container.appendChild(legend(series.map(function (item) { return item.name; })));
+  }
+
+  function legend(names) {
+    var list = el("ul", "legend");
+    names.forEach(function (name, index) {
+      var item = el("li");
+      var swatch = svg("svg", { width: 12, height: 12, "aria-hidden": "true" });
+      swatch.appendChild(svg("rect", { width: 12, height: 12, fill: COLOURS[index % COLOURS.length] }));
+      item.append(swatch, document.createTextNode(" " + name));
+      list.appendChild(item);
+    });
+    return list;
+  }
+
+  /** A horizontal stacked bar of shares (0..1) with a legend listing each share as text. */
+  function shareChart(container, label, shares) {
+    var names = Object.keys(shares);
+    if (!names.length) {
+      return empty(container, label);
+    }
+    var chart = frame(container, label);
+    chart.setAttribute("viewBox", "0 0 " + WIDTH + " 40");
+    var x = 0;
+    names.forEach(function (name, index) {
+      var width = shares[name] * WIDTH;
+      var part = svg("rect", { x: x, y: 4, width: width, height: 32, fill: COLOURS[index % COLOURS.length] });
+      part.appendChild(svg("title", {}, name + ": " + percent(shares[name])));
+      chart.appendChild(part);
+      x += width;
+    });
+    container.appendChild(legend(names.map(function (name) { return name + " " + percent(shares[name]); })));
+  }
+
+  /* ---------- figures ---------- */
+
+  function tile(list, name, value) {
+    var box = el("div", "tile");
+    box.append(el("dt", "", name), el("dd", "", value));
+    list.appendChild(box);
+  }
+
+  function renderTiles(stats) {
+    var list = document.getElementById("tiles");
+    list.replaceChildren();
+    var feedback = stats.feedback || { up: 0, down: 0 };
+    var rated = feedback.up + feedback.down;
+    tile(list, "Requests (24 h)", stats.requests);
+    tile(list, "Conversations (all time)", stats.conversations);
+    tile(list, "Sessions", stats.sessions);
+    tile(list, "Handoff rate", percent(stats.handoff_rate || 0));
+    tile(list, "Thumbs up / down", feedback.up + " / " + feedback.down + (rated ? " (" + percent(feedback.up / rated) + " up)" : ""));
+    tile(list, "Model cost", money(stats.cost_usd));
+    tile(list, "Saved by the cache", money(stats.cost_saved_usd));
+    tile(list, "Knowledge documents", stats.documents);
+  }
+
+  function renderAlerts(alerts) {
+    var list = document.getElementById("alerts");
+    list.replaceChildren();
+    var entries = Array.isArray(alerts) ? alerts : Object.keys(alerts || {}).map(function (name) {
+      var value = alerts[name];
+      return { name: name, state: typeof value === "object" && value !== null ? value.state || JSON.stringify(value) : value };
+    });
+    if (!entries.length) {
+      list.appendChild(el("li", "", "No alert rules reported."));
+    }
+    entries.forEach(function (entry) {
+      var state = String(entry.state || entry.status || "unknown");
+      list.appendChild(el("li", "alert alert-" + state.replace(/[^a-z]/gi, "").toLowerCase(), (entry.name || entry.alert || "alert") + ": " + state));
+    });
+  }
+
+  function renderCharts(stats) {
+    var series = stats.series || [];
+    var labels = series.map(function (row) { return hourLabel(row.hour); });
+    barChart(document.getElementById("chart-requests"), "Requests per hour", labels, series.map(function (row) { return row.requests; }));
+    lineChart(document.getElementById("chart-latency"), "Latency per hour", labels, [
+      { name: "p50", values: series.map(function (row) { return row.p50_ms; }) },
+      { name: "p95", values: series.map(function (row) { return row.p95_ms; }) },
+    ]);
+    shareChart(document.getElementById("chart-cache"), "Cache tiers", (stats.cache || {}).hit_rate || {});
+    shareChart(document.getElementById("chart-providers"), "Provider share", stats.providers || {});
+  }
+
+  /* ---------- conversation browser ---------- */
+
+  function row(conversation) {
+    var tr = el("tr");
+    [
+      conversation.created_at.replace("T", " ").slice(0, 19),
+      conversation.message,
+      conversation.reply,
+      conversation.provider,
+      conversation.cache,
+      conversation.action,
+      conversation.latency_ms + " ms",
+    ].forEach(function (value, index) {
+      tr.appendChild(el("td", index === 1 || index === 2 ? "text" : "", value));
+    });
+    return tr;
+  }
+
+  async function loadConversations() {
+    var form = document.getElementById("filters");
+    var params = new URLSearchParams(new FormData(form));
+    params.set("limit", "50");
+    var body = await getJson("/admin/api/conversations?" + params.toString());
+    var tbody = document.querySelector("#conversations tbody");
+    tbody.replaceChildren();
+    body.conversations.forEach(function (conversation) {
+      tbody.appendChild(row(conversation));
+    });
+    if (!body.conversations.length) {
+      var empty = el("tr");
+      var cell = el("td", "", "No conversations match.");
+      cell.colSpan = 7;
+      empty.appendChild(cell);
+      tbody.appendChild(empty);
+    }
+  }
+
+  async function loadStats() {
+    var stats = await getJson("/admin/api/stats");
+    renderTiles(stats);
+    renderCharts(stats);
+    renderAlerts(stats.alerts);
+    document.body.dataset.requests = String(stats.requests);
+  }
+
+  async function start() {
+    document.getElementById("filters").addEventListener("submit", function (event) {
+      event.preventDefault();
+      loadConversations().catch(function (error) { status("Could not load conversations: " + error.message); });
+    });
+    try {
+      await Promise.all([loadStats(), loadConversations()]);
+      status("Updated " + new Date().toLocaleTimeString());
+      document.body.dataset.ready = "true";
+    } catch (error) {
+      status("Could not load the dashboard: " + error.message);
+    }
+  }
+
+  start();
+})();
