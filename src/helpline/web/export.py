@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from helpline.store.models import Conversation
-from helpline.store.repositories import ConversationRepository, as_utc
+from helpline.store.repositories import ConversationRepository, as_message
 
 PAGE_SIZE = 500
 COLUMNS = [
@@ -23,17 +23,10 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def export_record(row: Conversation, rating: str | None, comment: str | None) -> dict[str, Any]:
+    """The contract's message shape plus what operators export (CSV columns follow COLUMNS, not this order)."""
     return {
-        "message_id": row.message_id,
+        **as_message(row),
         "session_id": row.session_id,
-        "created_at": as_utc(row.created_at).isoformat(),
-        "message": row.user_query,
-        "reply": row.ai_response,
-        "provider": row.provider,
-        "model": row.model_used,
-        "cache": row.cache_state,
-        "action": row.action,
-        "citations": row.citations,
         "latency_ms": row.response_time_ms,
         "tokens_in": row.tokens_in,
         "tokens_out": row.tokens_out,
