@@ -117,6 +117,25 @@ def test_markup_typed_by_a_shopper_renders_as_text(phone: Page) -> None:
     assert phone.locator(".hlw-log img, .hlw-log script").count() == 0
 
 
+def test_markup_in_a_knowledge_document_renders_as_text(phone: Page, base_url: str) -> None:
+    """A poisoned document (a product description with markup) reaches the shopper as text, never as markup."""
+    payload = " ".join(XSS_PAYLOADS)
+    response = httpx.put(
+        f"{base_url}/v1/admin/kb/documents/faq-xss-probe",
+        json={"title": "Do you sell dragonfruit sorbet?", "text": f"Yes, dragonfruit sorbet {payload} is in Frozen.",
+              "kind": "faq"},
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    open_widget(phone)
+    ask(phone, "Do you sell dragonfruit sorbet?")
+    reply = phone.locator(".hlw-bot[data-message-id]").last
+    expect(reply).to_contain_text("<img src=x onerror=")
+    expect(reply).to_contain_text("<script>window.__xss=1</script>")
+    assert phone.evaluate("window.__xss") is None
+    assert phone.locator(".hlw-log img, .hlw-log script").count() == 0
+
+
 def test_the_conversation_survives_a_reload_but_never_reaches_another_shopper(
     browser: Browser, phone: Page, base_url: str
 ) -> None:
