@@ -28,7 +28,21 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The answer; with `stream: true` or `Accept: text/event-stream`, server-sent events "
         "`meta`, `delta` {text}…, then `done` (this body) or `error` (the error body).",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # One parsed server-sent event (OpenAPI 3.1 puts the per-event schema under `schema`).
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["event", "data"],
+                    "properties": {
+                        "event": {"type": "string", "enum": ["meta", "delta", "done", "error"]},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                        "id": {"type": "string"},
+                        "retry": {"type": "integer"},
+                    },
+                }
+            }
+        },
     },
 }
 X_CACHE = {"miss": "MISS", "exact": "HIT-EXACT", "semantic": "HIT-SEMANTIC"}
