@@ -70,6 +70,9 @@ class ConversationWriter:
         """Return once everything queued before the call is written."""
         if self._task is None:
             return
+        if self._task.done():  # the writer died (a bug, not a database error: those are retried): never hang
+            log.error("conversation_writer_stopped", backlog=self._queue.qsize())
+            return
         await self._queue.join()
 
     async def close(self) -> None:

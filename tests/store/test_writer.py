@@ -1,0 +1,48 @@
+"""The write-behind writer: batches, keeps order, retries a failing database, never drops a record."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from helpline.store.writer import ConversationWriter, PendingSession
+
+
+async def test_failed_batches_are_retried_in_order_and_nothing_is_lost() -> None:
+    written: list[object] = []
+    failures: list[BaseException] = []
+    attempts = 0
+
+    async def write(batch: Sequence[object]) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 2:
+            raise ConnectionError("database down")
+        written.extend(batch)
+
+    writer = ConversationWriter(write, on_failure=failures.append, linger_s=0.01)
+    writer.start()
+    session = PendingSession("s_1", None, None)
+    writer.add_session(session)
+    for index in range(5):
+        writer.add(f"record-{index}")
+    assert writer.pending_session("s_1") == session  # visible to ownership checks before it is written
+    await writer.flush()
+    assert written == [session, *(f"record-{index}" for index in range(5))]
+    assert len(failures) == 2
+    assert writer.pending_session("s_1") is None
+    assert writer.backlog == 0
+    await writer.close()
+
+
+async def test_close_drains_the_queue() -> None:
+    written: list[object] = []
+
+    async def write(batch: Sequence[object]) -> None:
+        written.extend(batch)
+
+    writer = ConversationWriter(write)
+    writer.start()
+    for index in range(300):
+        writer.add(index)
+    await writer.close()
+    assert written == list(range(300))
