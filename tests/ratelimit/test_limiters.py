@@ -153,10 +153,10 @@ async def test_held_leases_are_renewed_past_their_ttl(make_limiter: MakeLimiter)
     assert (await limiter.acquire([])).allowed
 
 
+@pytest.mark.parametrize("backend", ["redis", "cluster"])  # slots are a Redis matter
 async def test_redis_keys_of_one_evaluation_share_a_slot(make_limiter: MakeLimiter) -> None:
     limiter = await make_limiter()
-    if not isinstance(limiter, RedisLimiter):
-        pytest.skip("slots are a Redis matter")
+    assert isinstance(limiter, RedisLimiter)
     tiers = [ip("2001:db8:1:2::/64"), Tier("user", "user:7", PER_MINUTE_5), session("{abc}", PER_MINUTE_5)]
     assert (await limiter.acquire(tiers)).allowed  # on the cluster, a CROSSSLOT error would raise here
     keys = [limiter.lease_key, *map(limiter.key, tiers)]
