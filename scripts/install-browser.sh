@@ -8,16 +8,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="${1:-$ROOT/.venv}"
 AXE_DIR="$VENV/node"
 
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo "$@"
-  else
-    echo "install-browser: '$*' needs root (run as root or with password-less sudo)" >&2
-    exit 1
-  fi
-}
+# shellcheck source=as-root.sh
+source "$ROOT/scripts/as-root.sh"
 
 if [ ! -x /usr/bin/chromium ]; then
   export DEBIAN_FRONTEND=noninteractive

