@@ -8,8 +8,11 @@ import numpy as np
 
 from helpline.cache.backend import CacheBackend
 from helpline.cache.keys import CacheScope, KeySpace
+from helpline.cache.redis_backend import VECTOR_SEPARATOR, RedisBackend
 from helpline.cache.service import AnswerCache, CachedAnswer
 from helpline.knowledge.embeddings import Embedder
+from helpline.redisconn import create_redis
+from tests.cache.conftest import REDIS_URL
 
 SCOPE = CacheScope("t", "en", "rag-v1", "a", "m1")
 
@@ -87,3 +90,19 @@ async def test_guards_stop_near_misses_even_above_the_threshold(answer_cache: An
     await answer_cache.store(stored, embedder.embed([stored])[0], SCOPE, answer(stored, ["faq-cancel"]))
     for near_miss in ("Why can't I cancel my order?", "Can I cancel my order 48213?", "Can I not cancel my order?"):
         assert await answer_cache.lookup(near_miss, embedder.embed([near_miss])[0], SCOPE) is None, near_miss
+
+
+async def test_an_entry_in_an_older_format_is_skipped_not_fatal(keyspace: KeySpace) -> None:
+    client = create_redis(REDIS_URL, timeout_s=1.0)
+    backend = RedisBackend(client, keyspace.prefix)
+    try:
+        good = keyspace.entry(SCOPE, "good")
+        vector = np.ones(384, dtype=np.float32).tobytes()
+        await backend.put(good, b"v", ttl_s=60, tags=[], scope_id=SCOPE.id, question="good", vector=vector)
+        await client.hset(f"{keyspace.prefix}:s:{SCOPE.id}", "old", b"question" + VECTOR_SEPARATOR + b"\xff\xfe")
+        assert [entry.key for entry in await backend.semantic_entries(SCOPE.id)] == [good]
+        assert 0 < await client.ttl(f"{keyspace.prefix}:s:{SCOPE.id}") <= 120  # the index expires too
+    finally:
+        async for key in client.scan_iter(match=keyspace.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
+            await client.delete(key)
+        await backend.close()

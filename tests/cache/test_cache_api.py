@@ -4,6 +4,7 @@ streaming replay, single flight, and a Redis outage that costs nothing but the c
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -175,8 +176,9 @@ async def test_redis_outage_bypasses_the_cache_without_failing(
 ) -> None:
     fake = FakeProvider(name="gemini", model="gemini-test")
     settings = make_settings(
-        sqlite_url, redis_url=f"redis://127.0.0.1:{blackhole_redis.port}/0", cache_timeout_s=0.2, **UNLIMITED
-    )
+        sqlite_url, redis_url=f"redis://127.0.0.1:{blackhole_redis.port}/0", cache_timeout_s=0.2,
+        tenant="t" + secrets.token_hex(6), **UNLIMITED,  # a tenant of its own: nothing left by other runs
+    )  # fmt: skip
     async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
         await ask(api, "How long does delivery take?")  # healthy: cached in Redis
         assert (await ask(api, "How long does delivery take?"))["cache"] == "exact"

@@ -28,6 +28,20 @@ router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 429, 503)
 }
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "description": "A `chat.completion` object; with `stream: true`, server-sent `chat.completion.chunk` "
+        "objects and a final `[DONE]`.",
+        "content": {
+            "application/json": {"schema": {"type": "object", "required": ["id", "object", "choices"]}},
+            # One parsed server-sent event (OpenAI streams carry only data lines).
+            "text/event-stream": {
+                "schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+            },
+        },
+    },
+}
 
 
 class Message(BaseModel):
@@ -87,7 +101,7 @@ def completion_body(result: ChatResult, created: int) -> dict[str, Any]:
 
 
 @router.post(
-    "/v1/chat/completions", responses=ERRORS, dependencies=[Depends(require_json)], summary="OpenAI-compatible chat"
+    "/v1/chat/completions", responses=RESPONSES, dependencies=[Depends(require_json)], summary="OpenAI-compatible chat"
 )
 async def chat_completions(
     *, body: CompletionIn, request: Request, chat: ChatDep, principal: PrincipalDep, services: ServicesDep,

@@ -11,7 +11,7 @@ from helpline.config import Settings
 from helpline.observability.metrics import record_redis_fallback
 from helpline.redisconn import create_redis
 
-NAMESPACE = "hl:c1"
+NAMESPACE = "hl:c2"  # bump when the stored format changes (c2: the index carries answer keys)
 
 
 def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> AnswerCache:

@@ -30,6 +30,7 @@ end
 return removed
 """
 VECTOR_SEPARATOR = b"\x00\x1f\x00"
+VECTOR_BYTES = 384 * 4
 
 
 class RedisBackend:
@@ -61,6 +62,9 @@ class RedisBackend:
             pipe.set(key, value, ex=ttl_s)
             pipe.hset(f"{self._prefix}:s:{scope_id}", key, packed)
             pipe.incr(f"{self._prefix}:sv:{scope_id}")
+            # The index outlives no entry by long: it expires with the newest entry (fields cannot expire on 7.0).
+            pipe.expire(f"{self._prefix}:s:{scope_id}", ttl_s * 2)
+            pipe.expire(f"{self._prefix}:sv:{scope_id}", ttl_s * 2)
             for tag in tags:
                 pipe.sadd(f"{self._prefix}:t:{tag}", key)
                 pipe.expire(f"{self._prefix}:t:{tag}", ttl_s * 2)
@@ -76,8 +80,11 @@ class RedisBackend:
         for key, packed in fields.items():
             question, _, rest = packed.partition(VECTOR_SEPARATOR)
             answer_key, _, vector = rest.partition(VECTOR_SEPARATOR)
-            entries.append(IndexedQuestion(key.decode(), question.decode("utf-8"), vector, answer_key.decode()))
-        return entries
+            try:
+                entries.append(IndexedQuestion(key.decode(), question.decode("utf-8"), vector, answer_key.decode()))
+            except UnicodeDecodeError:  # written by another version: skip it rather than lose the whole index
+                continue
+        return [entry for entry in entries if len(entry.vector) == VECTOR_BYTES]
 
     async def forget(self, key: str) -> None:
         scope_id = key.rsplit(":", 2)[-2]
