@@ -85,3 +85,14 @@ async def test_another_owners_session_is_refused_and_nothing_written(api: Api) -
 async def test_unknown_route_and_method_use_the_error_shape(api: Api) -> None:
     assert_error_shape(await api.client.get("/v1/nope"), 404, "not_found")
     assert_error_shape(await api.client.get("/v1/chat"), 405, "method_not_allowed")
+
+
+async def test_document_metadata_that_is_not_storable_json_is_refused(api: Api) -> None:
+    """Found by schemathesis: an integer beyond 64 bits in metadata was a 500; it is bad input."""
+    response = await api.client.put(
+        "/v1/admin/kb/documents/doc-bigint",
+        content=b'{"title": "t", "text": "x", "metadata": {"n": 123456789012345678901234567890}}',
+        headers={"authorization": "Bearer test-admin-token-0123456789abcdef", "content-type": "application/json"},
+    )
+    assert_error_shape(response, 422, "validation_error")
+    assert api.services.knowledge.get("doc-bigint") is None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from helpline.api.deps import AdminDep, ServicesDep, require_json
 from helpline.api.schemas import ErrorResponse
@@ -31,6 +32,18 @@ class DocumentIn(BaseModel):
     text: str = Field(min_length=1, max_length=50_000)
     kind: Literal["faq", "policy", "product"] = "policy"
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Metadata is stored as JSON on every backend: 64-bit numbers, at most 10 kB."""
+        try:
+            encoded = orjson.dumps(value)
+        except TypeError as error:  # e.g. an integer beyond 64 bits
+            raise ValueError(f"metadata must be plain JSON: {error}") from error
+        if len(encoded) > 10_000:
+            raise ValueError("metadata must be at most 10 kB of JSON")
+        return value
 
 
 class DocumentOut(BaseModel):

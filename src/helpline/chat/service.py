@@ -24,6 +24,7 @@ from helpline.errors import InvalidInput, NotFound
 from helpline.knowledge.base import KnowledgeBase, Passage
 from helpline.knowledge.embeddings import Vectors
 from helpline.observability.context import annotate
+from helpline.privacy import redact
 from helpline.providers.base import CompletionRequest, StreamChunk, StreamCut, Turn
 from helpline.providers.router import FallbackRouter
 from helpline.store.repositories import (
@@ -91,6 +92,11 @@ class Prepared:
     hit: CacheHit | None = None
     passages: tuple[Passage, ...] = ()
     started: float = field(default_factory=time.perf_counter)
+    original: str = ""  # the shopper's words as typed, kept only in the conversation record
+
+    @property
+    def recorded(self) -> str:
+        return self.original or self.message
 
     @property
     def request(self) -> CompletionRequest:
@@ -172,7 +178,9 @@ class ChatService:
         else:
             session_id = await self._conversations.create_session(principal, locale)
         scope = self.scope(message, locale, history, principal, session_id)
-        prepared = Prepared(message, session_id, principal, request_id, locale, history, None, scope)
+        # Providers, the cache and the embedder see the message with personal data masked; the record keeps it.
+        safe = redact(message).text
+        prepared = Prepared(safe, session_id, principal, request_id, locale, history, None, scope, original=message)
         if self._cache is not None:
             prepared.hit = await self._cache.lookup_exact(message, scope)
         if prepared.hit is None:
@@ -284,7 +292,7 @@ class ChatService:
         latency_ms = round((time.perf_counter() - prepared.started) * 1000)
         record = ConversationRecord(
             session_id=prepared.session_id,
-            user_query=prepared.message,
+            user_query=prepared.recorded,
             ai_response=answer.reply,
             model_used=answer.model,
             provider=answer.provider,
@@ -324,7 +332,7 @@ class ChatService:
         if self._settings.history_turns == 0:
             return ()
         rows = await self._conversations.history(session_id, limit=self._settings.history_turns)
-        return tuple(Turn(row.user_query, row.ai_response) for row in rows if not row.error)
+        return tuple(Turn(redact(row.user_query).text, row.ai_response) for row in rows if not row.error)
 
     def cost(self, usage: Usage) -> float:
         price_in, price_out = self._settings.prices.get(usage.provider, (0.0, 0.0))
@@ -335,7 +343,7 @@ class ChatService:
         tokens_out = usage.tokens_out or estimate_tokens(reply.text)
         record = ConversationRecord(
             session_id=prepared.session_id,
-            user_query=prepared.message,
+            user_query=prepared.recorded,
             ai_response=reply.text,
             model_used=usage.model,
             provider=usage.provider,
@@ -421,7 +429,7 @@ class ChatService:
         await self._conversations.add(
             ConversationRecord(
                 session_id=prepared.session_id,
-                user_query=prepared.message,
+                user_query=prepared.recorded,
                 ai_response=shown,
                 model_used=usage.model,
                 provider=usage.provider,
