@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from tests.fakes.servers import free_port
+from tests.test_serve import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,25 +81,6 @@ async def load(
 @contextmanager
 def server(workdir: Path, env_extra: dict[str, str] | None = None) -> Iterator[str]:
     """`helpline serve` (one worker) on a free port with the embedded defaults in ``workdir``."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELPLINE_")}
-    env.update({"HELPLINE_KB_SAMPLE_PATH": str(ROOT / "data" / "sample-store"), "HELPLINE_LOG_LEVEL": "WARNING"})
-    env.update(env_extra or {})
-    process = subprocess.Popen(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "helpline", "serve", "--port", str(port)],
-        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("server did not become ready")
+    env = {"HELPLINE_LOG_LEVEL": "WARNING", **(env_extra or {})}
+    with serving(workdir, env, quiet=True) as (base, _process):
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)

@@ -17,14 +17,19 @@ from tests.fakes.servers import free_port
 
 
 @contextmanager
-def serving(workdir: Path, extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def serving(
+    workdir: Path, extra_env: dict[str, str] | None = None, *, quiet: bool = False
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`helpline serve` on a free port in ``workdir``, ready; ``quiet`` discards its output (long benchmarks
+    would otherwise fill the pipes and stall it)."""
+    output = subprocess.DEVNULL if quiet else subprocess.PIPE
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELPLINE_")}
     env["HELPLINE_KB_SAMPLE_PATH"] = str(SAMPLE_KB)
     env.update(extra_env or {})
     process = subprocess.Popen(  # noqa: S603 - our own CLI
         [sys.executable, "-m", "helpline", "serve", "--port", str(port)],
-        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=workdir, env=env, stdout=output, stderr=output, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

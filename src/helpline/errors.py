@@ -15,11 +15,6 @@ class HelplineError(Exception):
         self.headers = headers or {}
 
 
-class BadRequest(HelplineError):
-    status = 400
-    code = "bad_request"
-
-
 class Unauthorized(HelplineError):
     status = 401
     code = "unauthorized"
@@ -35,11 +30,6 @@ class NotFound(HelplineError):
     code = "not_found"
 
 
-class PayloadTooLarge(HelplineError):
-    status = 413
-    code = "payload_too_large"
-
-
 class UnsupportedMediaType(HelplineError):
     status = 415
     code = "unsupported_media_type"
@@ -53,8 +43,3 @@ class InvalidInput(HelplineError):
 class TooManyRequests(HelplineError):
     status = 429
     code = "rate_limited"
-
-
-class NoProvider(HelplineError):
-    status = 503
-    code = "no_provider"

@@ -99,6 +99,18 @@ class Prepared:
         return self.original or self.message
 
     @property
+    def elapsed_ms(self) -> int:
+        return round((time.perf_counter() - self.started) * 1000)
+
+    def record(self, reply: str, provider: str, model: str, **fields: Any) -> ConversationRecord:
+        """This exchange for the store: who asked what, when and how fast, plus the outcome's ``fields``."""
+        return ConversationRecord(
+            session_id=self.session_id, user_query=self.recorded, ai_response=reply, model_used=model,
+            provider=provider, response_time_ms=self.elapsed_ms, request_id=self.request_id,
+            user_key_id=self.principal.key_id, locale=self.locale, **fields,
+        )  # fmt: skip
+
+    @property
     def request(self) -> CompletionRequest:
         return CompletionRequest(self.message, self.passages, self.history, self.locale)
 
@@ -289,24 +301,12 @@ class ChatService:
 
     async def _serve_hit(self, prepared: Prepared, hit: CacheHit) -> ChatResult:
         answer = hit.answer
-        latency_ms = round((time.perf_counter() - prepared.started) * 1000)
-        record = ConversationRecord(
-            session_id=prepared.session_id,
-            user_query=prepared.recorded,
-            ai_response=answer.reply,
-            model_used=answer.model,
-            provider=answer.provider,
-            response_time_ms=latency_ms,
-            request_id=prepared.request_id,
-            cache_state=hit.tier,
-            action="answer",
-            citations=answer.citations,
-            cache_similarity=hit.similarity if hit.tier == "semantic" else None,
-            cache_matched=hit.matched_question if hit.tier == "semantic" else None,
-            cost_saved_usd=answer.cost_usd,
-            user_key_id=prepared.principal.key_id,
-            locale=prepared.locale,
-        )
+        record = prepared.record(
+            answer.reply, answer.provider, answer.model, cache_state=hit.tier, action="answer",
+            citations=answer.citations, cache_similarity=hit.similarity if hit.tier == "semantic" else None,
+            cache_matched=hit.matched_question if hit.tier == "semantic" else None, cost_saved_usd=answer.cost_usd,
+        )  # fmt: skip
+        latency_ms = record.response_time_ms
         annotate(provider=answer.provider, model=answer.model, cache=hit.tier, action="answer", tokens_in=0,
                  tokens_out=0, cost_usd=0.0)  # fmt: skip
         await self._conversations.add(record)
@@ -339,25 +339,13 @@ class ChatService:
         return (usage.tokens_in * price_in + usage.tokens_out * price_out) / 1_000_000
 
     async def _finish(self, prepared: Prepared, reply: ParsedReply, usage: Usage) -> ChatResult:
-        latency_ms = round((time.perf_counter() - prepared.started) * 1000)
         tokens_out = usage.tokens_out or estimate_tokens(reply.text)
-        record = ConversationRecord(
-            session_id=prepared.session_id,
-            user_query=prepared.recorded,
-            ai_response=reply.text,
-            model_used=usage.model,
-            provider=usage.provider,
-            response_time_ms=latency_ms,
-            request_id=prepared.request_id,
-            action=reply.action,
-            citations=[citation.as_dict() for citation in reply.citations],
-            tokens_in=usage.tokens_in,
-            tokens_out=tokens_out,
-            cost_usd=self.cost(usage),
-            error=_reply_error(reply),
-            user_key_id=prepared.principal.key_id,
-            locale=prepared.locale,
-        )
+        record = prepared.record(
+            reply.text, usage.provider, usage.model, action=reply.action,
+            citations=[citation.as_dict() for citation in reply.citations], tokens_in=usage.tokens_in,
+            tokens_out=tokens_out, cost_usd=self.cost(usage), error=_reply_error(reply),
+        )  # fmt: skip
+        latency_ms = record.response_time_ms
         annotate(  # the request's summary line and metrics (observability.access)
             provider=usage.provider, model=usage.model, cache="miss", action=reply.action,
             tokens_in=usage.tokens_in, tokens_out=tokens_out, cost_usd=record.cost_usd,
@@ -426,18 +414,5 @@ class ChatService:
 
     async def _record_cut(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> None:
         """A cut reply is kept for the operators, marked as an error, never as an answer."""
-        await self._conversations.add(
-            ConversationRecord(
-                session_id=prepared.session_id,
-                user_query=prepared.recorded,
-                ai_response=shown,
-                model_used=usage.model,
-                provider=usage.provider,
-                response_time_ms=round((time.perf_counter() - prepared.started) * 1000),
-                request_id=prepared.request_id,
-                action="handoff",
-                error=f"reply cut: {reason}",
-                user_key_id=prepared.principal.key_id,
-                locale=prepared.locale,
-            )
-        )
+        record = prepared.record(shown, usage.provider, usage.model, action="handoff", error=f"reply cut: {reason}")
+        await self._conversations.add(record)
