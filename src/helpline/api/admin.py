@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field, field_validator
 
-from helpline.api.deps import AdminDep, ServicesDep, require_json
+from helpline.api.deps import AdminDep, Services, ServicesDep, require_json
 from helpline.api.schemas import ErrorResponse
 from helpline.errors import InvalidInput
 from helpline.knowledge.documents import DOC_ID_PATTERN, SourceDocument
@@ -60,19 +61,34 @@ async def invalidate_cache(body: InvalidateRequest, _admin: AdminDep, services: 
     return InvalidateResponse(removed=await services.invalidator.invalidate(body.tags))
 
 
+def check_document_id(document_id: str) -> None:
+    """422 for an id the knowledge base cannot hold (the same rule as ingested files)."""
+    if not DOC_ID_PATTERN.match(document_id):
+        raise InvalidInput(f"document id must match {DOC_ID_PATTERN.pattern}", code="invalid_document_id")
+
+
+async def save_document(
+    services: Services, document_id: str, body: DocumentIn, *, source: str, tags: Sequence[str] = ()
+) -> DocumentOut:
+    """Create or replace a knowledge document, re-index it and drop the cached answers that drew on it.
+
+    The one path for every writer of a single document (this API and the dashboard's editor). An FAQ's question
+    and answer are its title and text unless the metadata names them."""
+    check_document_id(document_id)
+    assert services.invalidator is not None  # noqa: S101 - built by the lifespan
+    metadata = dict(body.metadata)
+    if body.kind == "faq":
+        metadata.setdefault("question", body.title)
+        metadata.setdefault("answer", body.text)
+    document = SourceDocument(document_id, body.kind, body.title.strip(), body.text.strip(), metadata, [*tags], source)
+    removed = await services.invalidator.upsert_document(document)
+    return DocumentOut(id=document_id, removed=removed)
+
+
 @router.put(
     "/kb/documents/{document_id}", response_model=DocumentOut, responses=ADMIN_ERRORS,
     dependencies=[Depends(require_json)],
 )  # fmt: skip
 async def upsert_document(document_id: str, body: DocumentIn, _admin: AdminDep, services: ServicesDep) -> DocumentOut:
     """Create or replace a knowledge document; the answers that drew on it are invalidated."""
-    if not DOC_ID_PATTERN.match(document_id):
-        raise InvalidInput(f"document id must match {DOC_ID_PATTERN.pattern}", code="invalid_document_id")
-    assert services.invalidator is not None  # noqa: S101 - built by the lifespan
-    metadata = dict(body.metadata)
-    if body.kind == "faq":
-        metadata.setdefault("question", body.title)
-        metadata.setdefault("answer", body.text)
-    document = SourceDocument(document_id, body.kind, body.title.strip(), body.text.strip(), metadata, [], "admin-api")
-    removed = await services.invalidator.upsert_document(document)
-    return DocumentOut(id=document_id, removed=removed)
+    return await save_document(services, document_id, body, source="admin-api")

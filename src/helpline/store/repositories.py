@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, text
+from sqlalchemy import Table, delete, func, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from helpline.store.models import (
@@ -341,6 +341,23 @@ class KnowledgeRepository:
     async def get(self, document_id: str) -> KnowledgeDocument | None:
         async with self._sessions() as session:
             return await session.get(KnowledgeDocument, document_id)
+
+    async def find(self, q: str = "", kind: str = "", limit: int = 500) -> list[tuple[str, str, str, datetime]]:
+        """(id, kind, title, updated at) of the documents whose id, title or text contains ``q`` (any case, LIKE
+        wildcards escaped) and of ``kind`` when given, by id; at most ``limit`` (the dashboard's document list)."""
+        query = (
+            select(KnowledgeDocument.id, KnowledgeDocument.kind, KnowledgeDocument.title, KnowledgeDocument.updated_at)
+            .order_by(KnowledgeDocument.id)
+            .limit(limit)
+        )
+        if q:
+            needle = q.lower()  # case-insensitive on every backend (PostgreSQL's LIKE is not)
+            columns = (KnowledgeDocument.id, KnowledgeDocument.title, KnowledgeDocument.text)
+            query = query.where(or_(*(func.lower(column).contains(needle, autoescape=True) for column in columns)))
+        if kind:
+            query = query.where(KnowledgeDocument.kind == kind)
+        async with self._sessions() as session:
+            return [(row[0], row[1], row[2], row[3]) for row in (await session.execute(query)).all()]
 
     async def documents(self, ids: Sequence[str] | None = None) -> list[KnowledgeDocument]:
         async with self._sessions() as session:
