@@ -3,7 +3,8 @@
 The cookie is ``v1.<expiry>.<nonce>.<mac>``; the MAC key is derived from the admin token, so rotating the token
 signs every operator out. Without an admin token (embedded mode, where an admin API key was printed once), the key
 is a random secret kept in the database, shared by every worker. The CSRF token is a double-submit value: a cookie
-the login form echoes in a hidden field (the CSRF middleware also checks Origin once a cookie is present).
+the login form echoes in a hidden field, and admin.js in the ``X-CSRF-Token`` header of its JSON writes (the CSRF
+middleware also checks Origin once a cookie is present).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from helpline.store.repositories import StateRepository
 
 SESSION_COOKIE = "helpline_admin"
 CSRF_COOKIE = "helpline_csrf"
+CSRF_HEADER = "x-csrf-token"  # the dashboard's JSON writes echo the page's CSRF token here
 SESSION_TTL_S = 8 * 3600
 COOKIE_SECRET_STATE = "admin_cookie_secret"  # noqa: S105 - the name of a state row, not a secret
 

@@ -1,4 +1,5 @@
-"""Pages and the dashboard's JSON: ``/``, ``/widget.js``, ``/static/*``, ``/admin`` (+ login) and the export.
+"""Pages and the dashboard's JSON: ``/``, ``/widget.js``, ``/static/*``, ``/admin`` (+ login), the export and the
+knowledge-document editor's ``/admin/api/documents``.
 
 Pages are static files with no inline script or style, so the strict CSP of api/security.py holds on them. The
 admin pages authenticate with a signed HttpOnly cookie (web/auth.py); the export also takes the admin Bearer token.
@@ -16,13 +17,15 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 
-from helpline.api.deps import ServicesDep, require_admin
+from helpline.api.admin import DocumentIn, check_document_id, save_document
+from helpline.api.deps import ServicesDep, require_admin, require_json
 from helpline.api.security import same_secret
-from helpline.errors import NotFound, Unauthorized, UnsupportedMediaType
+from helpline.errors import Forbidden, NotFound, Unauthorized, UnsupportedMediaType
 from helpline.observability.alerts import alert_report
-from helpline.store.repositories import ConversationRepository
+from helpline.providers.router import FallbackRouter
+from helpline.store.repositories import ConversationRepository, KnowledgeRepository
 from helpline.web import auth
-from helpline.web.dashboard import conversation_row, dashboard_stats
+from helpline.web.dashboard import conversation_row, dashboard_stats, document_row, document_view
 from helpline.web.export import MEDIA_TYPES, export_lines
 
 WEB_ROOT = Path(__file__).resolve().parent
@@ -160,7 +163,14 @@ async def admin_api_stats(services: ServicesDep) -> dict[str, Any]:
         "rate_limit": services.limiter.stats() if services.limiter is not None else {},
         "alerts": alert_report(),
     }
-    return {**basic, **await dashboard_stats(conversations)}
+    return {**basic, **await dashboard_stats(conversations, provider_chain(services)[0])}
+
+
+def provider_chain(services: ServicesDep) -> list[str]:
+    """The providers the router tries, in order: the configured chain less those disabled at start (Gemini
+    without a key), with the extractive answerer last."""
+    router = services.provider
+    return [p.name for p in router.providers] if isinstance(router, FallbackRouter) else [router.name]
 
 
 @router.get("/admin/api/conversations", dependencies=[Depends(require_admin_cookie)])
@@ -189,3 +199,52 @@ async def export_conversations(
         media_type=MEDIA_TYPES[export_format],
         headers={"Content-Disposition": disposition},
     )
+
+
+# --- the knowledge-document editor: cookie-authenticated JSON; saving also needs the CSRF token in a header ---
+
+
+async def require_csrf_header(request: Request) -> None:
+    """Double submit for the dashboard's JSON writes: the page's CSRF token (from its hidden form field) must come
+    back in ``X-CSRF-Token`` and equal the HttpOnly CSRF cookie, which a cross-site page can neither read nor set."""
+    if not auth.csrf_matches(request, request.headers.get(auth.CSRF_HEADER, "")):
+        raise Forbidden("the X-CSRF-Token header is missing or wrong; reload the dashboard", code="csrf_failed")
+
+
+def knowledge_of(services: ServicesDep) -> KnowledgeRepository:
+    return KnowledgeRepository(services.sessions)
+
+
+@router.get("/admin/api/documents", dependencies=[Depends(require_admin_cookie)])
+async def admin_api_documents(
+    *,
+    services: ServicesDep,
+    q: Annotated[str, Query(max_length=200)] = "",
+    kind: Annotated[Literal["", "faq", "policy", "product"], Query()] = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> dict[str, Any]:
+    """The documents whose id, title or text contains ``q``, by id; ``truncated`` when more would match."""
+    rows = await knowledge_of(services).find(q.strip(), kind, limit + 1)
+    return {"documents": [document_row(row) for row in rows[:limit]], "truncated": len(rows) > limit}
+
+
+@router.get("/admin/api/documents/{document_id}", dependencies=[Depends(require_admin_cookie)])
+async def admin_api_document(document_id: str, services: ServicesDep) -> dict[str, Any]:
+    document = await knowledge_of(services).get(document_id)
+    if document is None:
+        raise NotFound("no knowledge document has this id", code="document_not_found")
+    return document_view(document)
+
+
+@router.put(
+    "/admin/api/documents/{document_id}",
+    dependencies=[Depends(require_admin_cookie), Depends(require_csrf_header), Depends(require_json)],
+)
+async def admin_api_save_document(document_id: str, body: DocumentIn, services: ServicesDep) -> dict[str, Any]:
+    """Save through the admin API's own path (``PUT /v1/admin/kb/documents/{id}``): re-index, then remove the cached
+    answers that drew on the document. The stored document's ingest tags are kept (the editor does not show them)."""
+    check_document_id(document_id)
+    stored = await knowledge_of(services).get(document_id)
+    tags = list(stored.tags or []) if stored is not None else []
+    saved = await save_document(services, document_id, body, source="admin-dashboard", tags=tags)
+    return {**saved.model_dump(), "created": stored is None}

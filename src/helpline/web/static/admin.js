@@ -1,6 +1,8 @@
 /*
  * Helpline dashboard: fetches /admin/api/* (the HttpOnly session cookie authenticates) and draws plain SVG charts
- * with createElementNS. Every value from the server is written with textContent, never as markup.
+ * with createElementNS. Every value from the server is written with textContent or a form field's value, never as
+ * markup. The knowledge-document editor saves with PUT /admin/api/documents/{id}, echoing the page's CSRF token
+ * (the logout form's hidden field) in X-CSRF-Token.
  */
 (function () {
   "use strict";
@@ -91,7 +93,7 @@
     chart.appendChild(svg("text", { x: WIDTH / 2, y: HEIGHT / 2, "text-anchor": "middle", class: "empty" }, "No traffic yet"));
   }
 
-  function barChart(container, label, labels, values) {
+  function barChart(container, label, labels, values, barClass) {
     if (!values.length) {
       return empty(container, label);
     }
@@ -104,7 +106,7 @@
       var height = (value / max) * plot;
       var bar = svg("rect", {
         x: PAD.left + slot * index + slot * 0.15, y: HEIGHT - PAD.bottom - height,
-        width: slot * 0.7, height: height, class: "bar-rect",
+        width: slot * 0.7, height: height, class: barClass || "bar-rect",
       });
       bar.appendChild(svg("title", {}, labels[index] + ": " + value));
       chart.appendChild(bar);
@@ -189,6 +191,7 @@
     tile(list, "Model cost", money(stats.cost_usd));
     tile(list, "Saved by the cache", money(stats.cost_saved_usd));
     tile(list, "Knowledge documents", stats.documents);
+    tile(list, "Failover events (24 h)", (stats.failovers || {}).total || 0);
   }
 
   function renderAlerts(alerts) {
@@ -217,6 +220,24 @@
     ]);
     shareChart(document.getElementById("chart-cache"), "Cache tiers", (stats.cache || {}).hit_rate || {});
     shareChart(document.getElementById("chart-providers"), "Provider share", stats.providers || {});
+    renderFailovers(stats.failovers || { total: 0, series: [], by_provider: {}, primary: "" });
+  }
+
+  /** Failover events per hour: cache misses answered by a provider other than the first of the chain. */
+  function renderFailovers(failovers) {
+    var series = failovers.series || [];
+    barChart(
+      document.getElementById("chart-failovers"), "Failover events per hour",
+      series.map(function (row) { return hourLabel(row.hour); }),
+      series.map(function (row) { return row.failovers; }),
+      "bar-rect failover-rect"
+    );
+    var byProvider = failovers.by_provider || {};
+    var answeredBy = Object.keys(byProvider).map(function (name) { return name + " " + byProvider[name]; });
+    document.getElementById("failovers-note").textContent =
+      plural(failovers.total || 0, "failover event") + " in 24 h" +
+      (answeredBy.length ? " (answered by " + answeredBy.join(", ") + ")" : "") +
+      ": cache misses answered by a provider other than " + (failovers.primary || "the first") + ", the first of the chain.";
   }
 
   /* ---------- conversation browser ---------- */
@@ -264,13 +285,160 @@
     document.body.dataset.requests = String(stats.requests);
   }
 
+  /* ---------- knowledge-document editor ---------- */
+
+  function csrfToken() {
+    var field = document.querySelector("form.logout input[name='csrf']");
+    return field ? field.value : "";
+  }
+
+  function editorStatus(text) {
+    document.getElementById("editor-status").textContent = text;
+  }
+
+  function field(id) {
+    return document.getElementById(id);
+  }
+
+  function documentRow(entry) {
+    var tr = el("tr");
+    var idCell = el("td");
+    var open = el("button", "link-button", entry.id);
+    open.type = "button";
+    open.dataset.documentId = entry.id;
+    open.addEventListener("click", function () {
+      openDocument(entry.id).catch(function (error) { editorStatus("Could not open " + entry.id + ": " + error.message); });
+    });
+    idCell.appendChild(open);
+    tr.append(idCell, el("td", "", entry.kind), el("td", "text", entry.title));
+    return tr;
+  }
+
+  async function loadDocuments() {
+    var params = new URLSearchParams(new FormData(document.getElementById("doc-filters")));
+    var body = await getJson("/admin/api/documents?" + params.toString());
+    var tbody = document.querySelector("#documents tbody");
+    tbody.replaceChildren();
+    body.documents.forEach(function (entry) { tbody.appendChild(documentRow(entry)); });
+    if (!body.documents.length) {
+      var none = el("tr");
+      var cell = el("td", "", "No documents match.");
+      cell.colSpan = 3;
+      none.appendChild(cell);
+      tbody.appendChild(none);
+    }
+    document.getElementById("doc-filters").dataset.count = String(body.documents.length);
+  }
+
+  function showEditor(heading, values, isNew) {
+    var form = field("doc-editor");
+    field("editor-title").textContent = heading;
+    field("doc-id").value = values.id;
+    field("doc-id").readOnly = !isNew;
+    field("doc-kind").value = values.kind;
+    field("doc-title").value = values.title;
+    field("doc-text").value = values.text;
+    field("doc-metadata").value = JSON.stringify(values.metadata || {}, null, 2);
+    form.dataset.documentId = values.id;
+    form.hidden = false;
+    (isNew ? field("doc-id") : field("editor-title")).focus();
+  }
+
+  async function openDocument(id) {
+    var doc = await getJson("/admin/api/documents/" + encodeURIComponent(id));
+    showEditor("Edit " + doc.id, doc, false);
+    editorStatus("Editing " + doc.id + " (" + doc.kind + ", updated " + doc.updated_at.replace("T", " ").slice(0, 19) + " UTC).");
+  }
+
+  function newDocument() {
+    showEditor("New document", { id: "", kind: "faq", title: "", text: "", metadata: {} }, true);
+    editorStatus("New document: choose an id, then save.");
+  }
+
+  function closeEditor() {
+    field("doc-editor").hidden = true;
+    var opener = document.querySelector("#documents button[data-document-id='" + CSS.escape(field("doc-id").value) + "']");
+    (opener || field("doc-new")).focus();
+  }
+
+  function readMetadata() {
+    var text = field("doc-metadata").value.trim();
+    var value;
+    try {
+      value = text ? JSON.parse(text) : {};
+    } catch (error) {
+      return null;
+    }
+    return value !== null && typeof value === "object" && !Array.isArray(value) ? value : null;
+  }
+
+  function plural(count, word) {
+    return count + " " + word + (count === 1 ? "" : "s");
+  }
+
+  async function putDocument(id, payload) {
+    var response = await fetch("/admin/api/documents/" + encodeURIComponent(id), {
+      method: "PUT",
+      credentials: "same-origin",
+      headers: { "content-type": "application/json", accept: "application/json", "x-csrf-token": csrfToken() },
+      body: JSON.stringify(payload),
+    });
+    if (response.status === 401) {
+      window.location.assign("/admin");
+      throw new Error("signed out");
+    }
+    var body = await response.json().catch(function () { return {}; });
+    if (!response.ok) {
+      throw new Error((body.error && body.error.message) || "HTTP " + response.status);
+    }
+    return body;
+  }
+
+  async function saveDocument() {
+    if (!field("doc-editor").reportValidity()) {
+      return;
+    }
+    var id = field("doc-id").value.trim();
+    var metadata = readMetadata();
+    if (metadata === null) {
+      editorStatus("Not saved: the metadata must be a JSON object, like {} or {\"section\": \"Returns\"}.");
+      field("doc-metadata").focus();
+      return;
+    }
+    editorStatus("Saving " + id + "…");
+    var payload = { kind: field("doc-kind").value, title: field("doc-title").value, text: field("doc-text").value, metadata: metadata };
+    try {
+      var saved = await putDocument(id, payload);
+      field("doc-id").readOnly = true;
+      field("editor-title").textContent = "Edit " + saved.id;
+      editorStatus((saved.created ? "Created " : "Saved ") + saved.id + ": removed " + plural(saved.removed, "cached answer") + " that drew on it.");
+      await loadDocuments();
+    } catch (error) {
+      editorStatus("Not saved: " + error.message);
+    }
+  }
+
+  function startEditor() {
+    document.getElementById("doc-filters").addEventListener("submit", function (event) {
+      event.preventDefault();
+      loadDocuments().catch(function (error) { editorStatus("Could not load documents: " + error.message); });
+    });
+    field("doc-new").addEventListener("click", newDocument);
+    field("doc-cancel").addEventListener("click", closeEditor);
+    field("doc-editor").addEventListener("submit", function (event) {
+      event.preventDefault();
+      saveDocument();
+    });
+  }
+
   async function start() {
     document.getElementById("filters").addEventListener("submit", function (event) {
       event.preventDefault();
       loadConversations().catch(function (error) { status("Could not load conversations: " + error.message); });
     });
     try {
-      await Promise.all([loadStats(), loadConversations()]);
+      startEditor();
+      await Promise.all([loadStats(), loadConversations(), loadDocuments()]);
       status("Updated " + new Date().toLocaleTimeString());
       document.body.dataset.ready = "true";
     } catch (error) {
