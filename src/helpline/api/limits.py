@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import structlog
-from fastapi import Depends, Request
+from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helpline.api.clientip import client_key
-from helpline.api.deps import PrincipalDep, Services, ServicesDep
-from helpline.api.schemas import ChatRequest
-from helpline.chat.service import clean_message
-from helpline.errors import HelplineError, InvalidInput, TooManyRequests
+from helpline.api.deps import Services
+from helpline.errors import HelplineError, TooManyRequests
 from helpline.observability.metrics import record_ratelimit_refusal
 from helpline.ratelimit.base import CONCURRENCY, Decision
 from helpline.ratelimit.service import RateLimiter
@@ -55,7 +53,7 @@ class Overloaded(HelplineError):
 
 @dataclass(slots=True)
 class LimitSlot:
-    """Where the dependency leaves its decision for the middleware (in ``scope["state"]``)."""
+    """Where ``charge`` leaves its decision for the middleware (in ``scope["state"]``)."""
 
     decision: Decision | None = None
 
@@ -74,7 +72,7 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
 
 
 class RateLimitMiddleware:
-    """On the chat paths: gives the dependency a slot, adds its headers, releases its lease after the last byte."""
+    """On the chat paths: gives ``charge`` a slot, adds its headers, releases its lease after the last byte."""
 
     def __init__(self, app: ASGIApp, paths: frozenset[str] = CHAT_PATHS) -> None:
         self.app = app
@@ -122,8 +120,8 @@ def get_limiter(services: Services) -> RateLimiter:
 async def charge(request: Request, services: Services, principal: Principal, *, session_id: str | None) -> Decision:
     """Admit or refuse this (already validated) request; raises 429/503 with the RateLimit headers on refusal.
 
-    Call it from any chat-like route after its own input validation; ``/v1/chat/completions`` should, once it
-    exists (the middleware already covers that path): ``await charge(request, services, principal, session_id=None)``.
+    Chat-like routes call it after their own input validation (the schema by FastAPI, the message by
+    ``clean_message``) and before any work: ``await charge(request, services, principal, session_id=...)``.
     """
     slot = request.scope.get("state", {}).get(STATE_KEY)
     client = client_key(request.scope, services.settings.trusted_proxies)
@@ -151,25 +149,3 @@ def _refuse(decision: Decision) -> None:
     raise TooManyRequests(
         f"too many requests{detail}{limit}; retry in {decision.retry_after_header} s", headers=headers
     )
-
-
-async def _valid_chat_body(request: Request, max_chars: int) -> ChatRequest | None:
-    """The body as the route will see it, or None when the route is going to refuse it (then nothing is charged)."""
-    try:
-        body = ChatRequest.model_validate(await request.json())
-        clean_message(body.message, max_chars)
-    except (ValueError, InvalidInput):
-        return None
-    return body
-
-
-async def enforce_chat_limits(request: Request, services: ServicesDep, principal: PrincipalDep) -> None:
-    """``POST /v1/chat``: charge only a request the route will accept (see the module docstring)."""
-    body = await _valid_chat_body(request, services.settings.max_message_chars)
-    if body is None:
-        return
-    await charge(request, services, principal, session_id=body.session_id)
-
-
-ChatLimits = Depends(enforce_chat_limits)
-ChatLimitsDep = Annotated[None, ChatLimits]

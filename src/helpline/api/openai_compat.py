@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from helpline.api.deps import ChatDep, PrincipalDep, RequestIdDep, ServicesDep, require_json
+from helpline.api.deps import CallerDep
 from helpline.api.limits import charge
 from helpline.api.schemas import ErrorResponse
 from helpline.chat.service import ChatEvent, ChatResult, clean_message
@@ -100,23 +100,18 @@ def completion_body(result: ChatResult, created: int) -> dict[str, Any]:
     }
 
 
-@router.post(
-    "/v1/chat/completions", responses=RESPONSES, dependencies=[Depends(require_json)], summary="OpenAI-compatible chat"
-)
-async def chat_completions(
-    *, body: CompletionIn, request: Request, chat: ChatDep, principal: PrincipalDep, services: ServicesDep,
-    request_id: RequestIdDep,
-) -> Any:  # fmt: skip
+@router.post("/v1/chat/completions", responses=RESPONSES, summary="OpenAI-compatible chat")
+async def chat_completions(*, body: CompletionIn, request: Request, caller: CallerDep) -> Any:
     question, history = split_messages(body.messages)
-    clean_message(question, services.settings.max_message_chars)  # refuse bad input before it is charged
-    await charge(request, services, principal, session_id=None)
+    clean_message(question, caller.services.settings.max_message_chars)  # refuse bad input before it is charged
+    await charge(request, caller.services, caller.principal, session_id=None)
     created = int(time.time())
+    prepared = await caller.chat.prepare(
+        question, principal=caller.principal, request_id=caller.request_id, history=history
+    )
     if body.stream:
-        prepared = await chat.prepare(question, principal=principal, request_id=request_id, history=history)
-        return EventSourceResponse(_chunks(chat.chat_stream(prepared), created), ping=15)
-    prepared = await chat.prepare(question, principal=principal, request_id=request_id, history=history)
-    result = await chat.answer(prepared)
-    return completion_body(result, created)
+        return EventSourceResponse(_chunks(caller.chat.chat_stream(prepared), created), ping=15)
+    return completion_body(await caller.chat.answer(prepared), created)
 
 
 async def _chunks(events: AsyncIterator[ChatEvent], created: int) -> AsyncIterator[dict[str, str]]:

@@ -6,14 +6,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
-from helpline.api.deps import AdminDep, ChatDep, PrincipalDep, RequestIdDep, ServicesDep, require_json
-from helpline.api.limits import ChatLimits
+from helpline.api.deps import AdminDep, CallerDep, ChatDep, PrincipalDep, ServicesDep
+from helpline.api.limits import charge
 from helpline.api.responses import JsonResponse
 from helpline.api.schemas import ChatRequest, ChatResponse, ErrorResponse, Readiness, SessionMessages
-from helpline.chat.service import ChatEvent
+from helpline.chat.service import ChatEvent, clean_message
 from helpline.observability.alerts import alert_report
 from helpline.store.repositories import ConversationRepository, ping
 
@@ -48,34 +48,26 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
 X_CACHE = {"miss": "MISS", "exact": "HIT-EXACT", "semantic": "HIT-SEMANTIC"}
 
 
-@router.post(
-    "/v1/chat",
-    response_model=ChatResponse,
-    responses=CHAT_RESPONSES,
-    dependencies=[Depends(require_json), ChatLimits],
-    summary="Ask a question",
-)
-async def chat(
-    *,
-    body: ChatRequest,
-    request: Request,
-    chat: ChatDep,
-    principal: PrincipalDep,
-    request_id: RequestIdDep,
-    response: Response,
-) -> Any:
+@router.post("/v1/chat", response_model=ChatResponse, responses=CHAT_RESPONSES, summary="Ask a question")
+async def chat(*, body: ChatRequest, request: Request, caller: CallerDep) -> Any:
+    services = caller.services
+    # Charged only once the request is known to be acceptable (see api/limits.py): the schema was checked by
+    # FastAPI before this point, the message is checked here.
+    clean_message(body.message, services.settings.max_message_chars)
+    await charge(request, services, caller.principal, session_id=body.session_id)
     context: dict[str, Any] = {
-        "principal": principal,
-        "request_id": request_id,
+        "principal": caller.principal,
+        "request_id": caller.request_id,
         "session_id": body.session_id,
         "locale": body.locale,
     }
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):
-        prepared = await chat.prepare(body.message, **context)
-        return EventSourceResponse(sse_events(chat.chat_stream(prepared)), headers={"X-Cache": "MISS"}, ping=15)
-    result = await chat.chat(body.message, **context)
-    response.headers["X-Cache"] = X_CACHE[result.cache]
-    return ChatResponse.model_validate(result.body())
+        prepared = await caller.chat.prepare(body.message, **context)
+        return EventSourceResponse(sse_events(caller.chat.chat_stream(prepared)), headers={"X-Cache": "MISS"}, ping=15)
+    result = await caller.chat.chat(body.message, **context)
+    # Rendered here with orjson: the body is the contract's shape by construction (ChatResult.body, tested against
+    # the OpenAPI schema), so FastAPI's second validation of it through response_model is skipped on the hot path.
+    return JsonResponse(result.body(), headers={"X-Cache": X_CACHE[result.cache]})
 
 
 async def sse_events(events: AsyncIterator[ChatEvent]) -> AsyncIterator[dict[str, str]]:
