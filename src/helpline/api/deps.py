@@ -136,4 +136,3 @@ async def require_json(request: Request) -> None:
 async def request_id(request: Request) -> str:
     value: str = request.scope.get("state", {}).get("request_id", "")
     return value
-
