@@ -37,6 +37,7 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+@lru_cache(maxsize=4096)  # parsed twice per charged request; addresses repeat (immutable results, bounded memory)
 def parse_address(text: str) -> IPAddress | None:
     """An address as proxies write it: ``1.2.3.4``, ``1.2.3.4:5678``, ``2001:db8::1``, ``[2001:db8::1]:443``."""
     value = text.strip()
