@@ -2,18 +2,24 @@
 
 Run: `.venv/bin/python -m bench.cache` (needs `wrk`, Debian package `wrk`). The server is `helpline serve` with one
 worker, Gemini aimed at the stand-in of tests/fakes (so answers are cacheable), limits raised out of the way, the
-embedded SQLite store. The question is asked once (a miss), then 32 connections repeat it for DURATION seconds:
-every request is an exact hit that is still recorded as a conversation, which this script checks afterwards.
+embedded SQLite store, the production log level. The question is asked once (a miss), then 32 connections repeat
+it in ROUNDS rounds of DURATION_S seconds, interleaved with `/healthz`: every request is an exact hit that is still
+recorded as a conversation, which this script checks afterwards. Two setups, each against its own `/healthz`: the
+embedded default (cache and limiter in process) and Redis (cache and limiter in the local Redis, as replicas
+share them).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,7 +30,11 @@ from bench.common import server
 QUESTION = "How long does delivery take?"
 REPLY = "Standard delivery takes one to two working days.\n<<ACTION=answer; SOURCES=policy-delivery.delivery-times>>"
 CONNECTIONS = 32
-DURATION_S = 10
+# One load-generator thread: 32 connections need no more, and the server keeps more of the 2 shared cores.
+WRK_THREADS = 1
+REDIS_URL = "redis://127.0.0.1:6379/0"
+DURATION_S = 5
+ROUNDS = 3
 ADMIN = "bench-admin-token-0123456789abcdef"
 LUA = f"""wrk.method = "POST"
 wrk.body = '{{"message": "{QUESTION}"}}'
@@ -37,7 +47,7 @@ _NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 
 
 def wrk(base: str, path: str, script: Path | None) -> dict[str, float]:
-    args = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION_S}s", "--latency"]
+    args = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{DURATION_S}s", "--latency"]
     args += ["-s", str(script)] if script else []
     output = subprocess.run([*args, base + path], capture_output=True, text=True, check=True).stdout  # noqa: S603
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -51,33 +61,81 @@ def wrk(base: str, path: str, script: Path | None) -> dict[str, float]:
     }
 
 
+def combine(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Medians of rate and latency over the rounds; totals of requests and errors."""
+    median = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99")}
+    return {**median, "requests": sum(run["requests"] for run in runs), "errors": sum(run["errors"] for run in runs)}
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    env: dict[str, str]
+
+
+def setups(gemini_url: str) -> list[Setup]:
+    common = {
+        "HELPLINE_PROVIDERS": "gemini,extractive", "HELPLINE_GEMINI_API_KEY": "bench-gemini-key",
+        "HELPLINE_GEMINI_BASE_URL": gemini_url, "HELPLINE_RATE_LIMIT_IP": "1000000/second",
+        "HELPLINE_RATE_LIMIT_SESSION": "1000000/second", "HELPLINE_ADMIN_TOKEN": ADMIN,
+        # The production log level: every chat request writes its JSON summary line (probes log at debug).
+        "HELPLINE_LOG_LEVEL": "INFO",
+    }  # fmt: skip
+    tenant = "bench" + secrets.token_hex(4)  # a shared Redis: keys of this run only
+    return [
+        Setup("embedded: in-process cache and limiter", common),
+        Setup(
+            "Redis: cache and limiter in Redis", {**common, "HELPLINE_REDIS_URL": REDIS_URL, "HELPLINE_TENANT": tenant}
+        ),
+    ]
+
+
+def measure(setup: Setup, script: Path, workdir: Path) -> dict[str, dict[str, float]]:
+    with server(workdir, setup.env) as base:
+        first = httpx.post(f"{base}/v1/chat", json={"message": QUESTION}, timeout=30).json()
+        assert (first["cache"], first["provider"]) == ("miss", "gemini"), first
+        assert httpx.post(f"{base}/v1/chat", json={"message": QUESTION}, timeout=30).json()["cache"] == "exact"
+        before = stats(base)
+        runs: dict[str, list[dict[str, float]]] = {"health": [], "cached": []}
+        for _ in range(ROUNDS):  # interleaved: a noisy neighbour slows both, not one of them
+            runs["health"].append(wrk(base, "/healthz", None))
+            runs["cached"].append(wrk(base, "/v1/chat", script))
+        health, cached = combine(runs["health"]), combine(runs["cached"])
+        time.sleep(1.0)  # the write-behind queue drains
+        cached["recorded"] = float(stats(base) - before)
+    assert cached["errors"] == 0, cached
+    assert cached["recorded"] >= cached["requests"], cached  # every hit is in the conversation store
+    return {"health": health, "cached": cached}
+
+
 def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
+    results: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp, FakeGemini(reply_text=REPLY) as gemini:
-        env = {
-            "HELPLINE_PROVIDERS": "gemini,extractive", "HELPLINE_GEMINI_API_KEY": "bench-gemini-key",
-            "HELPLINE_GEMINI_BASE_URL": gemini.base_url, "HELPLINE_RATE_LIMIT_IP": "1000000/second",
-            "HELPLINE_RATE_LIMIT_SESSION": "1000000/second", "HELPLINE_ADMIN_TOKEN": ADMIN,
-        }  # fmt: skip
         script = Path(tmp) / "post.lua"
         script.write_text(LUA, encoding="utf-8")
-        with server(Path(tmp), env) as base:
-            first = httpx.post(f"{base}/v1/chat", json={"message": QUESTION}, timeout=30).json()
-            assert (first["cache"], first["provider"]) == ("miss", "gemini"), first
-            assert httpx.post(f"{base}/v1/chat", json={"message": QUESTION}, timeout=30).json()["cache"] == "exact"
-            before = stats(base)
-            health = wrk(base, "/healthz", None)
-            cached = wrk(base, "/v1/chat", script)
-            time.sleep(1.0)  # the write-behind queue drains
-            recorded = stats(base) - before
-    print(f"one worker, {CONNECTIONS} connections, {DURATION_S} s each (wrk)")
-    print("| endpoint | req/s | p50 ms | p99 ms | non-2xx |")
-    print("|---|---|---|---|---|")
-    for name, row in (("GET /healthz (baseline)", health), ("POST /v1/chat, exact hit", cached)):
-        print(f"| {name} | {row['rps']:.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['errors']:.0f} |")
-    print(f"throughput ratio chat/healthz: {cached['rps'] / health['rps']:.2f}")
-    print(f"cached requests answered: {cached['requests']:.0f}; conversations recorded for them: {recorded}")
+        for number, setup in enumerate(setups(gemini.base_url)):
+            workdir = Path(tmp) / f"setup{number}"
+            workdir.mkdir()
+            results[setup.name] = measure(setup, script, workdir)
+    print(
+        f"one worker, {CONNECTIONS} connections, {ROUNDS} interleaved rounds of {DURATION_S} s per endpoint "
+        f"(wrk -t{WRK_THREADS}, medians), log level INFO"
+    )
+    print("| setup | endpoint | req/s | p50 ms | p99 ms | non-2xx | ratio to /healthz |")
+    print("|---|---|---|---|---|---|---|")
+    for name, rows in results.items():
+        health, cached = rows["health"], rows["cached"]
+        for label, row in (("GET /healthz (baseline)", health), ("POST /v1/chat, exact hit", cached)):
+            ratio = row["rps"] / health["rps"]
+            print(
+                f"| {name} | {label} | {row['rps']:.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['errors']:.0f} "
+                f"| {ratio:.2f} |"
+            )
+    for name, rows in results.items():
+        cached = rows["cached"]
+        print(f"{name}: {cached['requests']:.0f} cached answers, {cached['recorded']:.0f} conversations recorded")
 
 
 def stats(base: str) -> int:

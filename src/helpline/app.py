@@ -181,7 +181,7 @@ def create_app(
                     await task
             await invalidator.aclose()
             await writer.close()  # graceful shutdown: every accepted conversation is written
-            await cache.backend.close()
+            await cache.close()  # sends the last popularity counts, then closes the store
             await limiter.aclose()
             await engine.dispose()
 

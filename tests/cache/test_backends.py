@@ -53,8 +53,8 @@ async def test_invalidation_removes_exactly_the_tagged_entries(cache_backend: Ca
 
 async def test_popularity_and_locks(cache_backend: CacheBackend, keyspace: KeySpace) -> None:
     key = keyspace.entry(SCOPE, "p")
-    for _ in range(3):
-        await cache_backend.bump_popularity(key)
+    await cache_backend.bump_popularity({key: 2})
+    await cache_backend.bump_popularity({key: 1})
     assert await cache_backend.popularity([key, keyspace.entry(SCOPE, "none")]) == {
         key: 3, keyspace.entry(SCOPE, "none"): 0,
     }  # fmt: skip

@@ -100,6 +100,28 @@ async def test_changed_document_drops_exactly_its_answers(cached: tuple[Api, Fak
     assert other["cache"] == "exact"  # an answer that did not use the changed document stays
 
 
+async def test_popular_answers_are_rewarmed_in_the_background_after_an_invalidation(
+    cached: tuple[Api, FakeProvider],
+) -> None:
+    api, fake = cached
+    popular, once = "How long does delivery take?", "Do you deliver on Sundays?"
+    for _ in range(3):  # a miss, then two hits: popular (re-warmed from 2 hits)
+        await ask(api, popular)
+    assert (await ask(api, once))["cache"] == "miss"  # asked once: not worth a provider call on re-warm
+    assert len(fake.requests) == 2
+    fake.default = FakeReply(text="Orders arrive within 2 hours.")
+    response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": ["delivery"]}, headers=ADMIN)
+    assert response.json() == {"removed": 2}
+    assert api.services.invalidator is not None
+    await api.services.invalidator.settled()  # nobody asks: the service re-warmed by itself, in the background
+    assert len(fake.requests) == 3
+    again = await ask(api, popular)
+    assert (again["cache"], again["reply"]) == ("exact", "Orders arrive within 2 hours.")
+    assert len(fake.requests) == 3
+    assert (await ask(api, once))["cache"] == "miss"  # not re-warmed: it was asked once
+    assert len(fake.requests) == 4
+
+
 async def test_admin_invalidate_by_tag(cached: tuple[Api, FakeProvider]) -> None:
     api, _ = cached
     await ask(api, "How long does delivery take?")

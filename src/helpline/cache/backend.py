@@ -7,7 +7,7 @@ Values are opaque bytes (the cache compresses them). Besides get/put, a backend 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,7 +48,7 @@ class CacheBackend(Protocol):
 
     async def tag_members(self, tag: str) -> list[str]: ...
 
-    async def bump_popularity(self, key: str) -> None: ...
+    async def bump_popularity(self, counts: Mapping[str, int]) -> None: ...
 
     async def popularity(self, keys: Sequence[str]) -> dict[str, int]: ...
 
@@ -135,8 +135,9 @@ class MemoryBackend:
     async def tag_members(self, tag: str) -> list[str]:
         return sorted(self._tags.get(tag, set()))
 
-    async def bump_popularity(self, key: str) -> None:
-        self._popularity[key] = self._popularity.get(key, 0) + 1
+    async def bump_popularity(self, counts: Mapping[str, int]) -> None:
+        for key, hits in counts.items():
+            self._popularity[key] = self._popularity.get(key, 0) + hits
 
     async def popularity(self, keys: Sequence[str]) -> dict[str, int]:
         return {key: self._popularity.get(key, 0) for key in keys}

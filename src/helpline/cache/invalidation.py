@@ -62,6 +62,10 @@ class Invalidator:
                 log.info("knowledge_refreshed", documents=len(changed))
                 await self.invalidate(changed)
 
+    async def settled(self) -> None:
+        """Return once the re-warming started so far has finished (tests; a drain before shutdown)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -7,7 +7,7 @@ semantic index may name an expired entry: the cache forgets it when it finds it 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from helpline.cache.backend import IndexedQuestion
@@ -106,8 +106,14 @@ class RedisBackend:
         members = await self._redis.smembers(f"{self._prefix}:t:{tag}")
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
-    async def bump_popularity(self, key: str) -> None:
-        await self._redis.zincrby(f"{self._prefix}:pop", 1, key)
+    async def bump_popularity(self, counts: Mapping[str, int]) -> None:
+        """Many keys' hits in one round trip (one sorted set, so one slot on a cluster)."""
+        if not counts:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key, hits in counts.items():
+            pipe.zincrby(f"{self._prefix}:pop", hits, key)
+        await pipe.execute()
 
     async def popularity(self, keys: Sequence[str]) -> dict[str, int]:
         if not keys:

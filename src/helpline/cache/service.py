@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -31,6 +32,8 @@ from helpline.knowledge.embeddings import from_bytes, to_bytes
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+POPULARITY_FLUSH_S = 1.0
+POPULARITY_BATCH = 1000  # distinct keys: sent sooner rather than held in memory
 Vector = npt.NDArray[np.float32]
 
 
@@ -99,6 +102,9 @@ class AnswerCache:
         self._bypass_until = 0.0
         self._flights: dict[str, asyncio.Future[Any]] = {}
         self._on_event = on_event or (lambda _kind, _detail: None)
+        self._hits: Counter[str] = Counter()  # popularity not yet sent to the store
+        self._hits_sent_at = time.monotonic()
+        self._hits_sending: asyncio.Task[None] | None = None
 
     # -- resilience ------------------------------------------------------------------------------------------
 
@@ -111,6 +117,8 @@ class AnswerCache:
         if not self.available:
             return default
         try:
+            if self.backend.kind == "memory":  # in-process: cannot hang, and a timer per call costs on every hit
+                return await call()
             async with asyncio.timeout(self.settings.timeout_s):
                 return await call()
         except Exception as error:  # noqa: BLE001 - the cache must never fail a request
@@ -144,7 +152,7 @@ class AnswerCache:
         raw = await self._guarded("get", lambda: self.backend.get(key), None)
         if raw is None:
             return None
-        await self._guarded("popularity", lambda: self.backend.bump_popularity(key), None)
+        self._count_hit(key)
         return CacheHit(self._decode(raw), "exact", 1.0, question)
 
     async def lookup_semantic(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
@@ -172,7 +180,7 @@ class AnswerCache:
         if raw is None:  # expired: drop it from the index
             await self._guarded("forget", lambda: self.backend.forget(key), None)
             return None
-        await self._guarded("popularity", lambda: self.backend.bump_popularity(key), None)
+        self._count_hit(key)
         return CacheHit(self._decode(raw), "semantic", similarity, matched)
 
     async def _mirror(self, scope_id: str) -> _Mirror | None:
@@ -216,6 +224,7 @@ class AnswerCache:
 
         Returns (how many were removed, the questions of the popular ones — read first, to re-warm them)."""
         popular: list[str] = []
+        await self.flush_popularity()  # this process's latest hits count too
         for tag in tags:
             popular.extend(await self._popular_under(tag, min_hits))
         nothing: list[str] = []
@@ -223,6 +232,32 @@ class AnswerCache:
         self._mirrors.clear()
         log.info("cache_invalidated", tags=list(tags)[:20], removed=len(removed), popular=len(popular))
         return len(removed), popular
+
+    # -- popularity (which answers to re-warm after an invalidation) ---------------------------------------------
+
+    def _count_hit(self, key: str) -> None:
+        """Hits are counted here and sent in one round trip at most every POPULARITY_FLUSH_S (in the background),
+        not one per hit: on Redis that round trip was a quarter of a cached answer's store traffic, and popularity
+        only ranks answers for re-warming. Another replica sees these counts up to a second late."""
+        self._hits[key] += 1
+        due = time.monotonic() - self._hits_sent_at >= POPULARITY_FLUSH_S or len(self._hits) >= POPULARITY_BATCH
+        if due and (self._hits_sending is None or self._hits_sending.done()):
+            self._hits_sent_at = time.monotonic()
+            self._hits_sending = asyncio.create_task(self.flush_popularity(), name="cache-popularity")
+
+    async def flush_popularity(self) -> None:
+        """Send the hits counted so far (lost, with a log line, if the store is down: they only rank re-warming)."""
+        counts, self._hits = self._hits, Counter()
+        self._hits_sent_at = time.monotonic()
+        if counts:
+            await self._guarded("popularity", lambda: self.backend.bump_popularity(counts), None)
+
+    async def close(self) -> None:
+        """Send the last counts, then close the store's connections."""
+        if self._hits_sending is not None:
+            await self._hits_sending
+        await self.flush_popularity()
+        await self.backend.close()
 
     async def _popular_under(self, tag: str, min_hits: int) -> list[str]:
         no_members: list[str] = []
