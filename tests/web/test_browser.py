@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,14 @@ DESKTOP = ViewportSize(width=1280, height=1100)
 EXPORT_QUESTIONS = ["How long does delivery take?", "Do you have bananas?", '<img src=x onerror="window.__xss=1">']
 TIMEOUT_MS = 15_000
 XSS_PAYLOADS = ['<img src=x onerror="window.__xss=1">', "<script>window.__xss=1</script>"]
+
+
+def screenshot(name: str) -> Path:
+    """Where a screenshot goes: docs/ when refreshing the README's pictures (``HELPLINE_SCREENSHOTS=1``), else a
+    scratch directory, so a test run leaves the working tree as it found it."""
+    folder = DOCS if os.environ.get("HELPLINE_SCREENSHOTS") == "1" else Path(tempfile.gettempdir()) / "helpline-shots"
+    folder.mkdir(exist_ok=True)
+    return folder / name
 
 
 SERVER_ENV = {
@@ -110,8 +120,7 @@ def test_a_shopper_sees_the_answer_with_a_citation_and_leaves_a_thumbs_down(phon
     expect(reply.locator(".hlw-cite")).not_to_have_count(0)
     expect(reply.locator(".hlw-text")).not_to_be_empty()
     assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # no sideways scrolling
-    DOCS.mkdir(exist_ok=True)
-    phone.screenshot(path=str(DOCS / "widget.png"))
+    phone.screenshot(path=str(screenshot("widget.png")))
     reply.get_by_role("button", name="Not helpful").click()
     reply.get_by_label("Tell us more (optional)").fill("Too vague about Sundays")
     reply.get_by_role("button", name="Send comment").click()
@@ -257,8 +266,7 @@ def test_the_dashboard_shows_the_traffic_and_the_failovers_under_the_strict_csp(
         str(stats["failovers"]["total"])
     )
     open_document(admin, "policy-delivery.delivery-times")
-    DOCS.mkdir(exist_ok=True)
-    admin.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
+    admin.screenshot(path=str(screenshot("dashboard.png")), full_page=True)
 
 
 def test_an_operator_edits_a_document_and_exactly_its_cached_answers_go(admin: Page, base_url: str) -> None:
