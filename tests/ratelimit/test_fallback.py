@@ -16,6 +16,7 @@ from helpline.ratelimit.fallback import FallbackLimiter
 from helpline.ratelimit.memory import MemoryLimiter
 from helpline.ratelimit.policies import Rate, Tier
 from helpline.ratelimit.redis import RedisLimiter
+from helpline.ratelimit.service import OVERLOAD_TIMEOUT_S
 from helpline.redisconn import create_redis, split_cluster_url
 from tests.fakes.servers import refused_url
 from tests.fakes.tcp_proxy import TcpProxy
@@ -167,4 +168,36 @@ async def test_redis_limiter_keys_are_cleaned_by_ttl() -> None:
         assert await limiter.in_flight() == 0
     finally:
         await delete_prefix(limiter.client, prefix)
+        await limiter.aclose()
+
+
+def production_limiter(url: str) -> FallbackLimiter:
+    """Built as ratelimit.service builds it: the client's read timeout is the overload budget."""
+    primary = RedisLimiter(create_redis(url, timeout_s=OVERLOAD_TIMEOUT_S), 100, prefix=unique_prefix())
+    fallback = MemoryLimiter(100, backend="memory-fallback")
+    return FallbackLimiter(primary, fallback, overload_timeout_s=OVERLOAD_TIMEOUT_S)
+
+
+@pytest.mark.parametrize("loop_busy", [False, True], ids=["redis-slow", "our-loop-late"])
+async def test_a_late_event_loop_is_not_taken_for_a_slow_redis(redis_proxy: TcpProxy, loop_busy: bool) -> None:
+    """Redis answers in 0.7 s (0.35 s each way), over the 0.5 s budget. With our loop idle that is a slow Redis: trip.
+    With our loop blocked for 0.6 s meanwhile (a burst in a cold worker), the budget passed while our own timers
+    were late: wait for the same answer instead of handing decisions to per-replica limiters."""
+    limiter = production_limiter(f"redis://127.0.0.1:{redis_proxy.port}/0")
+    try:
+        await limiter.warm_up()
+        redis_proxy.add_latency(0.35)
+
+        async def hog() -> None:
+            await asyncio.sleep(0.05)  # the command is on the wire
+            if loop_busy:
+                time.sleep(0.6)  # noqa: ASYNC251 - the point: the event loop itself is busy
+
+        decision, _ = await asyncio.gather(limiter.acquire([IP]), hog())
+        if loop_busy:
+            assert (decision.backend, limiter.degraded, limiter.overload_waits) == ("redis", False, 1)
+        else:
+            assert (decision.backend, limiter.degraded, limiter.overload_waits) == ("memory-fallback", True, 0)
+    finally:
+        redis_proxy.pass_through()
         await limiter.aclose()

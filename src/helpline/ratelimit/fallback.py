@@ -7,12 +7,19 @@ and ``Decision.backend`` says ``memory-fallback`` on every request decided that 
 A small breaker keeps the outage cheap: after a failure Redis is skipped for ``cooldown_s``; then one request at a
 time probes it (bounded by ``timeout_s``) while the others keep using the fallback, so an outage costs at most one
 timeout per cooldown rather than one per request.
+
+A slow answer is not always a slow Redis. Under a burst the event loop itself runs late (a cold worker took 0.5-0.8 s
+to read fifty answers Redis had sent at once), and tripping then would hand decisions to N per-replica limiters
+exactly when a burst makes them overshoot. So when ``timeout_s`` passes while the loop's own timers were running
+late (:class:`LoopLag`), the same call is given up to ``overload_timeout_s`` more; a Redis that is really silent
+while the loop is idle still trips after ``timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -27,6 +34,42 @@ log = structlog.get_logger(__name__)
 
 # What "Redis did not answer" looks like from redis-py and asyncio; anything else is a bug and propagates.
 REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+LATE_SHARE = 0.2  # the loop ran its timers this late (as a share of timeout_s) during the call: it was overloaded
+
+
+class LoopLag:
+    """How late this event loop has been running its timers: a heartbeat every ``interval_s`` notes its delay."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self._interval_s = interval_s
+        self._beats: deque[tuple[float, float]] = deque(maxlen=128)  # (loop time, how late)
+        self._expected = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self._handle is None:
+            loop = asyncio.get_running_loop()
+            self._expected = loop.time() + self._interval_s
+            self._handle = loop.call_at(self._expected, self._beat)
+
+    def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._beats.append((now, now - self._expected))
+        self._expected = now + self._interval_s
+        self._handle = loop.call_at(self._expected, self._beat)
+
+    def worst_since(self, since: float) -> float:
+        """The largest delay seen since loop time ``since``, counting a heartbeat that is overdue right now."""
+        if self._handle is None:
+            return 0.0
+        overdue = asyncio.get_running_loop().time() - self._expected
+        return max([overdue, *(late for at, late in self._beats if at >= since)])
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class FallbackLimiter:
@@ -36,6 +79,7 @@ class FallbackLimiter:
         fallback: MemoryLimiter,
         *,
         timeout_s: float = 0.5,
+        overload_timeout_s: float = 3.0,
         cooldown_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         on_fallback: Callable[[], None] | None = None,
@@ -43,6 +87,8 @@ class FallbackLimiter:
         self.primary = primary
         self.fallback = fallback
         self._timeout_s = timeout_s
+        self._overload_timeout_s = overload_timeout_s
+        self._lag = LoopLag()
         self._cooldown_s = cooldown_s
         self._clock = clock
         self._on_fallback = on_fallback
@@ -50,6 +96,7 @@ class FallbackLimiter:
         self._probing = False
         self.redis_failures = 0
         self.fallback_decisions = 0
+        self.overload_waits = 0  # slow answers waited for because our own loop was late
 
     @property
     def backend(self) -> str:
@@ -63,12 +110,14 @@ class FallbackLimiter:
         if self._may_try_primary():
             probing = self.degraded
             self._probing = probing
+            call = asyncio.ensure_future(self.primary.acquire(tiers, lease=lease))
             try:
-                async with asyncio.timeout(self._timeout_s):
-                    decision = await self.primary.acquire(tiers, lease=lease)
+                decision = await self._patiently(call)
             except REDIS_FAILURES as error:
+                call.cancel()
                 self._trip(error)
             except Exception as error:
+                call.cancel()
                 log.exception("ratelimit_redis_client_error", error_type=type(error).__name__)
                 self._trip(error)
             else:
@@ -81,6 +130,20 @@ class FallbackLimiter:
         if self._on_fallback is not None:
             self._on_fallback()
         return await self.fallback.acquire(tiers, lease=lease)
+
+    async def _patiently(self, call: asyncio.Future[Decision]) -> Decision:
+        """The call's decision within ``timeout_s``, or within ``overload_timeout_s`` more if our loop ran late."""
+        self._lag.start()
+        started = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await asyncio.shield(call)
+        except TimeoutError:
+            if self._lag.worst_since(started) < self._timeout_s * LATE_SHARE:
+                raise  # the loop was responsive: Redis is what is slow
+            self.overload_waits += 1
+        async with asyncio.timeout(self._overload_timeout_s):
+            return await asyncio.shield(call)
 
     async def warm_up(self, timeout_s: float = 3.0) -> None:
         """Connect before serving; a Redis that is down at start is logged and the replica starts on the fallback."""
@@ -111,6 +174,7 @@ class FallbackLimiter:
             self._down_until = None
 
     async def aclose(self) -> None:
+        self._lag.stop()
         await self.fallback.aclose()
         await self.primary.aclose()
 
@@ -120,5 +184,6 @@ class FallbackLimiter:
             "degraded": self.degraded,
             "redis_failures": self.redis_failures,
             "fallback_decisions": self.fallback_decisions,
+            "overload_waits": self.overload_waits,
             "leases_held_here": len(self.primary.keeper.held) + len(self.fallback.keeper.held),
         }

@@ -36,12 +36,20 @@ def key_prefix(settings: Settings) -> str:
     return "hl:rl:{" + settings.tenant + ":rl}:"
 
 
+OVERLOAD_TIMEOUT_S = 3.0
+
+
 def build_backend(settings: Settings) -> Limiter:
     if not settings.redis_url:
         return MemoryLimiter(settings.max_concurrent)
-    primary = RedisLimiter(create_redis(settings.redis_url), settings.max_concurrent, prefix=key_prefix(settings))
+    # The client's own read timeout is the overload budget: the fallback wrapper decides sooner when Redis, not our
+    # event loop, is what is slow (see FallbackLimiter).
+    client = create_redis(settings.redis_url, timeout_s=OVERLOAD_TIMEOUT_S)
+    primary = RedisLimiter(client, settings.max_concurrent, prefix=key_prefix(settings))
     fallback = MemoryLimiter(settings.max_concurrent, backend="memory-fallback")
-    return FallbackLimiter(primary, fallback, on_fallback=lambda: record_redis_fallback("ratelimit"))
+    return FallbackLimiter(
+        primary, fallback, overload_timeout_s=OVERLOAD_TIMEOUT_S, on_fallback=lambda: record_redis_fallback("ratelimit")
+    )
 
 
 class RateLimiter:

@@ -263,15 +263,17 @@
     var params = new URLSearchParams(new FormData(form));
     params.set("limit", "50");
     var body = await getJson("/admin/api/conversations?" + params.toString());
-    var tbody = document.querySelector("#conversations tbody");
+    fillTable(document.querySelector("#conversations tbody"), body.conversations, row, "No conversations match.", 7);
+  }
+
+  /* One row per item, or a single row saying that nothing matched. */
+  function fillTable(tbody, items, makeRow, emptyText, columns) {
     tbody.replaceChildren();
-    body.conversations.forEach(function (conversation) {
-      tbody.appendChild(row(conversation));
-    });
-    if (!body.conversations.length) {
+    items.forEach(function (item) { tbody.appendChild(makeRow(item)); });
+    if (!items.length) {
       var empty = el("tr");
-      var cell = el("td", "", "No conversations match.");
-      cell.colSpan = 7;
+      var cell = el("td", "", emptyText);
+      cell.colSpan = columns;
       empty.appendChild(cell);
       tbody.appendChild(empty);
     }
@@ -317,16 +319,7 @@
   async function loadDocuments() {
     var params = new URLSearchParams(new FormData(document.getElementById("doc-filters")));
     var body = await getJson("/admin/api/documents?" + params.toString());
-    var tbody = document.querySelector("#documents tbody");
-    tbody.replaceChildren();
-    body.documents.forEach(function (entry) { tbody.appendChild(documentRow(entry)); });
-    if (!body.documents.length) {
-      var none = el("tr");
-      var cell = el("td", "", "No documents match.");
-      cell.colSpan = 3;
-      none.appendChild(cell);
-      tbody.appendChild(none);
-    }
+    fillTable(document.querySelector("#documents tbody"), body.documents, documentRow, "No documents match.", 3);
     document.getElementById("doc-filters").dataset.count = String(body.documents.length);
   }
 
