@@ -45,10 +45,15 @@ class LoopLag:
         self._beats: deque[tuple[float, float]] = deque(maxlen=128)  # (loop time, how late)
         self._expected = 0.0
         self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        if self._handle is None:
-            loop = asyncio.get_running_loop()
+        """Beat on the running loop (again, if an earlier loop has gone: its beats say nothing about this one)."""
+        loop = asyncio.get_running_loop()
+        if self._handle is None or self._loop is not loop:
+            self.stop()
+            self._beats.clear()
+            self._loop = loop
             self._expected = loop.time() + self._interval_s
             self._handle = loop.call_at(self._expected, self._beat)
 
@@ -114,16 +119,15 @@ class FallbackLimiter:
             try:
                 decision = await self._patiently(call)
             except REDIS_FAILURES as error:
-                call.cancel()
                 self._trip(error)
             except Exception as error:
-                call.cancel()
                 log.exception("ratelimit_redis_client_error", error_type=type(error).__name__)
                 self._trip(error)
             else:
                 self._recovered()
                 return decision
             finally:
+                call.cancel()  # a no-op once it finished; otherwise (timed out, or this request was cancelled) stop it
                 if probing:
                     self._probing = False
         self.fallback_decisions += 1
