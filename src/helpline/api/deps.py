@@ -48,6 +48,11 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+def conversations_of(services: Services) -> ConversationRepository:
+    """The process's own repository (whose reads flush its write-behind queue first, so recent exchanges count)."""
+    return services.conversations or ConversationRepository(services.sessions)
+
+
 async def get_chat(services: ServicesDep) -> ChatService:
     return services.chat
 

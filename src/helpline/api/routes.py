@@ -9,13 +9,13 @@ import orjson
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
-from helpline.api.deps import AdminDep, CallerDep, ChatDep, PrincipalDep, ServicesDep
+from helpline.api.deps import AdminDep, CallerDep, ChatDep, PrincipalDep, Services, ServicesDep, conversations_of
 from helpline.api.limits import charge
 from helpline.api.responses import JsonResponse
 from helpline.api.schemas import ChatRequest, ChatResponse, ErrorResponse, Readiness, SessionMessages
 from helpline.chat.service import ChatEvent, clean_message
 from helpline.observability.alerts import alert_report
-from helpline.store.repositories import ConversationRepository, ping
+from helpline.store.repositories import ping
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 429, 503)
@@ -110,8 +110,12 @@ async def readyz(services: ServicesDep) -> JsonResponse:
 @router.get("/v1/admin/stats", responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
 async def admin_stats(_admin: AdminDep, services: ServicesDep) -> dict[str, Any]:
     """Basic counts for operators (admin token or admin key)."""
-    # The process's own repository flushes its write-behind queue first, so recent exchanges are counted.
-    conversations = services.conversations or ConversationRepository(services.sessions)
+    return await operator_counts(services)
+
+
+async def operator_counts(services: Services) -> dict[str, Any]:
+    """The counts of ``GET /v1/admin/stats``, which the dashboard shows too."""
+    conversations = conversations_of(services)
     return {
         "conversations": await conversations.count(),
         "sessions": await conversations.count_sessions(),

@@ -242,7 +242,6 @@ class AnswerCache:
         self._hits[key] += 1
         due = time.monotonic() - self._hits_sent_at >= POPULARITY_FLUSH_S or len(self._hits) >= POPULARITY_BATCH
         if due and (self._hits_sending is None or self._hits_sending.done()):
-            self._hits_sent_at = time.monotonic()
             self._hits_sending = asyncio.create_task(self.flush_popularity(), name="cache-popularity")
 
     async def flush_popularity(self) -> None:

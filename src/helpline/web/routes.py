@@ -17,13 +17,13 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 
-from helpline.api.admin import DocumentIn, check_document_id, save_document
-from helpline.api.deps import ServicesDep, require_admin, require_json
+from helpline.api.admin import DocumentIn, save_document
+from helpline.api.deps import ServicesDep, conversations_of, require_admin, require_json
+from helpline.api.routes import operator_counts
 from helpline.api.security import same_secret
 from helpline.errors import Forbidden, NotFound, Unauthorized, UnsupportedMediaType
-from helpline.observability.alerts import alert_report
 from helpline.providers.router import FallbackRouter
-from helpline.store.repositories import ConversationRepository, KnowledgeRepository
+from helpline.store.repositories import KnowledgeRepository
 from helpline.web import auth
 from helpline.web.dashboard import conversation_row, dashboard_stats, document_row, document_view
 from helpline.web.export import MEDIA_TYPES, export_lines
@@ -77,10 +77,6 @@ async def widget_js() -> Response:
 @router.get("/static/{name}")
 async def static(name: str) -> Response:
     return static_file(name)
-
-
-def conversations_of(services: ServicesDep) -> ConversationRepository:
-    return services.conversations or ConversationRepository(services.sessions)
 
 
 @router.get("/admin")
@@ -155,15 +151,8 @@ async def require_admin_cookie_or_token(request: Request, services: ServicesDep)
 @router.get("/admin/api/stats", dependencies=[Depends(require_admin_cookie)])
 async def admin_api_stats(services: ServicesDep) -> dict[str, Any]:
     """The same counts as ``GET /v1/admin/stats`` plus the last 24 hours' series and shares."""
-    conversations = conversations_of(services)
-    basic = {
-        "conversations": await conversations.count(),
-        "sessions": await conversations.count_sessions(),
-        "documents": len(services.knowledge),
-        "rate_limit": services.limiter.stats() if services.limiter is not None else {},
-        "alerts": alert_report(),
-    }
-    return {**basic, **await dashboard_stats(conversations, provider_chain(services)[0])}
+    counts = await operator_counts(services)
+    return {**counts, **await dashboard_stats(conversations_of(services), provider_chain(services)[0])}
 
 
 def provider_chain(services: ServicesDep) -> list[str]:
@@ -243,7 +232,6 @@ async def admin_api_document(document_id: str, services: ServicesDep) -> dict[st
 async def admin_api_save_document(document_id: str, body: DocumentIn, services: ServicesDep) -> dict[str, Any]:
     """Save through the admin API's own path (``PUT /v1/admin/kb/documents/{id}``): re-index, then remove the cached
     answers that drew on the document. The stored document's ingest tags are kept (the editor does not show them)."""
-    check_document_id(document_id)
     stored = await knowledge_of(services).get(document_id)
     tags = list(stored.tags or []) if stored is not None else []
     saved = await save_document(services, document_id, body, source="admin-dashboard", tags=tags)
