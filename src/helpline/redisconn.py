@@ -93,18 +93,57 @@ async def connect(client: AnyRedis) -> None:
     await client.ping()
 
 
-async def prewarm(client: AnyRedis, connections: int, key: str) -> None:
-    """Open ``connections`` pooled connections now (concurrent PINGs), so a first burst of requests finds them; on
-    a cluster, to the node that serves ``key`` (call :func:`connect` first).
+def pool_size(client: AnyRedis) -> int:
+    """How many connections the client may hold (per node for a cluster): ``max_connections`` of create_redis."""
+    if isinstance(client, RedisCluster):
+        return int(client.nodes_manager.connection_kwargs.get("max_connections", 0))
+    return int(client.connection_pool.max_connections)
+
+
+async def prewarm(client: AnyRedis, connections: int, key: str, batch: int = 8) -> int:
+    """Open up to ``connections`` pooled connections now, so a first burst of requests finds them; on a cluster,
+    in the pool of the node that serves ``key`` (call :func:`connect` first). Returns how many are open.
 
     Opening a connection costs a TCP handshake plus redis-py's hello round trips; fifty of them at once in a cold
     worker, under the burst that caused them, took longer than the limiter's budget (measured: 0.5-0.8 s on two
-    cores) and made a healthy Redis look down."""
+    cores) and made a healthy Redis look down. Connections are held until all are open (a released one would only
+    be reused by the next batch), ``batch`` at a time; failures are ignored: such a connection opens on demand."""
     if isinstance(client, RedisCluster):
         node = client.get_node_from_key(key)
-        await asyncio.gather(*(client.ping(target_nodes=node) for _ in range(connections)))
+        if node is None:  # no slot owner known: nothing to open
+            return 0
+
+        async def take() -> Any:
+            connection = node.acquire_connection()
+            try:
+                await connection.connect()  # type: ignore[no-untyped-call]
+            except BaseException:
+                node.release(connection)
+                raise
+            return connection
+
+        async def give_back(connection: Any) -> None:
+            node.release(connection)
     else:
-        await asyncio.gather(*(client.ping() for _ in range(connections)))
+        pool = client.connection_pool
+
+        async def take() -> Any:
+            return await pool.get_connection()  # type: ignore[no-untyped-call]
+
+        async def give_back(connection: Any) -> None:
+            await pool.release(connection)
+
+    held: list[Any] = []
+    try:
+        for start in range(0, connections, batch):
+            results = await asyncio.gather(
+                *(take() for _ in range(min(batch, connections - start))), return_exceptions=True
+            )
+            held += [result for result in results if not isinstance(result, BaseException)]
+    finally:
+        for connection in held:
+            await give_back(connection)
+    return len(held)
 
 
 def describe(url: str) -> str:

@@ -30,10 +30,9 @@ from redis.asyncio.cluster import RedisCluster
 
 from helpline.ratelimit.base import CONCURRENCY, Decision, Lease, LeaseKeeper, TierState
 from helpline.ratelimit.policies import Tier
-from helpline.redisconn import AnyRedis, connect, prewarm
+from helpline.redisconn import AnyRedis, connect, pool_size, prewarm
 
 DEFAULT_PREFIX = "hl:rl:{default:rl}:"
-PREWARM_CONNECTIONS = 32  # opened at start: a first burst of this many concurrent requests opens none
 _HASH_TAG = re.compile(r"\{[^{}]+\}")
 
 ACQUIRE_LUA = """
@@ -190,7 +189,7 @@ class RedisLimiter:
         self._ready = True
         await self.client.script_load(ACQUIRE_LUA)
         await self.client.script_load(RENEW_LUA)
-        await prewarm(self.client, PREWARM_CONNECTIONS, self._prefix)
+        await prewarm(self.client, pool_size(self.client), self._prefix)  # a burst then opens none
 
     async def aclose(self) -> None:
         await self.keeper.stop()
