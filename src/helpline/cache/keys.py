@@ -10,6 +10,7 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 from helpline.providers.base import Turn
 
@@ -17,6 +18,7 @@ _SPACES = re.compile(r"\s+")
 _EDGE_PUNCTUATION = re.compile(r"^[\s\"'“”‘’¿¡]+|[\s\"'“”‘’?!.。？！…]+$")
 
 
+@lru_cache(maxsize=1024)  # pure; asked again for every repeat of a question
 def normalize(text: str) -> str:
     """The exact tier's form of a question: NFKC, case-folded, spaces collapsed, edge punctuation dropped."""
     folded = unicodedata.normalize("NFKC", text).casefold()

@@ -8,6 +8,7 @@ details) are cached only for their owner.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # About one shopper's own state (not a how-to): an identifier or contact detail, or "my X" with a status verb.
 _IDENTIFIERS = re.compile(
@@ -24,6 +25,7 @@ _OWN_STATE = re.compile(
 )
 
 
+@lru_cache(maxsize=1024)  # a pure function of the text; repeated questions are what a cache serves
 def is_personal(message: str) -> bool:
     """A question whose answer depends on who asks; it must never be served to another owner."""
     return bool(_IDENTIFIERS.search(message) or _OWN_STATE.search(message))

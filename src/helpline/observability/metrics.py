@@ -48,7 +48,9 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -112,11 +114,19 @@ for _component in REDIS_COMPONENTS:
     REDIS_FALLBACKS.labels(_component)
 
 
+@lru_cache(maxsize=4096)
+def _child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, remembered: prometheus-client validates and looks the labels up under a lock on
+    every call, several times per request on the hot path. Children live as long as their metric (nothing here
+    removes label sets), and every label here is bounded, so the memo is too."""
+    return metric.labels(*values)
+
+
 def observe_http_request(route: str, method: str, status: int, seconds: float) -> None:
     """One finished HTTP request (the access middleware calls this)."""
     method = method if method in _HTTP_METHODS else "OTHER"  # a bounded label, whatever clients send
-    HTTP_REQUESTS.labels(route, method, str(status)).inc()
-    HTTP_DURATION.labels(route).observe(seconds)
+    _child(HTTP_REQUESTS, route, method, str(status)).inc()
+    _child(HTTP_DURATION, route).observe(seconds)
     WINDOW.record_request(status)
 
 
@@ -132,29 +142,29 @@ def in_flight() -> Iterator[None]:
 
 def observe_reply(provider: str, cache: str, seconds: float) -> None:
     """A successful chat reply's latency (the access middleware calls this from the request's annotations)."""
-    REPLY_LATENCY.labels(provider, cache).observe(seconds)
+    _child(REPLY_LATENCY, provider, cache).observe(seconds)
     WINDOW.record_reply_latency(seconds)
 
 
 def record_cache_lookup(tier: str) -> None:
     """The answer cache's outcome for one reply: ``exact``, ``semantic`` or ``miss``."""
-    CACHE_LOOKUPS.labels(tier).inc()
+    _child(CACHE_LOOKUPS, tier).inc()
     WINDOW.record_cache_lookup(tier)
 
 
 def record_usage(provider: str, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
     """Tokens and money one reply used."""
     if tokens_in > 0:
-        TOKENS.labels(provider, "in").inc(tokens_in)
+        _child(TOKENS, provider, "in").inc(tokens_in)
     if tokens_out > 0:
-        TOKENS.labels(provider, "out").inc(tokens_out)
+        _child(TOKENS, provider, "out").inc(tokens_out)
     if cost_usd > 0:
-        COST.labels(provider).inc(cost_usd)
+        _child(COST, provider).inc(cost_usd)
 
 
 def record_provider_call(provider: str, error: BaseException | str | None = None) -> None:
     """One call to a provider; pass the exception (or its class name) when it failed."""
-    PROVIDER_CALLS.labels(provider).inc()
+    _child(PROVIDER_CALLS, provider).inc()
     if error is not None:
         name = error if isinstance(error, str) else type(error).__name__
         PROVIDER_ERRORS.labels(provider, name).inc()
