@@ -139,3 +139,52 @@ class LeaseKeeper:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+@dataclass(slots=True)
+class _Batch:
+    tokens: list[str]
+    sent: asyncio.Future[BaseException | None]
+
+
+class ReleaseBatcher:
+    """Lease releases of concurrent requests go to the store together (group commit): while one batch is on its
+    way, the releases that arrive meanwhile collect into the next. ``release`` still returns only once its own
+    token is released, so a caller can rely on the slot being free; under load one round trip frees many slots.
+
+    Why: each Redis command costs the client about 0.15 ms of CPU (redis-py 8), and the release was one of three
+    commands on a cached answer's path."""
+
+    def __init__(self, send: Callable[[list[str]], Awaitable[None]]) -> None:
+        self._send = send
+        self._open: _Batch | None = None
+        self._one_at_a_time = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def release(self, token: str) -> None:
+        batch = self._open
+        if batch is None:
+            batch = self._open = _Batch([], asyncio.get_running_loop().create_future())
+            task = asyncio.create_task(self._flush(batch), name="ratelimit-release")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        batch.tokens.append(token)
+        error = await asyncio.shield(batch.sent)  # a cancelled caller does not cancel the others' release
+        if error is not None:
+            raise error
+
+    async def _flush(self, batch: _Batch) -> None:
+        async with self._one_at_a_time:
+            if self._open is batch:
+                self._open = None  # closed: later releases start the next batch
+            try:
+                await self._send(batch.tokens)
+            except Exception as error:  # noqa: BLE001 - handed to every caller of this batch (Lease logs it)
+                batch.sent.set_result(error)
+            else:
+                batch.sent.set_result(None)
+
+    async def aclose(self) -> None:
+        """Let releases on their way finish (shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

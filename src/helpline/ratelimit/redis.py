@@ -28,7 +28,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from helpline.ratelimit.base import CONCURRENCY, Decision, Lease, LeaseKeeper, TierState
+from helpline.ratelimit.base import CONCURRENCY, Decision, Lease, LeaseKeeper, ReleaseBatcher, TierState
 from helpline.ratelimit.policies import Tier
 from helpline.redisconn import AnyRedis, connect, pool_size, prewarm
 
@@ -124,6 +124,7 @@ class RedisLimiter:
         self._acquire_script = client.register_script(ACQUIRE_LUA)
         self._renew_script = client.register_script(RENEW_LUA)
         self.keeper = LeaseKeeper(self._renew, lease_ttl_s)
+        self._releases = ReleaseBatcher(self._remove_leases)
         # The cluster client fails at once (MaxConnectionsError) when its per-node pool is exhausted instead of
         # waiting; a burst of a thousand requests must queue briefly here instead of falling back.
         self._gate = asyncio.Semaphore(max_in_flight)
@@ -169,8 +170,11 @@ class RedisLimiter:
 
     async def _release(self, token: str) -> None:
         self.keeper.drop(token)
+        await self._releases.release(token)
+
+    async def _remove_leases(self, tokens: list[str]) -> None:
         async with self._gate:
-            await self.client.zrem(self.lease_key, token)
+            await self.client.zrem(self.lease_key, *tokens)
 
     async def _renew(self, tokens: list[str]) -> None:
         for start in range(0, len(tokens), RENEW_BATCH):
@@ -193,6 +197,7 @@ class RedisLimiter:
 
     async def aclose(self) -> None:
         await self.keeper.stop()
+        await self._releases.aclose()
         await self.client.aclose()
 
     def stats(self) -> dict[str, int | str | bool]:

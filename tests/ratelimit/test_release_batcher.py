@@ -1,0 +1,95 @@
+"""Lease releases go out together (group commit), and each release still returns only once its slot is free."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from helpline.ratelimit.base import ReleaseBatcher
+from helpline.ratelimit.redis import RedisLimiter
+from tests.ratelimit.conftest import MakeLimiter
+
+
+class Store:
+    """Records what each send carried; ``gate`` holds a send until the test lets it go."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.sends: list[list[str]] = []
+        self.freed: set[str] = set()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.sending = asyncio.Event()  # set once a send has started
+        self.error = error
+
+    async def send(self, tokens: list[str]) -> None:
+        self.sends.append(list(tokens))
+        self.sending.set()
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        self.freed.update(tokens)
+
+
+async def test_concurrent_releases_share_one_send_and_each_waits_for_its_own() -> None:
+    store = Store()
+    batcher = ReleaseBatcher(store.send)
+    await asyncio.gather(*(batcher.release(f"t{n}") for n in range(40)))
+    assert store.sends == [[f"t{n}" for n in range(40)]]
+    assert store.freed == {f"t{n}" for n in range(40)}
+
+
+async def test_releases_that_arrive_while_a_batch_is_on_its_way_form_the_next_one() -> None:
+    store = Store()
+    store.gate.clear()
+    batcher = ReleaseBatcher(store.send)
+    first = asyncio.create_task(batcher.release("a"))
+    await store.sending.wait()  # the first batch is on its way (held at the gate)
+    later = [asyncio.create_task(batcher.release(token)) for token in ("b", "c", "d")]
+    await asyncio.sleep(0.01)
+    assert not first.done()  # not released until the store confirmed it
+    assert store.sends == [["a"]]
+    store.gate.set()
+    await asyncio.gather(first, *later)
+    assert store.sends == [["a"], ["b", "c", "d"]]
+    assert store.freed == {"a", "b", "c", "d"}
+
+
+async def test_a_failed_send_reaches_every_caller_of_its_batch_and_the_next_batch_is_tried_afresh() -> None:
+    store = Store(error=ConnectionError("redis is down"))
+    batcher = ReleaseBatcher(store.send)
+    results = await asyncio.gather(*(batcher.release(token) for token in ("a", "b")), return_exceptions=True)
+    assert [type(result) for result in results] == [ConnectionError, ConnectionError]
+    store.error = None
+    await batcher.release("c")
+    assert store.sends == [["a", "b"], ["c"]]
+    assert store.freed == {"c"}
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_release_of_the_others() -> None:
+    store = Store()
+    store.gate.clear()
+    batcher = ReleaseBatcher(store.send)
+    impatient = asyncio.create_task(batcher.release("a"))
+    patient = asyncio.create_task(batcher.release("b"))
+    await store.sending.wait()
+    impatient.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await impatient
+    store.gate.set()
+    await patient
+    assert store.freed == {"a", "b"}  # the token of the cancelled caller was released too
+    await batcher.aclose()
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+async def test_a_burst_of_releases_frees_every_slot_on_redis(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter(max_concurrent=200)
+    assert isinstance(limiter, RedisLimiter)
+    held = await asyncio.gather(*(limiter.acquire([]) for _ in range(200)))
+    assert all(decision.allowed for decision in held)
+    assert not (await limiter.acquire([])).allowed
+    await asyncio.gather(*(decision.lease.release() for decision in held if decision.lease is not None))
+    assert await limiter.in_flight() == 0
+    again = await asyncio.gather(*(limiter.acquire([]) for _ in range(200)))
+    assert all(decision.allowed for decision in again)
