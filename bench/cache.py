@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 from tests.fakes.gemini import FakeGemini
 
-from bench.common import server
+from bench.common import cpu_seconds, server_process
 
 QUESTION = "How long does delivery take?"
 REPLY = "Standard delivery takes one to two working days.\n<<ACTION=answer; SOURCES=policy-delivery.delivery-times>>"
@@ -46,24 +46,30 @@ _TOTAL = re.compile(r"(\d+) requests in")
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 
 
-def wrk(base: str, path: str, script: Path | None) -> dict[str, float]:
+def wrk(base: str, path: str, script: Path | None, pid: int) -> dict[str, float]:
+    """One wrk run; ``cpu_us`` is the server's CPU time per request (less sensitive to a noisy neighbour than the
+    rate, since it does not count the time the server waited for a core)."""
     args = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{DURATION_S}s", "--latency"]
     args += ["-s", str(script)] if script else []
+    cpu_before = cpu_seconds(pid)
     output = subprocess.run([*args, base + path], capture_output=True, text=True, check=True).stdout  # noqa: S603
+    cpu = cpu_seconds(pid) - cpu_before
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     latency = {f"p{q}": float(v) * scale[unit] for q, v, unit in _LATENCY.findall(output)}
     non_2xx = _NON_2XX.search(output)
+    requests = float(_TOTAL.search(output).group(1))  # type: ignore[union-attr]
     return {
         **latency,
         "rps": float(_RPS.search(output).group(1)),  # type: ignore[union-attr]
-        "requests": float(_TOTAL.search(output).group(1)),  # type: ignore[union-attr]
+        "requests": requests,
         "errors": float(non_2xx.group(1)) if non_2xx else 0.0,
+        "cpu_us": cpu / max(requests, 1.0) * 1e6,
     }
 
 
 def combine(runs: list[dict[str, float]]) -> dict[str, float]:
     """Medians of rate and latency over the rounds; totals of requests and errors."""
-    median = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99")}
+    median = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99", "cpu_us")}
     return {**median, "requests": sum(run["requests"] for run in runs), "errors": sum(run["errors"] for run in runs)}
 
 
@@ -91,15 +97,15 @@ def setups(gemini_url: str) -> list[Setup]:
 
 
 def measure(setup: Setup, script: Path, workdir: Path) -> dict[str, dict[str, float]]:
-    with server(workdir, setup.env) as base:
+    with server_process(workdir, setup.env) as (base, pid):
         first = httpx.post(f"{base}/v1/chat", json={"message": QUESTION}, timeout=30).json()
         assert (first["cache"], first["provider"]) == ("miss", "gemini"), first
         assert httpx.post(f"{base}/v1/chat", json={"message": QUESTION}, timeout=30).json()["cache"] == "exact"
         before = stats(base)
         runs: dict[str, list[dict[str, float]]] = {"health": [], "cached": []}
         for _ in range(ROUNDS):  # interleaved: a noisy neighbour slows both, not one of them
-            runs["health"].append(wrk(base, "/healthz", None))
-            runs["cached"].append(wrk(base, "/v1/chat", script))
+            runs["health"].append(wrk(base, "/healthz", None, pid))
+            runs["cached"].append(wrk(base, "/v1/chat", script, pid))
         health, cached = combine(runs["health"]), combine(runs["cached"])
         time.sleep(1.0)  # the write-behind queue drains
         cached["recorded"] = float(stats(base) - before)
@@ -123,15 +129,17 @@ def main() -> None:
         f"one worker, {CONNECTIONS} connections, {ROUNDS} interleaved rounds of {DURATION_S} s per endpoint "
         f"(wrk -t{WRK_THREADS}, medians), log level INFO"
     )
-    print("| setup | endpoint | req/s | p50 ms | p99 ms | non-2xx | ratio to /healthz |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| setup | endpoint | req/s | p50 ms | p99 ms | non-2xx | server CPU µs/request | throughput ratio "
+        "| cost ratio (/healthz CPU ÷ this CPU) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, rows in results.items():
         health, cached = rows["health"], rows["cached"]
         for label, row in (("GET /healthz (baseline)", health), ("POST /v1/chat, exact hit", cached)):
-            ratio = row["rps"] / health["rps"]
             print(
                 f"| {name} | {label} | {row['rps']:.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['errors']:.0f} "
-                f"| {ratio:.2f} |"
+                f"| {row['cpu_us']:.0f} | {row['rps'] / health['rps']:.2f} | {health['cpu_us'] / row['cpu_us']:.2f} |"
             )
     for name, rows in results.items():
         cached = rows["cached"]

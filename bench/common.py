@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -81,6 +82,19 @@ async def load(
 @contextmanager
 def server(workdir: Path, env_extra: dict[str, str] | None = None) -> Iterator[str]:
     """`helpline serve` (one worker) on a free port with the embedded defaults in ``workdir``."""
-    env = {"HELPLINE_LOG_LEVEL": "WARNING", **(env_extra or {})}
-    with serving(workdir, env, quiet=True) as (base, _process):
+    with server_process(workdir, env_extra) as (base, _pid):
         yield base
+
+
+@contextmanager
+def server_process(workdir: Path, env_extra: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """As :func:`server`, with the server's process id (one worker serves in that process)."""
+    env = {"HELPLINE_LOG_LEVEL": "WARNING", **(env_extra or {})}
+    with serving(workdir, env, quiet=True) as (base, process):
+        yield base, process.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
