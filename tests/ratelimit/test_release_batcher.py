@@ -93,3 +93,16 @@ async def test_a_burst_of_releases_frees_every_slot_on_redis(make_limiter: MakeL
     assert await limiter.in_flight() == 0
     again = await asyncio.gather(*(limiter.acquire([]) for _ in range(200)))
     assert all(decision.allowed for decision in again)
+
+
+async def test_callers_hear_of_a_send_cancelled_by_shutdown_instead_of_waiting_forever() -> None:
+    store = Store()
+    store.gate.clear()
+    batcher = ReleaseBatcher(store.send)
+    waiting = asyncio.create_task(batcher.release("a"))
+    await store.sending.wait()
+    for task in asyncio.all_tasks():
+        if task.get_name() == "ratelimit-release":
+            task.cancel()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        await asyncio.wait_for(waiting, timeout=2)

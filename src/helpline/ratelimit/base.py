@@ -177,12 +177,16 @@ class ReleaseBatcher:
         async with self._one_at_a_time:
             if self._open is batch:
                 self._open = None  # closed: later releases start the next batch
+            # Every caller of the batch hears the outcome, whatever happens here: a failure is handed to them (Lease
+            # logs it; the lease TTL reclaims the slot), and so is a send cancelled by shutdown.
+            outcome: BaseException | None = RuntimeError("the release was interrupted")
             try:
                 await self._send(batch.tokens)
-            except Exception as error:  # noqa: BLE001 - handed to every caller of this batch (Lease logs it)
-                batch.sent.set_result(error)
-            else:
-                batch.sent.set_result(None)
+                outcome = None
+            except Exception as error:  # noqa: BLE001 - see above
+                outcome = error
+            finally:
+                batch.sent.set_result(outcome)
 
     async def aclose(self) -> None:
         """Let releases on their way finish (shutdown)."""
