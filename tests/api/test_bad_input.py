@@ -31,6 +31,9 @@ CASES = [
     Case("message missing", 422, "validation_error", json={"text": "hi"}),
     Case("message not a string", 422, "validation_error", json={"message": 42}),
     Case("body not an object", 422, "validation_error", json=["hi"]),
+    # The schema says boolean: a number is refused, not coerced (schemathesis found `"stream": 0.0` accepted).
+    Case("stream a number", 422, "validation_error", json={"message": "hi", "stream": 0.0}),
+    Case("stream a string", 422, "validation_error", json={"message": "hi", "stream": "true"}),
     Case("1 MB body", 413, "payload_too_large", body=b'{"message": "' + b"x" * 1_000_000 + b'"}',
          headers={"content-type": "application/json"}),
     Case("unknown session id", 404, "session_not_found", json={"message": "hi", "session_id": "s_doesnotexist"}),

@@ -119,3 +119,18 @@ async def test_feedback_is_stored_with_the_message_and_only_by_its_owner(api: Ap
     assert unknown.status_code == 404
     bad = await api.client.post("/v1/feedback", json={"message_id": body["message_id"], "rating": "meh"})
     assert bad.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [{"role": "user", "content": "hi"}], "stream": 0},
+        {"messages": [{"role": "user", "content": 5}]},
+    ],
+    ids=["stream a number", "content a number"],
+)
+async def test_values_of_the_wrong_type_are_refused_not_coerced(api: Api, body: dict[str, object]) -> None:
+    key, _ = await api.services.api_keys.create("strict-body")
+    response = await api.client.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "validation_error"

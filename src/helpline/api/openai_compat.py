@@ -45,7 +45,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
@@ -58,7 +58,8 @@ class Message(BaseModel):
 
 
 class CompletionIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Strict like ChatRequest (and Message): ``"stream": 0`` is a 422, not coerced.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(default="helpline", max_length=100)
     messages: list[Message] = Field(min_length=1, max_length=100)

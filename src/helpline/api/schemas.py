@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Strict: the body is what the schema says (``"stream": 0`` or ``"message": 5`` is a 422, not coerced).
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     # Length is checked after trimming in ChatService (the limit is a setting); this only bounds the parse.
     message: str = Field(max_length=100_000)
