@@ -106,3 +106,19 @@ async def test_callers_hear_of_a_send_cancelled_by_shutdown_instead_of_waiting_f
             task.cancel()
     with pytest.raises(RuntimeError, match="interrupted"):
         await asyncio.wait_for(waiting, timeout=2)
+
+
+async def test_callers_of_a_batch_still_waiting_for_its_turn_hear_of_a_shutdown() -> None:
+    store = Store()
+    store.gate.clear()
+    batcher = ReleaseBatcher(store.send)
+    first = asyncio.create_task(batcher.release("a"))
+    await store.sending.wait()  # batch 1 is on its way; batch 2 waits for its turn
+    second = asyncio.create_task(batcher.release("b"))
+    await asyncio.sleep(0.01)
+    for task in asyncio.all_tasks():
+        if task.get_name() == "ratelimit-release":
+            task.cancel()
+    for caller in (first, second):
+        with pytest.raises(RuntimeError, match="interrupted"):
+            await asyncio.wait_for(caller, timeout=2)

@@ -174,19 +174,22 @@ class ReleaseBatcher:
             raise error
 
     async def _flush(self, batch: _Batch) -> None:
-        async with self._one_at_a_time:
-            if self._open is batch:
-                self._open = None  # closed: later releases start the next batch
-            # Every caller of the batch hears the outcome, whatever happens here: a failure is handed to them (Lease
-            # logs it; the lease TTL reclaims the slot), and so is a send cancelled by shutdown.
-            outcome: BaseException | None = RuntimeError("the release was interrupted")
-            try:
+        # Every caller of the batch hears the outcome, whatever happens here: a failure is handed to them (Lease
+        # logs it; the lease TTL reclaims the slot), and so is a flush cancelled by shutdown, even while it waited
+        # for the batch before it.
+        outcome: BaseException | None = RuntimeError("the release was interrupted")
+        try:
+            async with self._one_at_a_time:
+                if self._open is batch:
+                    self._open = None  # closed: later releases start the next batch
                 await self._send(batch.tokens)
                 outcome = None
-            except Exception as error:  # noqa: BLE001 - see above
-                outcome = error
-            finally:
-                batch.sent.set_result(outcome)
+        except Exception as error:  # noqa: BLE001 - see above
+            outcome = error
+        finally:
+            if self._open is batch:
+                self._open = None
+            batch.sent.set_result(outcome)
 
     async def aclose(self) -> None:
         """Let releases on their way finish (shutdown)."""
