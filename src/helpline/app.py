@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -118,13 +119,27 @@ async def bootstrap_admin(settings: Settings, api_keys: ApiKeyRepository, state:
     print(f"\n  Helpline admin token (shown once, keep it safe): {plain}\n", file=sys.stderr, flush=True)
 
 
+def freeze_startup_heap() -> None:
+    """Move everything built at start (the knowledge base, the embedder, the SDK clients, the app) out of the
+    cyclic garbage collector's reach, once, in a server process.
+
+    Each full collection otherwise walks that whole heap while requests wait: measured with bench.cache, it put a
+    cached answer's p99 at 118-125 ms against 48-56 ms with the heap frozen (same throughput). Objects built at
+    start live as long as the process, so nothing collectable is kept; garbage made later is collected as before.
+    Not for tests, which build many apps in one process and would pin each one's garbage."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(
     settings: Settings,
     *,
     embedder: Embedder | None = None,
     providers: Sequence[Provider] | None = None,
+    freeze_heap: bool = False,
 ) -> FastAPI:
-    """Build the ASGI app. Tests pass a shared ``embedder`` and scripted ``providers``."""
+    """Build the ASGI app. Tests pass a shared ``embedder`` and scripted ``providers``; the server process passes
+    ``freeze_heap`` (see :func:`freeze_startup_heap`)."""
     settings.check_can_start()
     configure_logging(
         settings.log_level,
@@ -171,6 +186,8 @@ def create_app(
             invalidator=invalidator,
             conversations=conversations,
         )
+        if freeze_heap:
+            freeze_startup_heap()
         log.info("started", documents=len(knowledge), providers=[p.name for p in router_provider.providers])
         try:
             yield

@@ -61,7 +61,7 @@ def emit(data: dict[str, Any], as_json: bool, human: str) -> None:
 
 def app_factory() -> FastAPI:
     """Used by uvicorn (``factory=True``) in every worker process."""
-    return create_app(Settings())
+    return create_app(Settings(), freeze_heap=True)
 
 
 async def _prepare(settings: Settings) -> None:
