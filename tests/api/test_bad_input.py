@@ -42,6 +42,14 @@ CASES = [
     Case("malformed Authorization", 401, "invalid_api_key", json={"message": "hi"},
          headers={"authorization": "Basic dXNlcjpwYXNz"}),
     Case("bad locale", 422, "validation_error", json={"message": "hi", "locale": "<script>"}),
+    Case("empty body", 400, "invalid_json", body=b"", headers={"content-type": "application/json"}),
+    # The order of refusals when several apply: content type, then JSON syntax, then the key, then the schema.
+    Case("malformed JSON and a bad key", 400, "invalid_json", body=b'{"message"',
+         headers={"content-type": "application/json", "authorization": "Bearer hl_not-a-real-key"}),
+    Case("bad schema and a bad key", 401, "invalid_api_key", json={"message": 42},
+         headers={"authorization": "Bearer hl_not-a-real-key"}),
+    Case("form body and a bad key", 415, "unsupported_media_type", body=b"message=hi",
+         headers={"content-type": "application/x-www-form-urlencoded", "authorization": "Bearer hl_x"}),
 ]  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
-from helpline.api.deps import AdminDep, CallerDep, ChatDep, PrincipalDep, Services, ServicesDep, conversations_of
+from helpline.api.deps import AdminDep, ChatDep, PrincipalDep, Services, ServicesDep, caller_and_body, conversations_of
 from helpline.api.limits import charge
 from helpline.api.responses import JsonResponse
 from helpline.api.schemas import ChatRequest, ChatResponse, ErrorResponse, Readiness, SessionMessages
@@ -45,14 +45,23 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
 }
+# The body is parsed in the route (deps.caller_and_body), so its schema is documented here rather than inferred.
+CHAT_BODY = {"required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema()}}}
 X_CACHE = {"miss": "MISS", "exact": "HIT-EXACT", "semantic": "HIT-SEMANTIC"}
 
 
-@router.post("/v1/chat", response_model=ChatResponse, responses=CHAT_RESPONSES, summary="Ask a question")
-async def chat(*, body: ChatRequest, request: Request, caller: CallerDep) -> Any:
+@router.post(
+    "/v1/chat",
+    response_model=ChatResponse,
+    responses=CHAT_RESPONSES,
+    summary="Ask a question",
+    openapi_extra={"requestBody": CHAT_BODY},
+)
+async def chat(request: Request) -> Any:
+    caller, body = await caller_and_body(request, ChatRequest)
     services = caller.services
-    # Charged only once the request is known to be acceptable (see api/limits.py): the schema was checked by
-    # FastAPI before this point, the message is checked here.
+    # Charged only once the request is known to be acceptable (see api/limits.py): the schema was checked just
+    # above, the message is checked here.
     clean_message(body.message, services.settings.max_message_chars)
     await charge(request, services, caller.principal, session_id=body.session_id)
     context: dict[str, Any] = {
