@@ -20,7 +20,7 @@ from helpline.api.limits import RateLimitMiddleware
 from helpline.api.metrics_route import router as metrics_router
 from helpline.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from helpline.api.openai_compat import router as openai_router
-from helpline.api.routes import router
+from helpline.api.routes import direct_router, router
 from helpline.api.security import install_security
 from helpline.cache.factory import build_cache
 from helpline.cache.guards import SemanticGuard
@@ -220,6 +220,7 @@ def create_app(
 
 
 def include_routes(app: FastAPI) -> None:
+    app.include_router(direct_router)
     app.include_router(router)
     app.include_router(metrics_router)
     app.include_router(admin_router)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 from sse_starlette import EventSourceResponse
 
 from helpline.api.deps import AdminDep, ChatDep, PrincipalDep, Services, ServicesDep, caller_and_body, conversations_of
@@ -21,6 +22,28 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 429, 503)
 }
 router = APIRouter()
+
+
+class DirectRoute(APIRoute):
+    """A route FastAPI documents as usual (body schema, responses) but calls directly: ``endpoint(request)``.
+
+    For the one hot path, ``POST /v1/chat``, whose endpoint takes only the request, parses its own body
+    (deps.caller_and_body) and returns a ready Response. FastAPI's request handler would still run its dependency
+    solver on every call (with a scratch Response for dependency headers) and check the return value, about 30 µs
+    of a cached answer's 220 µs in process. Uses FastAPI's documented extension point (a custom APIRoute class).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
+
+        async def handler(request: Request) -> Response:
+            return await endpoint(request)
+
+        return handler
+
+
+# Routes on the DirectRoute class; they are included in the app like ``router``.
+direct_router = APIRouter(route_class=DirectRoute)
 
 
 CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -50,14 +73,14 @@ CHAT_BODY = {"required": True, "content": {"application/json": {"schema": ChatRe
 X_CACHE = {"miss": "MISS", "exact": "HIT-EXACT", "semantic": "HIT-SEMANTIC"}
 
 
-@router.post(
+@direct_router.post(
     "/v1/chat",
     response_model=ChatResponse,
     responses=CHAT_RESPONSES,
     summary="Ask a question",
     openapi_extra={"requestBody": CHAT_BODY},
 )
-async def chat(request: Request) -> Any:
+async def chat(request: Request) -> Response:
     caller, body = await caller_and_body(request, ChatRequest)
     services = caller.services
     # Charged only once the request is known to be acceptable (see api/limits.py): the schema was checked just
