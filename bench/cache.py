@@ -6,7 +6,8 @@ embedded SQLite store, the production log level. The question is asked once (a m
 it in ROUNDS rounds of DURATION_S seconds, interleaved with `/healthz`: every request is an exact hit that is still
 recorded as a conversation, which this script checks afterwards. Two setups, each against its own `/healthz`: the
 embedded default (cache and limiter in process) and Redis (cache and limiter in the local Redis, as replicas
-share them).
+share them). Besides rates and latencies it reads the server's CPU time per request from /proc: the whole process,
+and its main thread alone (the event loop, which is what saturates on one worker).
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ def wrk(base: str, path: str, script: Path | None, pid: int) -> dict[str, float]
     rate, since it does not count the time the server waited for a core)."""
     args = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{DURATION_S}s", "--latency"]
     args += ["-s", str(script)] if script else []
-    cpu_before = cpu_seconds(pid)
+    cpu_before, loop_before = cpu_seconds(pid), cpu_seconds(pid, main_thread=True)
     output = subprocess.run([*args, base + path], capture_output=True, text=True, check=True).stdout  # noqa: S603
     cpu = cpu_seconds(pid) - cpu_before
+    loop = cpu_seconds(pid, main_thread=True) - loop_before
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     latency = {f"p{q}": float(v) * scale[unit] for q, v, unit in _LATENCY.findall(output)}
     non_2xx = _NON_2XX.search(output)
@@ -64,12 +66,13 @@ def wrk(base: str, path: str, script: Path | None, pid: int) -> dict[str, float]
         "requests": requests,
         "errors": float(non_2xx.group(1)) if non_2xx else 0.0,
         "cpu_us": cpu / max(requests, 1.0) * 1e6,
+        "loop_us": loop / max(requests, 1.0) * 1e6,
     }
 
 
 def combine(runs: list[dict[str, float]]) -> dict[str, float]:
     """Medians of rate and latency over the rounds; totals of requests and errors."""
-    median = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99", "cpu_us")}
+    median = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99", "cpu_us", "loop_us")}
     return {**median, "requests": sum(run["requests"] for run in runs), "errors": sum(run["errors"] for run in runs)}
 
 
@@ -130,16 +133,17 @@ def main() -> None:
         f"(wrk -t{WRK_THREADS}, medians), log level INFO"
     )
     print(
-        "| setup | endpoint | req/s | p50 ms | p99 ms | non-2xx | server CPU µs/request | throughput ratio "
-        "| cost ratio (/healthz CPU ÷ this CPU) |"
+        "| setup | endpoint | req/s | p50 ms | p99 ms | non-2xx | server CPU µs/request | of which main thread "
+        "| throughput ratio | cost ratio (/healthz CPU ÷ this CPU) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, rows in results.items():
         health, cached = rows["health"], rows["cached"]
         for label, row in (("GET /healthz (baseline)", health), ("POST /v1/chat, exact hit", cached)):
             print(
                 f"| {name} | {label} | {row['rps']:.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['errors']:.0f} "
-                f"| {row['cpu_us']:.0f} | {row['rps'] / health['rps']:.2f} | {health['cpu_us'] / row['cpu_us']:.2f} |"
+                f"| {row['cpu_us']:.0f} | {row['loop_us']:.0f} | {row['rps'] / health['rps']:.2f} "
+                f"| {health['cpu_us'] / row['cpu_us']:.2f} |"
             )
     for name, rows in results.items():
         cached = rows["cached"]

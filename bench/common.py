@@ -94,7 +94,9 @@ def server_process(workdir: Path, env_extra: dict[str, str] | None = None) -> It
         yield base, process.pid
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, *, main_thread: bool = False) -> float:
+    """User + system CPU time a process has used so far: all its threads, or only its main thread (the event loop
+    of a uvicorn worker, what saturates first) with ``main_thread`` (Linux /proc)."""
+    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text(encoding="ascii").rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
