@@ -34,6 +34,11 @@ class DirectRoute(APIRoute):
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        found = self.dependant
+        declared = (found.dependencies, found.path_params, found.query_params, found.header_params,
+                    found.cookie_params, found.body_params)  # fmt: skip
+        if any(declared):  # nothing would resolve them: refuse at start rather than silently skip them
+            raise TypeError(f"{self.path}: a DirectRoute endpoint takes only the request (found declared parameters)")
         endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
 
         async def handler(request: Request) -> Response:
