@@ -64,7 +64,10 @@ async def make_limiter(backend: str, backend_url: str) -> AsyncIterator[MakeLimi
         if backend == "memory":
             limiter = MemoryLimiter(max_concurrent, lease_ttl_s=lease_ttl_s)
         else:
-            limiter = RedisLimiter(create_redis(backend_url), max_concurrent, prefix=prefix, lease_ttl_s=lease_ttl_s)
+            # The limiter's logic is under test here, not its timeouts (the fault-proxy tests cover those): generous
+            # ones, so a loaded CI machine cannot fail a cluster's first connect (0.25 s by default; seen once).
+            client = create_redis(backend_url, connect_timeout_s=2.0, timeout_s=2.0)
+            limiter = RedisLimiter(client, max_concurrent, prefix=prefix, lease_ttl_s=lease_ttl_s)
         made.append((limiter, prefix))
         return limiter
 
