@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
 from helpline.app import create_app
+from helpline.cli import app_factory
 from helpline.knowledge.embeddings import Embedder
-from tests.conftest import make_settings
+from tests.conftest import SAMPLE_KB, make_settings
 
 
-async def test_the_start_up_heap_is_frozen_only_when_asked(sqlite_url: str, embedder: Embedder) -> None:
+async def test_an_app_built_for_tests_leaves_the_collector_alone(sqlite_url: str, embedder: Embedder) -> None:
+    gc.unfreeze()
+    app = create_app(make_settings(sqlite_url), embedder=embedder)
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() == 0
+
+
+async def test_the_served_app_freezes_what_its_start_up_built(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``app_factory`` is what uvicorn calls in each worker of ``helpline serve``."""
+    monkeypatch.setenv("HELPLINE_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("HELPLINE_KB_SAMPLE_PATH", str(SAMPLE_KB))
+    monkeypatch.setenv("HELPLINE_PROVIDERS", "extractive")
     gc.unfreeze()
     try:
-        plain = create_app(make_settings(sqlite_url), embedder=embedder)
-        async with plain.router.lifespan_context(plain):
-            assert gc.get_freeze_count() == 0  # an app in a test process leaves the collector alone
-        served = create_app(make_settings(sqlite_url), embedder=embedder, freeze_heap=True)
-        async with served.router.lifespan_context(served):
-            # The services built at start are among the frozen objects: a full collection no longer walks them.
+        app = app_factory()
+        assert gc.get_freeze_count() == 0  # building the app freezes nothing; its start-up does
+        async with app.router.lifespan_context(app):
             assert gc.get_freeze_count() > 0
-            frozen = gc.get_freeze_count()
-            gc.collect()
-            assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()

@@ -15,6 +15,11 @@ class HelplineError(Exception):
         self.headers = headers or {}
 
 
+class BadRequest(HelplineError):
+    status = 400
+    code = "bad_request"
+
+
 class Unauthorized(HelplineError):
     status = 401
     code = "unauthorized"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -9,13 +11,14 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import ClientDisconnect
 
 from helpline.api.security import same_secret
 from helpline.cache.invalidation import Invalidator
 from helpline.cache.service import AnswerCache
 from helpline.chat.service import ChatService
 from helpline.config import Settings
-from helpline.errors import Forbidden, Unauthorized, UnsupportedMediaType
+from helpline.errors import BadRequest, Forbidden, Unauthorized, UnsupportedMediaType
 from helpline.knowledge.base import KnowledgeBase
 from helpline.providers.base import Provider
 from helpline.ratelimit.service import RateLimiter
@@ -140,13 +143,23 @@ async def caller_and_body(request: Request, model: type[Body]) -> tuple[Caller, 
 
     The body is parsed and validated in one pass by pydantic-core (``model_validate_json``) instead of FastAPI's
     ``json.loads``, then validation through its dependency solver: that machinery was about a tenth of a cached
-    answer's CPU (py-spy, bench.cache). The route documents the schema itself (``openapi_extra``)."""
+    answer's CPU (py-spy, bench.cache). The route documents the schema itself (``openapi_extra``).
+
+    Bodies ``json.loads`` accepted still parse: with a UTF-8 byte order mark (some .NET and PowerShell clients send
+    one), or in UTF-16/32. The errors keep no ``input``: for a syntax error that would be the whole body, whatever
+    the shopper typed."""
     await require_json(request)
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        # Gone before the body arrived: nobody reads the answer, but the log and the metrics must not call it ours.
+        raise BadRequest("the request body was not received completely") from None
     invalid: list[Any] = []
     try:
-        body = model.model_validate_json(await request.body())
+        body = model.model_validate_json(_as_utf8(raw))
     except ValidationError as error:
-        invalid = [{**item, "loc": ("body", *item["loc"])} for item in error.errors(include_url=False)]
+        errors = error.errors(include_url=False, include_input=False)
+        invalid = [{**item, "loc": ("body", *item["loc"])} for item in errors]
         if any(item["type"] == "json_invalid" for item in invalid):
             raise RequestValidationError(invalid) from None
     services: Services = request.app.state.services
@@ -154,6 +167,19 @@ async def caller_and_body(request: Request, model: type[Body]) -> tuple[Caller, 
     if invalid:
         raise RequestValidationError(invalid)
     return caller, body
+
+
+def _as_utf8(raw: bytes) -> bytes | str:
+    """The body for pydantic-core, which reads UTF-8 only: a UTF-8 byte order mark dropped, UTF-16/32 decoded (the
+    encodings ``json.loads`` detects from the first bytes, as RFC 8259 allows; cheap checks of the first bytes)."""
+    if raw.startswith(codecs.BOM_UTF8):
+        return raw[len(codecs.BOM_UTF8) :]
+    if raw[:1] == b"\x00" or raw[1:2] == b"\x00" or raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode(json.detect_encoding(raw))
+        except UnicodeDecodeError:
+            return raw  # refused as invalid JSON by the parser
+    return raw
 
 
 async def require_json(request: Request) -> None:

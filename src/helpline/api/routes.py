@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.dependencies.models import Dependant
+
+# FastAPI builds an included route's handler with the inclusion's combined dependencies in this context variable
+# (its own APIRoute.get_route_handler reads it the same way). Private: an upgrade that drops it fails this import
+# loudly rather than letting DirectRoute skip dependencies silently; the version is pinned in the lock file.
+from fastapi.routing import APIRoute, _effective_route_context_var
 from sse_starlette import EventSourceResponse
 
 from helpline.api.deps import AdminDep, ChatDep, PrincipalDep, Services, ServicesDep, caller_and_body, conversations_of
@@ -31,20 +37,33 @@ class DirectRoute(APIRoute):
     (deps.caller_and_body) and returns a ready Response. FastAPI's request handler would still run its dependency
     solver on every call (with a scratch Response for dependency headers) and check the return value, about 30 µs
     of a cached answer's 220 µs in process. Uses FastAPI's documented extension point (a custom APIRoute class).
+    Nothing would resolve a dependency or parameter here, so an endpoint that declares one (itself, or through
+    the router it is included with) is refused when the app is built.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        found = self.dependant
-        declared = (found.dependencies, found.path_params, found.query_params, found.header_params,
-                    found.cookie_params, found.body_params)  # fmt: skip
-        if any(declared):  # nothing would resolve them: refuse at start rather than silently skip them
-            raise TypeError(f"{self.path}: a DirectRoute endpoint takes only the request (found declared parameters)")
+        context = _effective_route_context_var.get()
+        dependant = context.dependant if context is not None and context.original_route is self else self.dependant
+        _refuse_declared(self.path, dependant, self.endpoint)
         endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
 
         async def handler(request: Request) -> Response:
             return await endpoint(request)
 
         return handler
+
+
+def _refuse_declared(path: str, dependant: Dependant, endpoint: Callable[..., Any]) -> None:
+    declared = (dependant.dependencies, dependant.path_params, dependant.query_params, dependant.header_params,
+                dependant.cookie_params, dependant.body_params)  # fmt: skip
+    parameters = list(inspect.signature(endpoint).parameters.values())
+    takes_only_the_request = (
+        len(parameters) == 1
+        and parameters[0].kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and inspect.iscoroutinefunction(endpoint)
+    )
+    if any(declared) or not takes_only_the_request:
+        raise TypeError(f"{path}: a DirectRoute endpoint is `async def endpoint(request)` and depends on nothing")
 
 
 # Routes on the DirectRoute class; they are included in the app like ``router``.
@@ -73,8 +92,29 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
 }
-# The body is parsed in the route (deps.caller_and_body), so its schema is documented here rather than inferred.
-CHAT_BODY = {"required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema()}}}
+# The body is parsed in the route (deps.caller_and_body), so its schema is documented here rather than inferred:
+# as the same named component FastAPI made of it before (client generators keep their ChatRequest type).
+CHAT_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+}
+DOCUMENTED_MODELS = {"ChatRequest": ChatRequest}
+
+
+def document_models(app: FastAPI) -> None:
+    """Add the models that routes parse themselves to the app's OpenAPI components (generated once, cached)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
+            for name, model in DOCUMENTED_MODELS.items():
+                schemas.setdefault(name, model.model_json_schema(ref_template="#/components/schemas/{model}"))
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 X_CACHE = {"miss": "MISS", "exact": "HIT-EXACT", "semantic": "HIT-SEMANTIC"}
 
 
