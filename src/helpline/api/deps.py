@@ -129,6 +129,11 @@ class Caller:
 async def get_caller(request: Request) -> Caller:
     """A JSON body (415 otherwise) from an anonymous caller or one with a valid API key (401 otherwise)."""
     await require_json(request)
+    return await identify(request)
+
+
+async def identify(request: Request) -> Caller:
+    """The request's caller: anonymous, or the holder of a valid API key (401 otherwise)."""
     services: Services = request.app.state.services
     return Caller(services, await authenticate(request, services), await request_id(request))
 
@@ -162,8 +167,7 @@ async def caller_and_body(request: Request, model: type[Body]) -> tuple[Caller, 
         invalid = [{**item, "loc": ("body", *item["loc"])} for item in errors]
         if any(item["type"] == "json_invalid" for item in invalid):
             raise RequestValidationError(invalid) from None
-    services: Services = request.app.state.services
-    caller = Caller(services, await authenticate(request, services), await request_id(request))
+    caller = await identify(request)
     if invalid:
         raise RequestValidationError(invalid)
     return caller, body

@@ -107,11 +107,11 @@ def document_models(app: FastAPI) -> None:
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
+        if app.openapi_schema is None:  # FastAPI's generator builds the document once and caches it on the app
             schemas = generate().setdefault("components", {}).setdefault("schemas", {})
             for name, model in DOCUMENTED_MODELS.items():
                 schemas.setdefault(name, model.model_json_schema(ref_template="#/components/schemas/{model}"))
-        return app.openapi_schema or generate()
+        return generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
 
