@@ -6,10 +6,10 @@ import asyncio
 
 import numpy as np
 
-from helpline.cache.backend import CacheBackend
+from helpline.cache.backend import CacheBackend, MemoryBackend
 from helpline.cache.keys import CacheScope, KeySpace
 from helpline.cache.redis_backend import VECTOR_SEPARATOR, RedisBackend
-from helpline.cache.service import AnswerCache, CachedAnswer
+from helpline.cache.service import AnswerCache, CachedAnswer, CacheSettings
 from helpline.knowledge.embeddings import Embedder
 from helpline.redisconn import create_redis
 from tests.cache.conftest import REDIS_URL
@@ -106,3 +106,92 @@ async def test_an_entry_in_an_older_format_is_skipped_not_fatal(keyspace: KeySpa
         async for key in client.scan_iter(match=keyspace.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
             await client.delete(key)
         await backend.close()
+
+
+async def test_a_put_computed_before_an_invalidation_is_refused(
+    cache_backend: CacheBackend, keyspace: KeySpace
+) -> None:
+    """The answer was computed from a document that changed meanwhile: its write must not land after the removal."""
+    vector = b"\x00" * 1536
+    before = await cache_backend.generation()
+    first, late, fresh = (keyspace.entry(SCOPE, name) for name in ("first", "late", "fresh"))
+    assert await cache_backend.put(first, b"1", ttl_s=60, tags=["doc-1"], scope_id=SCOPE.id, question="first",
+                                   vector=vector, generation=before)  # fmt: skip
+    await cache_backend.invalidate(["doc-1"])
+    after = await cache_backend.generation()
+    assert after != before
+    refused = await cache_backend.put(late, b"2", ttl_s=60, tags=["doc-1"], scope_id=SCOPE.id, question="late",
+                                      vector=vector, generation=before)  # fmt: skip
+    assert refused is False
+    assert await cache_backend.get(late) is None
+    assert await cache_backend.tag_members("doc-1") == []  # nothing of the refused write, not even its tag
+    assert late not in [entry.key for entry in await cache_backend.semantic_entries(SCOPE.id)]
+    assert await cache_backend.put(fresh, b"3", ttl_s=60, tags=["doc-1"], scope_id=SCOPE.id, question="fresh",
+                                   vector=vector, generation=after)  # fmt: skip
+    assert await cache_backend.get(fresh) == b"3"
+    await cache_backend.invalidate(["doc-other"])  # any invalidation moves the generation on
+    assert await cache_backend.generation() != after
+
+
+async def test_an_unreadable_entry_is_a_miss_and_is_removed(
+    answer_cache: AnswerCache, cache_backend: CacheBackend, embedder: Embedder
+) -> None:
+    """A value that does not decode (corrupted, or another version's format in a rolling deploy) must not fail the
+    request: both tiers treat it as a miss and drop it."""
+    question = "How long does delivery take?"
+    (vector,) = embedder.embed([question])
+    key = answer_cache.entry_key(question, SCOPE)
+    for garbage in (b"not zstd", answer_cache._compressor.compress(b'{"question": "q", "unknown_field": 1}')):
+        await cache_backend.put(key, garbage, ttl_s=60, tags=["doc-1"], scope_id=SCOPE.id, question=question,
+                                vector=vector.tobytes())  # fmt: skip
+        assert await answer_cache.lookup_exact(question, SCOPE) is None
+        assert await cache_backend.get(key) is None  # removed: the next lookup costs nothing
+        await cache_backend.put(key, garbage, ttl_s=60, tags=["doc-1"], scope_id=SCOPE.id, question=question,
+                                vector=vector.tobytes())  # fmt: skip
+        paraphrase = "How long does the delivery take?"
+        assert await answer_cache.lookup_semantic(paraphrase, embedder.embed([paraphrase])[0], SCOPE) is None
+        assert await cache_backend.get(key) is None
+        # A popular bad entry: re-warming reads its question first; the invalidation still goes through.
+        await cache_backend.put(key, garbage, ttl_s=60, tags=["doc-1"], scope_id=SCOPE.id, question=question,
+                                vector=vector.tobytes())  # fmt: skip
+        await cache_backend.bump_popularity({key: 5})
+        _, popular = await answer_cache.invalidate(["doc-1"])
+        assert popular == []
+        assert await cache_backend.get(key) is None
+    assert answer_cache.available  # a bad entry is not a store outage
+
+
+async def test_the_memory_backend_is_bounded_and_drops_what_expired() -> None:
+    """The embedded default runs for weeks: entries leave once expired or beyond the bound, with their tags, index
+    entries and popularity."""
+    backend = MemoryBackend(max_entries=3)
+    space = KeySpace("hl:test", "bounded")
+    scopes = [CacheScope("t", "en", "rag-v1", "a", "m1", context=f"turn-{n}") for n in range(5)]
+    keys = [space.entry(scope, "q") for scope in scopes]
+    for key, scope in zip(keys, scopes, strict=True):
+        await backend.put(key, b"v", ttl_s=60, tags=["doc-1"], scope_id=scope.id, question="q", vector=b"\x00" * 1536)
+        await backend.bump_popularity({key: 1})
+    assert [await backend.get(key) for key in keys] == [None, None, b"v", b"v", b"v"]  # the oldest two left
+    assert await backend.tag_members("doc-1") == sorted(keys[2:])
+    assert await backend.semantic_version(scopes[0].id) == 0  # their scopes, emptied, are gone
+    assert await backend.popularity(keys[:2]) == {keys[0]: 0, keys[1]: 0}
+    short = MemoryBackend()
+    await short.put(keys[0], b"v", ttl_s=0, tags=["doc-2"], scope_id=scopes[0].id, question="q", vector=b"")
+    await short.put(keys[1], b"v", ttl_s=60, tags=["doc-2"], scope_id=scopes[1].id, question="q", vector=b"")
+    assert await short.tag_members("doc-2") == [keys[1]]  # the expired one was swept by the next write
+
+
+async def test_semantic_index_copies_are_bounded(cache_backend: CacheBackend, keyspace: KeySpace) -> None:
+    """Each conversation context is a scope; the in-process copies of their indexes must not grow with traffic."""
+    settings = CacheSettings(ttl_s=60, threshold=0.8, timeout_s=2.0, max_mirrors=3)
+    cache = AnswerCache(cache_backend, keyspace, settings)
+    vector = np.ones(384, dtype=np.float32) / np.sqrt(384)
+    for turn in range(6):
+        scope = CacheScope("t", "en", "rag-v1", "a", "m1", context=f"turn-{turn}")
+        assert await cache.store("q", vector, scope, answer("q", ["doc-1"]))
+        assert await cache.lookup_semantic("q?", vector, scope) is not None
+        assert len(cache._mirrors) <= 3
+    for turn in range(20):  # scopes nothing was stored in keep no copy at all
+        empty = CacheScope("t", "en", "rag-v1", "a", "m1", context=f"unseen-{turn}")
+        assert await cache.lookup_semantic("q?", vector, empty) is None
+    assert len(cache._mirrors) <= 3

@@ -17,6 +17,7 @@ from helpline.providers.fake import FakeProvider, FakeReply
 from tests.api.test_streaming import parse_sse
 from tests.conftest import Api, make_settings, running_api
 from tests.fakes.tcp_proxy import TcpProxy
+from tests.security.test_prompt_injection import RULES
 
 ADMIN = {"authorization": "Bearer test-admin-token-0123456789abcdef"}
 UNLIMITED = {"rate_limit_ip": "100000/minute", "rate_limit_session": "100000/minute", "rate_limit_user": "100000/hour"}
@@ -215,3 +216,78 @@ async def test_redis_outage_bypasses_the_cache_without_failing(
             assert body["action"] == "answer"
         assert api.services.cache is not None
         assert not api.services.cache.available  # bypassed for a moment; a metric and a log line say so
+
+
+async def wait_for_provider_call(fake: FakeProvider, calls: int = 1) -> None:
+    deadline = time.monotonic() + 10
+    while len(fake.requests) < calls:
+        assert time.monotonic() < deadline, "the provider was never called"
+        await asyncio.sleep(0.01)
+
+
+async def test_an_answer_computed_while_its_document_changed_is_not_cached(cached: tuple[Api, FakeProvider]) -> None:
+    """The document changes while the provider is still answering from the old text: that answer is shown to
+    whoever asked, but never written to the cache after the invalidation that removed its siblings."""
+    api, fake = cached
+    question = "How long does delivery take?"
+    fake.replies = [FakeReply(text="Standard delivery takes three days.", first_token_delay_s=1.0)]
+    asking = asyncio.create_task(ask(api, question))
+    await wait_for_provider_call(fake)  # retrieval has read the old document; the provider is answering
+    response = await api.client.put(
+        "/v1/admin/kb/documents/policy-delivery.delivery-times",
+        json={"title": "Delivery times", "text": "Every order now arrives within 2 hours.", "kind": "policy"},
+        headers=ADMIN,
+    )
+    assert response.status_code == 200, response.text
+    old = await asking
+    assert (old["cache"], old["reply"]) == ("miss", "Standard delivery takes three days.")
+    fake.default = FakeReply(text="Orders arrive within 2 hours.")
+    again = await ask(api, question)
+    assert (again["cache"], again["reply"]) == ("miss", "Orders arrive within 2 hours.")
+    assert (await ask(api, question))["cache"] == "exact"  # answers computed after the change are cached
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_others(cached: tuple[Api, FakeProvider]) -> None:
+    """Identical misses share one provider call; one of them going away (a cancelled request) must not take the
+    shared answer away from the rest."""
+    api, fake = cached
+    question = "How long does delivery take?"
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.", first_token_delay_s=1.0)
+    leader = asyncio.create_task(ask(api, question))
+    await wait_for_provider_call(fake)
+    waiters = [asyncio.create_task(ask(api, question)) for _ in range(3)]
+    await asyncio.sleep(0.3)  # the waiters are waiting on the leader's answer
+    waiters[0].cancel()
+    bodies = await asyncio.gather(leader, *waiters[1:])
+    assert [body["cache"] for body in bodies] == ["miss", "exact", "exact"]
+    assert {body["reply"] for body in bodies} == {"Standard delivery takes one to two working days."}
+    assert len(fake.requests) == 1
+
+
+async def test_warming_applies_the_leak_check(cached: tuple[Api, FakeProvider]) -> None:
+    """A warmed answer is served to everyone: one that quotes the system prompt must not be cached."""
+    api, fake = cached
+    # The rules' opening sentences as an answer that parses as good and grounded (a reply that quotes their
+    # control-line examples already parses as a handoff, so it would not test the leak check).
+    quoted = " ".join(RULES.split("<<")[0].split()[:40])
+    fake.default = FakeReply(
+        raw=f"Sure, my instructions say: {quoted}\n<<ACTION=answer; SOURCES=policy-delivery.delivery-times>>"
+    )
+    assert api.services.chat is not None
+    assert not await api.services.chat.warm("How long does delivery take?")
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.")
+    body = await ask(api, "How long does delivery take?")
+    assert (body["cache"], body["reply"]) == ("miss", "Standard delivery takes one to two working days.")
+
+
+async def test_a_question_with_masked_details_hits_as_it_was_stored(cached: tuple[Api, FakeProvider]) -> None:
+    """The cache stores the masked question; the lookup must use the masked question too (it looked up the
+    words as typed, so a question with an email in it never hit)."""
+    api, fake = cached
+    alice, _ = await api.services.api_keys.create("alice")
+    question = "Is returns@greenbasket.example the right address for returns?"
+    first = await ask(api, question, {"authorization": f"Bearer {alice}"})
+    second = await ask(api, question, {"authorization": f"Bearer {alice}"})
+    assert (first["cache"], second["cache"]) == ("miss", "exact")
+    assert len(fake.requests) == 1
+    assert "returns@greenbasket.example" not in fake.requests[0].message

@@ -2,10 +2,15 @@
 
 Values are opaque bytes (the cache compresses them). Besides get/put, a backend keeps per-scope semantic indexes
 (key → question and vector) with a version number, tag sets for invalidation and a popularity counter.
+
+It also keeps an invalidation generation: every invalidation moves it on, and a put given the generation read
+before its answer was computed is refused once it has moved. An answer drawn from a document that changed while
+the provider was answering (seconds) is thus never written after the invalidation that should have removed it.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +41,14 @@ class CacheBackend(Protocol):
         question: str,
         vector: bytes,
         answer_key: str = "",
-    ) -> None: ...
+        generation: int | None = None,
+    ) -> bool:
+        """Store the entry; with ``generation``, only if no invalidation happened since it was read (False)."""
+        ...
+
+    async def generation(self) -> int:
+        """How many invalidations this store has seen (moves on with every :meth:`invalidate`)."""
+        ...
 
     async def semantic_version(self, scope_id: str) -> int: ...
 
@@ -61,6 +73,9 @@ class CacheBackend(Protocol):
     async def close(self) -> None: ...
 
 
+LOCK_SWEEP_AT = 1024
+
+
 @dataclass
 class _Scope:
     version: int = 0
@@ -68,24 +83,35 @@ class _Scope:
 
 
 class MemoryBackend:
-    """One process's cache: exact, same semantics as Redis (TTL, tags, versions), nothing shared."""
+    """One process's cache: exact, same semantics as Redis (TTL, tags, versions), nothing shared.
+
+    Bounded: entries leave in the order they were written (all share one TTL, so the oldest expires first) once they
+    have expired or once there are more than ``max_entries``; the tag sets, semantic index and popularity of an
+    entry leave with it. Without this an embedded server kept every answer it ever cached (each with its vector).
+    """
 
     kind = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = 50_000) -> None:
         self._clock = time.monotonic
-        self._values: dict[str, tuple[bytes, float]] = {}
+        self._max_entries = max_entries
+        self._values: dict[str, tuple[bytes, float]] = {}  # in write order
         self._scopes: dict[str, _Scope] = {}
         self._tags: dict[str, set[str]] = {}
+        self._key_tags: dict[str, tuple[str, ...]] = {}
         self._popularity: dict[str, int] = {}
         self._locks: dict[str, float] = {}
+        self._generation = 0
+        # Scope versions come from one counter, so a scope emptied (and dropped) then refilled never repeats a
+        # version that a reader's copy of the old index still carries.
+        self._versions = itertools.count(1)
 
     async def get(self, key: str) -> bytes | None:
         found = self._values.get(key)
         if found is None:
             return None
         if found[1] <= self._clock():
-            await self.forget(key)
+            self._drop(key)
             return None
         return found[0]
 
@@ -100,13 +126,47 @@ class MemoryBackend:
         question: str,
         vector: bytes,
         answer_key: str = "",
-    ) -> None:
+        generation: int | None = None,
+    ) -> bool:
+        if generation is not None and generation != self._generation:
+            return False
+        self._values.pop(key, None)  # a rewrite is the newest entry again
         self._values[key] = (value, self._clock() + ttl_s)
         scope = self._scopes.setdefault(scope_id, _Scope())
         scope.entries[key] = IndexedQuestion(key, question, vector, answer_key)
-        scope.version += 1
+        scope.version = next(self._versions)
         for tag in tags:
             self._tags.setdefault(tag, set()).add(key)
+        self._key_tags[key] = tuple(dict.fromkeys((*self._key_tags.get(key, ()), *tags)))
+        self._evict()
+        return True
+
+    def _evict(self) -> None:
+        now = self._clock()
+        while self._values:
+            oldest = next(iter(self._values))
+            if self._values[oldest][1] > now and len(self._values) <= self._max_entries:
+                return
+            self._drop(oldest)
+
+    def _drop(self, key: str) -> None:
+        self._values.pop(key, None)
+        self._popularity.pop(key, None)
+        for tag in self._key_tags.pop(key, ()):
+            members = self._tags.get(tag)
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del self._tags[tag]
+        scope_id = key.rsplit(":", 2)[-2]
+        scope = self._scopes.get(scope_id)
+        if scope is not None and scope.entries.pop(key, None) is not None:
+            scope.version = next(self._versions)
+            if not scope.entries:
+                del self._scopes[scope_id]
+
+    async def generation(self) -> int:
+        return self._generation
 
     async def semantic_version(self, scope_id: str) -> int:
         scope = self._scopes.get(scope_id)
@@ -117,19 +177,17 @@ class MemoryBackend:
         return list(scope.entries.values()) if scope else []
 
     async def forget(self, key: str) -> None:
-        self._values.pop(key, None)
-        self._popularity.pop(key, None)
-        scope = self._scopes.get(key.rsplit(":", 2)[-2])
-        if scope is not None and scope.entries.pop(key, None) is not None:
-            scope.version += 1
+        self._drop(key)
 
     async def invalidate(self, tags: Sequence[str]) -> list[str]:
+        self._generation += 1
         removed = []
         for tag in tags:
-            for key in self._tags.pop(tag, set()):
+            for key in sorted(self._tags.get(tag, set())):
                 if key in self._values:
                     removed.append(key)
-                await self.forget(key)
+                self._drop(key)
+            self._tags.pop(tag, None)
         return removed
 
     async def tag_members(self, tag: str) -> list[str]:
@@ -146,6 +204,8 @@ class MemoryBackend:
         now = self._clock()
         if self._locks.get(key, 0.0) > now:
             return False
+        if len(self._locks) >= LOCK_SWEEP_AT:  # locks of requests that never unlocked (cancelled): drop the expired
+            self._locks = {name: until for name, until in self._locks.items() if until > now}
         self._locks[key] = now + ttl_s
         return True
 

@@ -1,8 +1,9 @@
 """The Redis backend (redis-py asyncio), single node or Cluster.
 
-Every key of a tenant carries the tenant's hash tag, so a put (entry + tags + semantic index) is one MULTI/EXEC and
-an invalidation is one Lua script, atomic for every replica. Hash fields cannot expire on Redis 7.0, so the
-semantic index may name an expired entry: the cache forgets it when it finds it gone.
+Every key of a tenant carries the tenant's hash tag, so a put (entry + tags + semantic index, refused if the
+invalidation generation moved) and an invalidation are each one Lua script, atomic for every replica. Hash fields
+cannot expire on Redis 7.0, so the semantic index may name an expired entry: the cache forgets it when it finds it
+gone.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from helpline.cache.backend import IndexedQuestion
 
 INVALIDATE = """
+redis.call('INCR', ARGV[1] .. ':gen')
 local removed = {}
 for _, tag in ipairs(KEYS) do
   for _, key in ipairs(redis.call('SMEMBERS', tag)) do
@@ -29,6 +31,23 @@ for _, tag in ipairs(KEYS) do
 end
 return removed
 """
+# KEYS: entry, semantic index, index version, invalidation generation, tag sets...
+# ARGV: value, TTL in seconds, packed index field, the generation the answer was computed under ('' = unchecked).
+PUT = """
+if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return 0 end
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+redis.call('HSET', KEYS[2], KEYS[1], ARGV[3])
+redis.call('INCR', KEYS[3])
+-- The index outlives no entry by long: it expires with the newest entry (fields cannot expire on 7.0).
+redis.call('EXPIRE', KEYS[2], ttl * 2)
+redis.call('EXPIRE', KEYS[3], ttl * 2)
+for i = 5, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[1])
+  redis.call('EXPIRE', KEYS[i], ttl * 2)
+end
+return 1
+"""
 VECTOR_SEPARATOR = b"\x00\x1f\x00"
 VECTOR_BYTES = 384 * 4
 
@@ -40,6 +59,7 @@ class RedisBackend:
         self._redis = client
         self._prefix = prefix
         self._invalidate = client.register_script(INVALIDATE)
+        self._put = client.register_script(PUT)
 
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._redis.get(key)
@@ -56,19 +76,16 @@ class RedisBackend:
         question: str,
         vector: bytes,
         answer_key: str = "",
-    ) -> None:
+        generation: int | None = None,
+    ) -> bool:
         packed = question.encode("utf-8") + VECTOR_SEPARATOR + answer_key.encode() + VECTOR_SEPARATOR + vector
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, value, ex=ttl_s)
-            pipe.hset(f"{self._prefix}:s:{scope_id}", key, packed)
-            pipe.incr(f"{self._prefix}:sv:{scope_id}")
-            # The index outlives no entry by long: it expires with the newest entry (fields cannot expire on 7.0).
-            pipe.expire(f"{self._prefix}:s:{scope_id}", ttl_s * 2)
-            pipe.expire(f"{self._prefix}:sv:{scope_id}", ttl_s * 2)
-            for tag in tags:
-                pipe.sadd(f"{self._prefix}:t:{tag}", key)
-                pipe.expire(f"{self._prefix}:t:{tag}", ttl_s * 2)
-            await pipe.execute()
+        keys = [key, f"{self._prefix}:s:{scope_id}", f"{self._prefix}:sv:{scope_id}", f"{self._prefix}:gen"]
+        keys += [f"{self._prefix}:t:{tag}" for tag in tags]
+        expected = "" if generation is None else str(generation)
+        return bool(await self._put(keys=keys, args=[value, ttl_s, packed, expected]))
+
+    async def generation(self) -> int:
+        return int(await self._redis.get(f"{self._prefix}:gen") or 0)
 
     async def semantic_version(self, scope_id: str) -> int:
         value = await self._redis.get(f"{self._prefix}:sv:{scope_id}")

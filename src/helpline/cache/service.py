@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -81,6 +81,9 @@ class CacheSettings:
     bypass_s: float = 2.0
     candidates: int = 20
     lock_wait_s: float = 3.0
+    # Copies of semantic indexes kept in process, most recently used first out last. Every conversation context and
+    # every personal owner is a scope of its own, so unbounded this grew with the traffic, on every replica.
+    max_mirrors: int = 1024
 
 
 class AnswerCache:
@@ -96,7 +99,7 @@ class AnswerCache:
         self.keys = keys
         self.settings = settings
         self.guard = guard or SemanticGuard()
-        self._mirrors: dict[str, _Mirror] = {}
+        self._mirrors: OrderedDict[str, _Mirror] = OrderedDict()
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._decompressor = zstandard.ZstdDecompressor()
         self._bypass_until = 0.0
@@ -150,10 +153,11 @@ class AnswerCache:
         """The cheap tier: needs no embedding, so a repeated question costs one store round trip."""
         key = self.entry_key(question, scope)
         raw = await self._guarded("get", lambda: self.backend.get(key), None)
-        if raw is None:
+        found = await self._readable(key, raw)
+        if found is None:
             return None
         self._count_hit(key)
-        return CacheHit(self._decode(raw), "exact", 1.0, question)
+        return CacheHit(found, "exact", 1.0, question)
 
     async def lookup_semantic(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
         return await self._semantic(question, vector, scope)
@@ -180,15 +184,22 @@ class AnswerCache:
         if raw is None:  # expired: drop it from the index
             await self._guarded("forget", lambda: self.backend.forget(key), None)
             return None
+        found = await self._readable(key, raw)
+        if found is None:
+            return None
         self._count_hit(key)
-        return CacheHit(self._decode(raw), "semantic", similarity, matched)
+        return CacheHit(found, "semantic", similarity, matched)
 
     async def _mirror(self, scope_id: str) -> _Mirror | None:
         version = await self._guarded("version", lambda: self.backend.semantic_version(scope_id), None)
         if version is None:
             return None
+        if version == 0:  # nothing was ever stored in this scope (or all of it expired): no index to read
+            self._mirrors.pop(scope_id, None)
+            return None
         mirror = self._mirrors.get(scope_id)
         if mirror is not None and mirror.version == version:
+            self._mirrors.move_to_end(scope_id)
             return mirror
         entries = await self._guarded("index", lambda: self.backend.semantic_entries(scope_id), None)
         if entries is None:
@@ -202,22 +213,37 @@ class AnswerCache:
             matrix.astype(np.float32),
         )
         self._mirrors[scope_id] = mirror
+        self._mirrors.move_to_end(scope_id)
+        while len(self._mirrors) > self.settings.max_mirrors:
+            self._mirrors.popitem(last=False)
         return mirror
 
     # -- writes ----------------------------------------------------------------------------------------------
 
-    async def store(self, question: str, vector: Vector, scope: CacheScope, answer: CachedAnswer) -> bool:
+    async def generation(self) -> int | None:
+        """The store's invalidation generation, read before an answer is computed and handed to :meth:`store`;
+        None when the store cannot say (the answer is then not cached: it could not be checked)."""
+        return await self._guarded("generation", self.backend.generation, None)
+
+    async def store(
+        self, question: str, vector: Vector, scope: CacheScope, answer: CachedAnswer, *, generation: int | None = None
+    ) -> bool:
+        """Cache ``answer``. With ``generation`` (from :meth:`generation` before the answer was computed), only if
+        no invalidation happened since: the answer may have drawn on a document that has changed."""
         key = self.entry_key(question, scope)
         value = self._encode(answer)
 
         async def put() -> bool:
-            await self.backend.put(
+            return await self.backend.put(
                 key, value, ttl_s=self.settings.ttl_s, tags=answer.tags, scope_id=scope.id,
-                question=question, vector=to_bytes(vector), answer_key=answer.answer_key(),
+                question=question, vector=to_bytes(vector), answer_key=answer.answer_key(), generation=generation,
             )  # fmt: skip
-            return True
 
-        return await self._guarded("put", put, False)
+        stored = await self._guarded("put", put, False)
+        if not stored and self.available:
+            log.info("cache_write_skipped", reason="invalidated while answering", tags=answer.tags[:20])
+            self._on_event("stale_write", "put")
+        return stored
 
     async def invalidate(self, tags: Sequence[str], min_hits: int = 2) -> tuple[int, list[str]]:
         """Remove every answer that drew on one of ``tags`` (atomically in the store).
@@ -267,8 +293,9 @@ class AnswerCache:
         for key, hits in counts.items():
             if hits >= min_hits:
                 raw = await self._guarded("get", functools.partial(self.backend.get, key), None)
-                if raw is not None:
-                    questions.append(self._decode(raw).question)
+                found = await self._readable(key, raw)
+                if found is not None:
+                    questions.append(found.question)
         return questions
 
     # -- single flight ---------------------------------------------------------------------------------------
@@ -305,8 +332,9 @@ class AnswerCache:
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             raw = await self._guarded("get", lambda: self.backend.get(key), None)
-            if raw is not None:
-                return CacheHit(self._decode(raw), "exact", 1.0, question)
+            found = await self._readable(key, raw)
+            if found is not None:
+                return CacheHit(found, "exact", 1.0, question)
         return None
 
     async def release(self, question: str, scope: CacheScope) -> None:
@@ -320,6 +348,19 @@ class AnswerCache:
 
     def _decode(self, raw: bytes) -> CachedAnswer:
         return CachedAnswer(**orjson.loads(self._decompressor.decompress(raw)))
+
+    async def _readable(self, key: str, raw: bytes | None) -> CachedAnswer | None:
+        """The stored answer, or None. A value that does not decode (corrupted, or written by another version of
+        the service during a rolling deploy) is a miss, not a 500, and is removed so it costs nothing again."""
+        if raw is None:
+            return None
+        try:
+            return self._decode(raw)
+        except Exception as error:  # noqa: BLE001 - zstd, JSON or field errors alike: the entry is unusable
+            log.warning("cache_entry_unreadable", error=type(error).__name__)
+            self._on_event("unreadable", "get")
+            await self._guarded("forget", lambda: self.backend.forget(key), None)
+            return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ events (meta, delta…, then done or error). Both go through the same preparatio
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -93,6 +94,9 @@ class Prepared:
     passages: tuple[Passage, ...] = ()
     started: float = field(default_factory=time.perf_counter)
     original: str = ""  # the shopper's words as typed, kept only in the conversation record
+    # The cache's invalidation generation when retrieval read the knowledge: the answer is cached only if no
+    # invalidation came in between (None: not read, or the store could not say; then it is not cached).
+    generation: int | None = None
 
     @property
     def recorded(self) -> str:
@@ -193,12 +197,15 @@ class ChatService:
         # Providers, the cache and the embedder see the message with personal data masked; the record keeps it.
         safe = redact(message).text
         prepared = Prepared(safe, session_id, principal, request_id, locale, history, None, scope, original=message)
+        # Looked up (and embedded) as it is stored: masked. Masking is the same for the same text, and the provider
+        # never sees what was masked, so two questions that mask alike would get the same answer anyway; a personal
+        # one is scoped to its owner above (decided on the words as typed).
         if self._cache is not None:
-            prepared.hit = await self._cache.lookup_exact(message, scope)
+            prepared.hit = await self._cache.lookup_exact(safe, scope)
         if prepared.hit is None:
-            (prepared.vector,) = await self._knowledge.embedder.aembed([message])
+            (prepared.vector,) = await self._knowledge.embedder.aembed([safe])
             if self._cache is not None:
-                prepared.hit = await self._cache.lookup_semantic(message, prepared.vector, scope)
+                prepared.hit = await self._cache.lookup_semantic(safe, prepared.vector, scope)
         return prepared
 
     def scope(
@@ -227,7 +234,8 @@ class ChatService:
         key = self._cache.entry_key(prepared.message, prepared.scope)
         async with self._cache.single_flight(key) as in_flight:
             if in_flight is not None:  # an identical miss is being answered right now: share its answer
-                landed = await in_flight
+                # Shielded: awaiting a future directly would cancel it, for every waiter, when one is cancelled.
+                landed = await asyncio.shield(in_flight)
                 if isinstance(landed, CachedAnswer):
                     return await self._serve_hit(prepared, CacheHit(landed, "exact", 1.0, prepared.message))
                 return await self._answer(prepared)
@@ -254,6 +262,8 @@ class ChatService:
         return ParsedReply(BLOCKED_REPLY, "handoff", (), True, False, blocked=True)
 
     async def _retrieve(self, prepared: Prepared) -> None:
+        if self._cache is not None:  # before the knowledge is read: see Prepared.generation
+            prepared.generation = await self._cache.generation()
         if prepared.vector is None:
             (prepared.vector,) = await self._knowledge.embedder.aembed([prepared.message])
         passages = self._knowledge.search_vector(prepared.vector, self._settings.retrieval_top_k, prepared.message)
@@ -310,8 +320,8 @@ class ChatService:
         annotate(provider=answer.provider, model=answer.model, cache=hit.tier, action="answer", tokens_in=0,
                  tokens_out=0, cost_usd=0.0)  # fmt: skip
         await self._conversations.add(record)
-        if hit.tier == "semantic":
-            log.info("cache_semantic_hit", similarity=round(hit.similarity, 4), matched=hit.matched_question)
+        if hit.tier == "semantic":  # the matched question (another shopper's words) is in the record, not the log
+            log.info("cache_semantic_hit", similarity=round(hit.similarity, 4))
         return ChatResult(
             reply=answer.reply, session_id=prepared.session_id, message_id=record.message_id,
             provider=answer.provider, model=answer.model, cache=hit.tier, action="answer",
@@ -392,8 +402,10 @@ class ChatService:
         if self._cache is None:
             return
         answer = self._worth_caching(prepared, reply, usage)
-        if answer is not None and prepared.vector is not None:
-            await self._cache.store(prepared.message, prepared.vector, prepared.scope, answer)
+        if answer is not None and prepared.vector is not None and prepared.generation is not None:
+            await self._cache.store(
+                prepared.message, prepared.vector, prepared.scope, answer, generation=prepared.generation
+            )
         self._cache.land(self._cache.entry_key(prepared.message, prepared.scope), answer)
 
     async def warm(self, question: str, locale: str | None = None) -> bool:
@@ -409,8 +421,11 @@ class ChatService:
         await self._retrieve(prepared)
         completion = await self._router.complete(prepared.request)
         usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
-        answer = self._worth_caching(prepared, parse_reply(completion.text, prepared.passages), usage)
-        return answer is not None and await self._cache.store(message, vector, scope, answer)
+        # The same leak check as a shopper's answer: a warmed answer would be served to everyone.
+        answer = self._worth_caching(prepared, self._checked(parse_reply(completion.text, prepared.passages)), usage)
+        if answer is None or prepared.generation is None:
+            return False
+        return await self._cache.store(message, vector, scope, answer, generation=prepared.generation)
 
     async def _record_cut(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> None:
         """A cut reply is kept for the operators, marked as an error, never as an answer."""
