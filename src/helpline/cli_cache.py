@@ -18,6 +18,7 @@ from rich.table import Table
 from helpline.app import create_app
 from helpline.cache.evaluate import Report, evaluate, load_labelled
 from helpline.cache.guards import SemanticGuard
+from helpline.cache.service import CacheUnavailable
 from helpline.config import Settings
 from helpline.knowledge.embeddings import Embedder
 
@@ -88,7 +89,11 @@ def cache_invalidate(
             removed: int = await app.state.services.invalidator.invalidate(tags, rewarm=False)
         return removed
 
-    removed = asyncio.run(run())
+    try:
+        removed = asyncio.run(run())
+    except CacheUnavailable as error:
+        err.print(f"[red]{error.message}[/red] (nothing was confirmed removed; run the command again)")
+        raise typer.Exit(1) from error
     emit({"removed": removed}, as_json, f"{removed} cached answers removed")
 
 

@@ -48,3 +48,10 @@ class InvalidInput(HelplineError):
 class TooManyRequests(HelplineError):
     status = 429
     code = "rate_limited"
+
+
+class ServiceUnavailable(HelplineError):
+    """A store the request needs did not answer; the request can be retried as it is."""
+
+    status = 503
+    code = "unavailable"

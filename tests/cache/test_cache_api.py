@@ -291,3 +291,49 @@ async def test_a_question_with_masked_details_hits_as_it_was_stored(cached: tupl
     assert (first["cache"], second["cache"]) == ("miss", "exact")
     assert len(fake.requests) == 1
     assert "returns@greenbasket.example" not in fake.requests[0].message
+
+
+async def test_an_invalidation_the_store_did_not_confirm_fails_loudly_and_is_retried(
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy
+) -> None:
+    """Redis does not answer the invalidation: the admin learns it (503, not "removed: 0"), and the replica retries
+    the tags on its next knowledge poll, so the stale answers are gone once Redis is back."""
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    settings = make_settings(
+        sqlite_url, redis_url=f"redis://127.0.0.1:{blackhole_redis.port}/0", cache_timeout_s=0.2,
+        tenant="t" + secrets.token_hex(6), **UNLIMITED,
+    )  # fmt: skip
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        question = "How long does delivery take?"
+        await ask(api, question)
+        assert (await ask(api, question))["cache"] == "exact"
+        blackhole_redis.blackhole()
+        started = time.perf_counter()
+        response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": ["delivery"]}, headers=ADMIN)
+        assert time.perf_counter() - started < 5
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "cache_unavailable"
+        invalidator = api.services.invalidator
+        assert invalidator is not None
+        assert "delivery" in invalidator.pending
+        blackhole_redis.pass_through()
+        await invalidator.poll()  # what the watcher does every interval
+        assert invalidator.pending == set()
+        fake.default = FakeReply(text="Orders arrive within 2 hours.")
+        assert api.services.cache is not None
+        api.services.cache._bypass_until = 0.0  # the lookups' own short bypass after the outage is not under test
+        again = await ask(api, question)
+        assert (again["cache"], again["reply"]) == ("miss", "Orders arrive within 2 hours.")
+
+
+async def test_an_invalidation_is_not_skipped_while_lookups_bypass_the_store(cached: tuple[Api, FakeProvider]) -> None:
+    """Lookups skip a store that just failed (for a couple of seconds); an invalidation must not: it would be lost."""
+    api, _ = cached
+    await ask(api, "How long does delivery take?")
+    cache = api.services.cache
+    assert cache is not None
+    cache._bypass_until = time.monotonic() + 60  # as after one timed-out lookup
+    response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": ["delivery"]}, headers=ADMIN)
+    assert response.json() == {"removed": 1}
+    cache._bypass_until = 0.0
+    assert (await ask(api, "How long does delivery take?"))["cache"] == "miss"

@@ -16,7 +16,7 @@ from helpline.knowledge.documents import DOC_ID_PATTERN, SourceDocument
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 422)
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 422, 503)
 }
 
 

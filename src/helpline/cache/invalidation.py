@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from helpline.cache.service import AnswerCache
+from helpline.cache.service import AnswerCache, CacheUnavailable
 from helpline.chat.service import ChatService
 from helpline.knowledge.base import KnowledgeBase
 from helpline.knowledge.documents import SourceDocument
@@ -24,11 +24,19 @@ class Invalidator:
         self._chat = chat
         self._knowledge = knowledge
         self._tasks: set[asyncio.Task[None]] = set()
+        # Tags whose invalidation the store did not confirm: retried by :meth:`watch` until it does.
+        self.pending: set[str] = set()
 
     async def invalidate(self, tags: Sequence[str], *, rewarm: bool = True) -> int:
+        """Raises CacheUnavailable when the store does not confirm it (the caller learns, and :meth:`watch`
+        retries the tags every interval until it goes through)."""
         if self._cache is None or not tags:
             return 0
-        removed, popular = await self._cache.invalidate(list(dict.fromkeys(tags)))
+        try:
+            removed, popular = await self._cache.invalidate(list(dict.fromkeys(tags)))
+        except CacheUnavailable:
+            self.pending.update(tags)
+            raise
         if rewarm and popular:
             task = asyncio.create_task(self._rewarm(popular), name="cache-rewarm")
             self._tasks.add(task)
@@ -50,17 +58,32 @@ class Invalidator:
         log.info("cache_rewarmed", questions=len(questions), warmed=warmed)
 
     async def watch(self, interval_s: float) -> None:
-        """Poll the database for knowledge changed by another process (another replica, `helpline kb ingest`)."""
+        """Poll the database for knowledge changed by another process (another replica, `helpline kb ingest`), and
+        retry invalidations the cache store did not confirm."""
         while True:
             await asyncio.sleep(interval_s)
-            try:
-                changed = await self._knowledge.refresh()
-            except Exception as error:  # noqa: BLE001 - a failed poll is retried next interval
-                log.warning("knowledge_refresh_failed", error=type(error).__name__)
-                continue
-            if changed:
-                log.info("knowledge_refreshed", documents=len(changed))
-                await self.invalidate(changed)
+            await self.poll()
+
+    async def poll(self) -> None:
+        """One round of :meth:`watch`; never raises (the watcher must outlive any failure)."""
+        try:
+            changed = await self._knowledge.refresh()
+        except Exception as error:  # noqa: BLE001 - a failed poll is retried next interval
+            log.warning("knowledge_refresh_failed", error=type(error).__name__)
+            return
+        if changed:
+            log.info("knowledge_refreshed", documents=len(changed))
+        tags = [*self.pending, *changed]
+        if not tags:
+            return
+        self.pending.difference_update(tags)
+        try:
+            await self.invalidate(tags)
+        except CacheUnavailable:
+            log.warning("cache_invalidation_pending", tags=len(self.pending))
+        except Exception:  # keep the tags for the next round, keep watching (logged with its traceback)
+            self.pending.update(tags)
+            log.exception("cache_invalidation_error")
 
     async def settled(self) -> None:
         """Return once the re-warming started so far has finished (tests; a drain before shutdown)."""

@@ -28,6 +28,7 @@ import zstandard
 from helpline.cache.backend import CacheBackend
 from helpline.cache.guards import SemanticGuard
 from helpline.cache.keys import CacheScope, KeySpace, digest, normalize
+from helpline.errors import ServiceUnavailable
 from helpline.knowledge.embeddings import from_bytes, to_bytes
 
 log = structlog.get_logger(__name__)
@@ -63,6 +64,12 @@ class CacheHit:
     matched_question: str = ""
 
 
+class CacheUnavailable(ServiceUnavailable):
+    """An invalidation the cache store did not confirm (the answers it should remove may still be served later)."""
+
+    code = "cache_unavailable"
+
+
 @dataclass(slots=True)
 class _Mirror:
     version: int
@@ -81,6 +88,8 @@ class CacheSettings:
     bypass_s: float = 2.0
     candidates: int = 20
     lock_wait_s: float = 3.0
+    # An invalidation is not skipped like a lookup when the store is slow: it gets longer, and fails loudly.
+    invalidate_timeout_s: float = 2.0
     # Copies of semantic indexes kept in process, most recently used first out last. Every conversation context and
     # every personal owner is a scope of its own, so unbounded this grew with the traffic, on every replica.
     max_mirrors: int = 1024
@@ -248,14 +257,23 @@ class AnswerCache:
     async def invalidate(self, tags: Sequence[str], min_hits: int = 2) -> tuple[int, list[str]]:
         """Remove every answer that drew on one of ``tags`` (atomically in the store).
 
-        Returns (how many were removed, the questions of the popular ones — read first, to re-warm them)."""
+        Returns (how many were removed, the questions of the popular ones — read first, to re-warm them). Unlike a
+        lookup, this is never skipped while the store is being bypassed after an error: a skipped invalidation
+        would leave stale answers for the whole TTL once the store answers again. It is tried within
+        ``invalidate_timeout_s`` and raises :class:`CacheUnavailable` if the store does not confirm it."""
         popular: list[str] = []
         await self.flush_popularity()  # this process's latest hits count too
         for tag in tags:
-            popular.extend(await self._popular_under(tag, min_hits))
-        nothing: list[str] = []
-        removed = await self._guarded("invalidate", lambda: self.backend.invalidate(list(tags)), nothing)
-        self._mirrors.clear()
+            popular.extend(await self._popular_under(tag, min_hits))  # best effort: it only ranks re-warming
+        try:
+            async with asyncio.timeout(self.settings.invalidate_timeout_s):
+                removed = await self.backend.invalidate(list(tags))
+        except Exception as error:
+            log.warning("cache_invalidation_failed", tags=list(tags)[:20], error=type(error).__name__)
+            self._on_event("store_error", "invalidate")
+            raise CacheUnavailable("cached answers could not be removed: the cache store did not answer") from error
+        finally:
+            self._mirrors.clear()
         log.info("cache_invalidated", tags=list(tags)[:20], removed=len(removed), popular=len(popular))
         return len(removed), popular
 
