@@ -9,7 +9,7 @@ import numpy as np
 from helpline.cache.backend import CacheBackend, MemoryBackend
 from helpline.cache.keys import CacheScope, KeySpace
 from helpline.cache.redis_backend import VECTOR_SEPARATOR, RedisBackend
-from helpline.cache.service import AnswerCache, CachedAnswer, CacheSettings
+from helpline.cache.service import AnswerCache, CachedAnswer, CacheSettings, PeerWait
 from helpline.knowledge.embeddings import Embedder
 from helpline.redisconn import create_redis
 from tests.cache.conftest import REDIS_URL
@@ -59,10 +59,16 @@ async def test_popularity_and_locks(cache_backend: CacheBackend, keyspace: KeySp
         key: 3, keyspace.entry(SCOPE, "none"): 0,
     }  # fmt: skip
     lock = keyspace.lock(key)
-    assert await cache_backend.lock(lock, 5)
-    assert not await cache_backend.lock(lock, 5)
-    await cache_backend.unlock(lock)
-    assert await cache_backend.lock(lock, 5)
+    assert await cache_backend.lock(lock, 5, "first")
+    assert not await cache_backend.lock(lock, 5, "second")
+    await cache_backend.unlock(lock, "second")  # not its lock: it stays
+    assert not await cache_backend.lock(lock, 5, "third")
+    await cache_backend.unlock(lock, "first")
+    assert await cache_backend.lock(lock, 0.2, "fourth")
+    await asyncio.sleep(0.4)  # expired: taken by another, whom the late holder must not unlock
+    assert await cache_backend.lock(lock, 5, "fifth")
+    await cache_backend.unlock(lock, "fourth")
+    assert not await cache_backend.lock(lock, 5, "sixth")
 
 
 async def test_exact_and_semantic_tiers(answer_cache: AnswerCache, embedder: Embedder) -> None:
@@ -195,3 +201,41 @@ async def test_semantic_index_copies_are_bounded(cache_backend: CacheBackend, ke
         empty = CacheScope("t", "en", "rag-v1", "a", "m1", context=f"unseen-{turn}")
         assert await cache.lookup_semantic("q?", vector, empty) is None
     assert len(cache._mirrors) <= 3
+
+
+async def test_only_the_replica_that_took_the_answer_lock_may_release_it(
+    cache_backend: CacheBackend, keyspace: KeySpace
+) -> None:
+    """A replica that stopped waiting for a slow peer computes the answer itself, but the lock is not its own: it
+    gets no token, and a stale token cannot remove a lock someone else took since."""
+    settings = CacheSettings(ttl_s=60, timeout_s=2.0, lock_wait_s=0.3)
+    holder, late = (AnswerCache(cache_backend, keyspace, settings) for _ in range(2))
+    first = await holder.wait_for_peer("q", SCOPE)
+    assert first.hit is None
+    assert first.token is not None
+    gave_up = await late.wait_for_peer("q", SCOPE)  # nothing lands within lock_wait_s
+    assert gave_up == PeerWait(None, None)
+    newcomer = await late.wait_for_peer("q", SCOPE)  # the first lock expired meanwhile: a new holder
+    assert newcomer.token is not None
+    await holder.release("q", SCOPE, first.token)  # the first holder, done late, must not free the newcomer's
+    assert not await cache_backend.lock(keyspace.lock(holder.entry_key("q", SCOPE)), 5, "someone")
+    await late.release("q", SCOPE, newcomer.token)
+    assert await cache_backend.lock(keyspace.lock(holder.entry_key("q", SCOPE)), 5, "someone")
+
+
+async def test_a_burst_waits_for_connections_instead_of_failing_on_a_cluster(
+    cache_cluster_url: str, keyspace: KeySpace
+) -> None:
+    """redis-py's cluster client raises at once when a node's pool is exhausted; the cache would take that for an
+    outage (and send everyone to the providers) exactly under load. Calls wait for a connection instead."""
+    client = create_redis(cache_cluster_url, timeout_s=2.0, max_connections=4)
+    backend = RedisBackend(client, keyspace.prefix)
+    try:
+        key = keyspace.entry(SCOPE, "burst")
+        await backend.put(key, b"v", ttl_s=60, tags=[], scope_id=SCOPE.id, question="burst", vector=b"")
+        values = await asyncio.gather(*(backend.get(key) for _ in range(60)))
+        assert values == [b"v"] * 60
+    finally:
+        async for found in client.scan_iter(match=keyspace.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
+            await client.delete(found)
+        await backend.close()

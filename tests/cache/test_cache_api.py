@@ -337,3 +337,22 @@ async def test_an_invalidation_is_not_skipped_while_lookups_bypass_the_store(cac
     assert response.json() == {"removed": 1}
     cache._bypass_until = 0.0
     assert (await ask(api, "How long does delivery take?"))["cache"] == "miss"
+
+
+async def test_a_popular_answer_is_rewarmed_in_the_locale_it_was_asked_in(cached: tuple[Api, FakeProvider]) -> None:
+    api, fake = cached
+    body = {"message": "Combien de temps prend la livraison ?", "locale": "fr"}
+    cited = []
+    for _ in range(3):  # a miss, then two hits: popular
+        response = await api.client.post("/v1/chat", json=body)
+        assert response.status_code == 200, response.text
+        cited = [citation["id"] for citation in response.json()["citations"]]
+    fake.default = FakeReply(text="La livraison prend deux heures.")
+    response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": cited[:1]}, headers=ADMIN)
+    assert response.json() == {"removed": 1}
+    assert api.services.invalidator is not None
+    await api.services.invalidator.settled()
+    assert len(fake.requests) == 2  # re-warmed once
+    assert fake.requests[-1].locale == "fr"
+    again = (await api.client.post("/v1/chat", json=body)).json()
+    assert (again["cache"], again["reply"]) == ("exact", "La livraison prend deux heures.")

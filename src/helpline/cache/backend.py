@@ -64,9 +64,13 @@ class CacheBackend(Protocol):
 
     async def popularity(self, keys: Sequence[str]) -> dict[str, int]: ...
 
-    async def lock(self, key: str, ttl_s: float) -> bool: ...
+    async def lock(self, key: str, ttl_s: float, token: str) -> bool:
+        """Take ``key`` for ``ttl_s`` unless someone holds it; ``token`` says who holds it."""
+        ...
 
-    async def unlock(self, key: str) -> None: ...
+    async def unlock(self, key: str, token: str) -> None:
+        """Give ``key`` back, only if ``token`` still holds it (a lock that expired and was taken by another stays)."""
+        ...
 
     async def ping(self) -> bool: ...
 
@@ -100,7 +104,7 @@ class MemoryBackend:
         self._tags: dict[str, set[str]] = {}
         self._key_tags: dict[str, tuple[str, ...]] = {}
         self._popularity: dict[str, int] = {}
-        self._locks: dict[str, float] = {}
+        self._locks: dict[str, tuple[float, str]] = {}  # key -> (until, holder)
         self._generation = 0
         # Scope versions come from one counter, so a scope emptied (and dropped) then refilled never repeats a
         # version that a reader's copy of the old index still carries.
@@ -200,17 +204,19 @@ class MemoryBackend:
     async def popularity(self, keys: Sequence[str]) -> dict[str, int]:
         return {key: self._popularity.get(key, 0) for key in keys}
 
-    async def lock(self, key: str, ttl_s: float) -> bool:
+    async def lock(self, key: str, ttl_s: float, token: str) -> bool:
         now = self._clock()
-        if self._locks.get(key, 0.0) > now:
+        if self._locks.get(key, (0.0, ""))[0] > now:
             return False
         if len(self._locks) >= LOCK_SWEEP_AT:  # locks of requests that never unlocked (cancelled): drop the expired
-            self._locks = {name: until for name, until in self._locks.items() if until > now}
-        self._locks[key] = now + ttl_s
+            self._locks = {name: held for name, held in self._locks.items() if held[0] > now}
+        self._locks[key] = (now + ttl_s, token)
         return True
 
-    async def unlock(self, key: str) -> None:
-        self._locks.pop(key, None)
+    async def unlock(self, key: str, token: str) -> None:
+        held = self._locks.get(key)
+        if held is not None and held[1] == token:
+            del self._locks[key]
 
     async def ping(self) -> bool:
         return True

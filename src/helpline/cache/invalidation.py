@@ -48,11 +48,12 @@ class Invalidator:
         await self._knowledge.upsert(document)
         return await self.invalidate([document.id])
 
-    async def _rewarm(self, questions: list[str]) -> None:
+    async def _rewarm(self, questions: list[tuple[str, str]]) -> None:
+        """Each in the locale it was asked in (a French answer is re-warmed in French, not as a locale-less one)."""
         warmed = 0
-        for question in dict.fromkeys(questions):
+        for question, locale in dict.fromkeys(questions):
             try:
-                warmed += await self._chat.warm(question)
+                warmed += await self._chat.warm(question, locale or None)
             except Exception as error:  # noqa: BLE001 - re-warming is best effort; the next shopper refills it
                 log.warning("cache_rewarm_failed", error=type(error).__name__)
         log.info("cache_rewarmed", questions=len(questions), warmed=warmed)

@@ -8,10 +8,13 @@ gone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from helpline.cache.backend import IndexedQuestion
+from helpline.redisconn import pool_size
 
 INVALIDATE = """
 redis.call('INCR', ARGV[1] .. ':gen')
@@ -48,23 +51,52 @@ for i = 5, #KEYS do
 end
 return 1
 """
+# Compare and delete: a holder whose lock expired (and was taken by another) must not remove the new holder's.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 VECTOR_SEPARATOR = b"\x00\x1f\x00"
 VECTOR_BYTES = 384 * 4
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _gated(
+    method: Callable[Concatenate[RedisBackend, P], Awaitable[R]],
+) -> Callable[Concatenate[RedisBackend, P], Coroutine[Any, Any, R]]:
+    @functools.wraps(method)
+    async def gated(self: RedisBackend, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with self._gate:
+            return await method(self, *args, **kwargs)
+
+    return gated
+
+
 class RedisBackend:
+    """Each call waits for one of the pool's connections here: redis-py's cluster client fails at once
+    (MaxConnectionsError) when a node's pool is exhausted, which a burst of hits would otherwise turn into a cache
+    outage (and a bypass: every request to the providers) exactly under load. The cache's own timeout still bounds
+    the wait."""
+
     kind = "redis"
 
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Any, prefix: str, max_in_flight: int | None = None) -> None:
         self._redis = client
         self._prefix = prefix
+        self._gate = asyncio.Semaphore(max_in_flight or pool_size(client) or 64)
         self._invalidate = client.register_script(INVALIDATE)
         self._put = client.register_script(PUT)
+        self._unlock = client.register_script(UNLOCK)
 
+    @_gated
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._redis.get(key)
         return value
 
+    @_gated
     async def put(
         self,
         key: str,
@@ -84,13 +116,16 @@ class RedisBackend:
         expected = "" if generation is None else str(generation)
         return bool(await self._put(keys=keys, args=[value, ttl_s, packed, expected]))
 
+    @_gated
     async def generation(self) -> int:
         return int(await self._redis.get(f"{self._prefix}:gen") or 0)
 
+    @_gated
     async def semantic_version(self, scope_id: str) -> int:
         value = await self._redis.get(f"{self._prefix}:sv:{scope_id}")
         return int(value or 0)
 
+    @_gated
     async def semantic_entries(self, scope_id: str) -> list[IndexedQuestion]:
         fields: dict[bytes, bytes] = await self._redis.hgetall(f"{self._prefix}:s:{scope_id}")
         entries = []
@@ -103,6 +138,7 @@ class RedisBackend:
                 continue
         return [entry for entry in entries if len(entry.vector) == VECTOR_BYTES]
 
+    @_gated
     async def forget(self, key: str) -> None:
         scope_id = key.rsplit(":", 2)[-2]
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -112,6 +148,7 @@ class RedisBackend:
             pipe.zrem(f"{self._prefix}:pop", key)
             await pipe.execute()
 
+    @_gated
     async def invalidate(self, tags: Sequence[str]) -> list[str]:
         if not tags:
             return []
@@ -119,10 +156,12 @@ class RedisBackend:
         removed = await self._invalidate(keys=keys, args=[self._prefix])
         return [key.decode() if isinstance(key, bytes) else str(key) for key in removed]
 
+    @_gated
     async def tag_members(self, tag: str) -> list[str]:
         members = await self._redis.smembers(f"{self._prefix}:t:{tag}")
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
+    @_gated
     async def bump_popularity(self, counts: Mapping[str, int]) -> None:
         """Many keys' hits in one round trip (one sorted set, so one slot on a cluster)."""
         if not counts:
@@ -132,18 +171,22 @@ class RedisBackend:
             pipe.zincrby(f"{self._prefix}:pop", hits, key)
         await pipe.execute()
 
+    @_gated
     async def popularity(self, keys: Sequence[str]) -> dict[str, int]:
         if not keys:
             return {}
         scores = await self._redis.zmscore(f"{self._prefix}:pop", list(keys))
         return {key: int(score or 0) for key, score in zip(keys, scores, strict=True)}
 
-    async def lock(self, key: str, ttl_s: float) -> bool:
-        return bool(await self._redis.set(key, b"1", nx=True, px=max(1, int(ttl_s * 1000))))
+    @_gated
+    async def lock(self, key: str, ttl_s: float, token: str) -> bool:
+        return bool(await self._redis.set(key, token.encode(), nx=True, px=max(1, int(ttl_s * 1000))))
 
-    async def unlock(self, key: str) -> None:
-        await self._redis.delete(key)
+    @_gated
+    async def unlock(self, key: str, token: str) -> None:
+        await self._unlock(keys=[key], args=[token])
 
+    @_gated
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -62,6 +63,14 @@ class CacheHit:
     tier: str  # "exact" | "semantic"
     similarity: float = 1.0
     matched_question: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerWait:
+    """What :meth:`AnswerCache.wait_for_peer` found: another replica's answer, and/or the lock this caller holds."""
+
+    hit: CacheHit | None
+    token: str | None  # set when this caller took the lock: pass it to release()
 
 
 class CacheUnavailable(ServiceUnavailable):
@@ -254,14 +263,14 @@ class AnswerCache:
             self._on_event("stale_write", "put")
         return stored
 
-    async def invalidate(self, tags: Sequence[str], min_hits: int = 2) -> tuple[int, list[str]]:
+    async def invalidate(self, tags: Sequence[str], min_hits: int = 2) -> tuple[int, list[tuple[str, str]]]:
         """Remove every answer that drew on one of ``tags`` (atomically in the store).
 
-        Returns (how many were removed, the questions of the popular ones — read first, to re-warm them). Unlike a
-        lookup, this is never skipped while the store is being bypassed after an error: a skipped invalidation
-        would leave stale answers for the whole TTL once the store answers again. It is tried within
+        Returns (how many were removed, the (question, locale) of the popular ones — read first, to re-warm
+        them). Unlike a lookup, this is never skipped while the store is being bypassed after an error: a skipped
+        invalidation would leave stale answers for the whole TTL once the store answers again. It is tried within
         ``invalidate_timeout_s`` and raises :class:`CacheUnavailable` if the store does not confirm it."""
-        popular: list[str] = []
+        popular: list[tuple[str, str]] = []
         await self.flush_popularity()  # this process's latest hits count too
         for tag in tags:
             popular.extend(await self._popular_under(tag, min_hits))  # best effort: it only ranks re-warming
@@ -302,7 +311,7 @@ class AnswerCache:
         await self.flush_popularity()
         await self.backend.close()
 
-    async def _popular_under(self, tag: str, min_hits: int) -> list[str]:
+    async def _popular_under(self, tag: str, min_hits: int) -> list[tuple[str, str]]:
         no_members: list[str] = []
         no_counts: dict[str, int] = {}
         members = await self._guarded("tags", lambda: self.backend.tag_members(tag), no_members)
@@ -313,7 +322,7 @@ class AnswerCache:
                 raw = await self._guarded("get", functools.partial(self.backend.get, key), None)
                 found = await self._readable(key, raw)
                 if found is not None:
-                    questions.append(found.question)
+                    questions.append((found.question, found.locale))
         return questions
 
     # -- single flight ---------------------------------------------------------------------------------------
@@ -340,24 +349,27 @@ class AnswerCache:
         if future is not None and not future.done():
             future.set_result(result)
 
-    async def wait_for_peer(self, question: str, scope: CacheScope) -> CacheHit | None:
-        """Across replicas: if another replica is computing this answer, wait briefly for it to land."""
+    async def wait_for_peer(self, question: str, scope: CacheScope) -> PeerWait:
+        """Across replicas: take this answer's lock, or, if another replica holds it (it is computing the answer),
+        wait briefly for its answer to land. Release a lock you got with :meth:`release`."""
         key = self.entry_key(question, scope)
         lock_key = self.keys.lock(key)
-        if await self._guarded("lock", lambda: self.backend.lock(lock_key, self.settings.lock_wait_s), True):
-            return None
+        token = secrets.token_hex(8)
+        taken = await self._guarded("lock", lambda: self.backend.lock(lock_key, self.settings.lock_wait_s, token), True)
+        if taken:  # (or the store is down: compute, nobody to wait for)
+            return PeerWait(None, token)
         deadline = time.monotonic() + self.settings.lock_wait_s
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             raw = await self._guarded("get", lambda: self.backend.get(key), None)
             found = await self._readable(key, raw)
             if found is not None:
-                return CacheHit(found, "exact", 1.0, question)
-        return None
+                return PeerWait(CacheHit(found, "exact", 1.0, question), None)
+        return PeerWait(None, None)  # the holder is slow: compute too, but its lock stays its own
 
-    async def release(self, question: str, scope: CacheScope) -> None:
+    async def release(self, question: str, scope: CacheScope, token: str) -> None:
         lock_key = self.keys.lock(self.entry_key(question, scope))
-        await self._guarded("unlock", lambda: self.backend.unlock(lock_key), None)
+        await self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None)
 
     # -- encoding --------------------------------------------------------------------------------------------
 

@@ -240,12 +240,13 @@ class ChatService:
                     return await self._serve_hit(prepared, CacheHit(landed, "exact", 1.0, prepared.message))
                 return await self._answer(prepared)
             peer = await self._cache.wait_for_peer(prepared.message, prepared.scope)
-            if peer is not None:
-                return await self._serve_hit(prepared, peer)
+            if peer.hit is not None:
+                return await self._serve_hit(prepared, peer.hit)
             try:
                 result = await self._answer(prepared)
             finally:
-                await self._cache.release(prepared.message, prepared.scope)
+                if peer.token is not None:  # only a lock this request took: never another replica's
+                    await self._cache.release(prepared.message, prepared.scope, peer.token)
             return result
 
     async def _answer(self, prepared: Prepared) -> ChatResult:
