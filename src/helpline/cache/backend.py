@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -99,7 +100,9 @@ class MemoryBackend:
     def __init__(self, max_entries: int = 50_000) -> None:
         self._clock = time.monotonic
         self._max_entries = max_entries
-        self._values: dict[str, tuple[bytes, float]] = {}  # in write order
+        # In write order; an OrderedDict, whose oldest item is found in O(1) however many were popped before it
+        # (a plain dict's first item is found by skipping the deleted slots in front of it).
+        self._values: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._scopes: dict[str, _Scope] = {}
         self._tags: dict[str, set[str]] = {}
         self._key_tags: dict[str, tuple[str, ...]] = {}
@@ -134,8 +137,8 @@ class MemoryBackend:
     ) -> bool:
         if generation is not None and generation != self._generation:
             return False
-        self._values.pop(key, None)  # a rewrite is the newest entry again
         self._values[key] = (value, self._clock() + ttl_s)
+        self._values.move_to_end(key)  # a rewrite is the newest entry again
         scope = self._scopes.setdefault(scope_id, _Scope())
         scope.entries[key] = IndexedQuestion(key, question, vector, answer_key)
         scope.version = next(self._versions)
