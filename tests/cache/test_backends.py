@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
+from helpline.cache import redis_backend
 from helpline.cache.backend import CacheBackend, MemoryBackend
 from helpline.cache.keys import CacheScope, KeySpace
 from helpline.cache.redis_backend import VECTOR_SEPARATOR, RedisBackend
@@ -238,4 +240,32 @@ async def test_a_burst_waits_for_connections_instead_of_failing_on_a_cluster(
     finally:
         async for found in client.scan_iter(match=keyspace.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
             await client.delete(found)
+        await backend.close()
+
+
+async def test_redis_index_fields_of_expired_entries_are_pruned(
+    keyspace: KeySpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hash fields cannot expire and a busy scope's index keeps being extended: without pruning, every question
+    ever asked there stays in it, and each replica re-reads them all."""
+    client = create_redis(REDIS_URL, timeout_s=1.0)
+    backend = RedisBackend(client, keyspace.prefix)
+    index = f"{keyspace.prefix}:s:{SCOPE.id}"
+    vector = np.ones(384, dtype=np.float32).tobytes()
+    try:
+        short, lasting = keyspace.entry(SCOPE, "short"), keyspace.entry(SCOPE, "lasting")
+        await backend.put(short, b"v", ttl_s=1, tags=[], scope_id=SCOPE.id, question="short", vector=vector)
+        await backend.put(lasting, b"v", ttl_s=60, tags=[], scope_id=SCOPE.id, question="lasting", vector=vector)
+        await client.hset(index, "unreadable", b"question" + VECTOR_SEPARATOR + b"\xff\xfe")
+        assert sorted(e.key for e in await backend.semantic_entries(SCOPE.id)) == sorted([lasting, short])
+        await asyncio.sleep(1.2)
+        assert [e.key for e in await backend.semantic_entries(SCOPE.id)] == [lasting]
+        assert await client.hkeys(index) == [lasting.encode()]  # gone from Redis too
+        monkeypatch.setattr(redis_backend, "POPULAR_KEPT", 3)
+        await backend.bump_popularity({f"key-{n}": n + 1 for n in range(5)})
+        kept = await client.zrange(f"{keyspace.prefix}:pop", 0, -1)
+        assert sorted(kept) == [b"key-2", b"key-3", b"key-4"]  # the best counted stay
+    finally:
+        async for key in client.scan_iter(match=keyspace.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
+            await client.delete(key)
         await backend.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -51,6 +52,17 @@ for i = 5, #KEYS do
 end
 return 1
 """
+# Index fields whose entry expired, removed only if unchanged since they were read (a replica may have just
+# rewritten one with a new expiry). KEYS: the index; ARGV: field, value seen, field, value seen, ...
+PRUNE = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"""
 # Compare and delete: a holder whose lock expired (and was taken by another) must not remove the new holder's.
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -58,6 +70,7 @@ return 0
 """
 VECTOR_SEPARATOR = b"\x00\x1f\x00"
 VECTOR_BYTES = 384 * 4
+POPULAR_KEPT = 10_000  # the popularity set keeps this many best-counted entries (it only ranks re-warming)
 
 
 P = ParamSpec("P")
@@ -90,6 +103,7 @@ class RedisBackend:
         self._invalidate = client.register_script(INVALIDATE)
         self._put = client.register_script(PUT)
         self._unlock = client.register_script(UNLOCK)
+        self._prune = client.register_script(PRUNE)
 
     @_gated
     async def get(self, key: str) -> bytes | None:
@@ -110,7 +124,8 @@ class RedisBackend:
         answer_key: str = "",
         generation: int | None = None,
     ) -> bool:
-        packed = question.encode("utf-8") + VECTOR_SEPARATOR + answer_key.encode() + VECTOR_SEPARATOR + vector
+        expires = f"{time.time() + ttl_s:.3f}".encode()
+        packed = VECTOR_SEPARATOR.join((question.encode("utf-8"), answer_key.encode(), expires, vector))
         keys = [key, f"{self._prefix}:s:{scope_id}", f"{self._prefix}:sv:{scope_id}", f"{self._prefix}:gen"]
         keys += [f"{self._prefix}:t:{tag}" for tag in tags]
         expected = "" if generation is None else str(generation)
@@ -127,16 +142,22 @@ class RedisBackend:
 
     @_gated
     async def semantic_entries(self, scope_id: str) -> list[IndexedQuestion]:
-        fields: dict[bytes, bytes] = await self._redis.hgetall(f"{self._prefix}:s:{scope_id}")
-        entries = []
+        """The scope's live index entries. Fields cannot expire on Redis 7.0 and the index's own expiry moves on
+        with every write, so in a busy scope the fields of expired entries would pile up for ever (and each rebuild
+        of a replica's copy reads them all): those found expired, or unreadable, are removed here."""
+        index = f"{self._prefix}:s:{scope_id}"
+        fields: dict[bytes, bytes] = await self._redis.hgetall(index)
+        now = time.time()
+        entries, dead = [], []
         for key, packed in fields.items():
-            question, _, rest = packed.partition(VECTOR_SEPARATOR)
-            answer_key, _, vector = rest.partition(VECTOR_SEPARATOR)
-            try:
-                entries.append(IndexedQuestion(key.decode(), question.decode("utf-8"), vector, answer_key.decode()))
-            except UnicodeDecodeError:  # written by another version: skip it rather than lose the whole index
-                continue
-        return [entry for entry in entries if len(entry.vector) == VECTOR_BYTES]
+            entry, expires = _unpack(key, packed)
+            if entry is None or expires <= now:
+                dead += [key, packed]
+            else:
+                entries.append(entry)
+        if dead:
+            await self._prune(keys=[index], args=dead)
+        return entries
 
     @_gated
     async def forget(self, key: str) -> None:
@@ -169,6 +190,8 @@ class RedisBackend:
         pipe = self._redis.pipeline(transaction=False)
         for key, hits in counts.items():
             pipe.zincrby(f"{self._prefix}:pop", hits, key)
+        # Entries that expired keep their counts here; bounded to the best counted (the rest never get re-warmed).
+        pipe.zremrangebyrank(f"{self._prefix}:pop", 0, -(POPULAR_KEPT + 1))
         await pipe.execute()
 
     @_gated
@@ -192,3 +215,15 @@ class RedisBackend:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _unpack(key: bytes, packed: bytes) -> tuple[IndexedQuestion | None, float]:
+    """(the entry, when it expires) of an index field; (None, 0) for one this version cannot read."""
+    parts = packed.split(VECTOR_SEPARATOR, 3)
+    if len(parts) != 4 or len(parts[3]) != VECTOR_BYTES:
+        return None, 0.0
+    question, answer_key, expires, vector = parts
+    try:
+        return IndexedQuestion(key.decode(), question.decode("utf-8"), vector, answer_key.decode()), float(expires)
+    except (UnicodeDecodeError, ValueError):
+        return None, 0.0
