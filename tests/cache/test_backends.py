@@ -269,3 +269,19 @@ async def test_redis_index_fields_of_expired_entries_are_pruned(
         async for key in client.scan_iter(match=keyspace.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
             await client.delete(key)
         await backend.close()
+
+
+async def test_tag_sets_shed_the_keys_of_expired_entries(cache_backend: CacheBackend, keyspace: KeySpace) -> None:
+    """A busy tag never expires; without shedding, its invalidation (one blocking script on Redis) would walk every
+    answer ever tagged with it."""
+    vector = b"\x00" * 1536
+    old = [keyspace.entry(SCOPE, f"old-{n}") for n in range(10)]
+    for key in old:
+        await cache_backend.put(key, b"v", ttl_s=1, tags=["busy"], scope_id=SCOPE.id, question="old", vector=vector)
+    await asyncio.sleep(1.2)
+    new = [keyspace.entry(SCOPE, f"new-{n}") for n in range(5)]
+    for key in new:
+        await cache_backend.put(key, b"v", ttl_s=60, tags=["busy"], scope_id=SCOPE.id, question="new", vector=vector)
+    members = await cache_backend.tag_members("busy")
+    assert set(new) <= set(members)
+    assert len(members) < len(old) + len(new)  # writes dropped expired members (Redis samples a few per write)

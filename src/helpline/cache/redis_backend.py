@@ -49,6 +49,11 @@ redis.call('EXPIRE', KEYS[3], ttl * 2)
 for i = 5, #KEYS do
   redis.call('SADD', KEYS[i], KEYS[1])
   redis.call('EXPIRE', KEYS[i], ttl * 2)
+  -- A busy tag's set never expires and keeps the keys of expired entries, which makes its invalidation (one
+  -- script, blocking Redis while it runs) ever longer: each write checks a few random members and drops the gone.
+  for _, member in ipairs(redis.call('SRANDMEMBER', KEYS[i], TAG_SAMPLE)) do
+    if redis.call('EXISTS', member) == 0 then redis.call('SREM', KEYS[i], member) end
+  end
 end
 return 1
 """
@@ -68,6 +73,8 @@ UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+TAG_SAMPLE = 4  # members of each tag set a write checks for expired entries
+PUT = PUT.replace("TAG_SAMPLE", str(TAG_SAMPLE))
 VECTOR_SEPARATOR = b"\x00\x1f\x00"
 VECTOR_BYTES = 384 * 4
 POPULAR_KEPT = 10_000  # the popularity set keeps this many best-counted entries (it only ranks re-warming)
