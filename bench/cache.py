@@ -95,20 +95,23 @@ def paced(base: str, path: str, body_script: str, pid: int, *, rate: float, work
     a second, so T + W = connections/rate; each pass moves T by the gap it measured (up to CALIBRATION_PASSES,
     fewer once a pass lands within 5 % of ``rate``). Returns the measured pass, with the requests of the
     calibration passes added to ``requests`` and ``errors`` (they were answered and recorded too)."""
-    think_s = CONNECTIONS / rate  # the first guess: no time in the server at all
     script = workdir / "paced.lua"
+
+    def run_for(seconds: float) -> dict[str, float]:
+        script.write_text(body_script + THINK.format(mean_ms=f"{think_s * 1000:.3f}"), encoding="utf-8")
+        return wrk(base, path, script, pid, seconds)
+
+    think_s = CONNECTIONS / rate  # the first guess: no time in the server at all
     calibration = {"requests": 0.0, "errors": 0.0}
     for _ in range(CALIBRATION_PASSES):
-        script.write_text(body_script + THINK.format(mean_ms=f"{think_s * 1000:.3f}"), encoding="utf-8")
-        run = wrk(base, path, script, pid, CALIBRATION_S)
+        run = run_for(CALIBRATION_S)
         calibration = {key: calibration[key] + run[key] for key in calibration}
         if abs(run["rps"] / rate - 1) < 0.05:
             break
         # T + W = connections / rate: move T by the gap, damped (W grows with the rate near saturation, so the
         # full step overshoots and oscillates).
         think_s = max(0.0, think_s + DAMPING * (CONNECTIONS / rate - CONNECTIONS / run["rps"]))
-    script.write_text(body_script + THINK.format(mean_ms=f"{think_s * 1000:.3f}"), encoding="utf-8")
-    run = wrk(base, path, script, pid, DURATION_S)
+    run = run_for(DURATION_S)
     totals = {key: run[key] + calibration[key] for key in calibration}
     return {**run, **totals, "target": rate, "think_ms": think_s * 1000}
 

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helpline.api.clientip import client_key
 from helpline.api.deps import Services
-from helpline.errors import HelplineError, TooManyRequests
+from helpline.errors import ServiceUnavailable, TooManyRequests
 from helpline.observability.metrics import record_ratelimit_refusal
 from helpline.ratelimit.base import CONCURRENCY, Decision
 from helpline.ratelimit.service import RateLimiter
@@ -44,10 +44,9 @@ _LIMIT_HEADERS = frozenset(
 )
 
 
-class Overloaded(HelplineError):
+class Overloaded(ServiceUnavailable):
     """The global concurrency cap is full: the service is busy, the caller did nothing wrong."""
 
-    status = 503
     code = "overloaded"
 
 

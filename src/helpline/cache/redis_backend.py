@@ -35,6 +35,7 @@ for _, tag in ipairs(KEYS) do
 end
 return removed
 """
+TAG_SAMPLE = 4  # members of each tag set a write checks for expired entries
 # KEYS: entry, semantic index, index version, invalidation generation, tag sets...
 # ARGV: value, TTL in seconds, packed index field, the generation the answer was computed under ('' = unchecked).
 PUT = """
@@ -56,7 +57,7 @@ for i = 5, #KEYS do
   end
 end
 return 1
-"""
+""".replace("TAG_SAMPLE", str(TAG_SAMPLE))
 # Index fields whose entry expired, removed only if unchanged since they were read (a replica may have just
 # rewritten one with a new expiry). KEYS: the index; ARGV: field, value seen, field, value seen, ...
 PRUNE = """
@@ -73,8 +74,6 @@ UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-TAG_SAMPLE = 4  # members of each tag set a write checks for expired entries
-PUT = PUT.replace("TAG_SAMPLE", str(TAG_SAMPLE))
 VECTOR_SEPARATOR = b"\x00\x1f\x00"
 VECTOR_BYTES = 384 * 4
 POPULAR_KEPT = 10_000  # the popularity set keeps this many best-counted entries (it only ranks re-warming)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import secrets
 import time
 from collections import Counter, OrderedDict
@@ -170,8 +169,7 @@ class AnswerCache:
     async def lookup_exact(self, question: str, scope: CacheScope) -> CacheHit | None:
         """The cheap tier: needs no embedding, so a repeated question costs one store round trip."""
         key = self.entry_key(question, scope)
-        raw = await self._guarded("get", lambda: self.backend.get(key), None)
-        found = await self._readable(key, raw)
+        found = await self._read(key)
         if found is None:
             return None
         self._count_hit(key)
@@ -319,8 +317,7 @@ class AnswerCache:
         questions = []
         for key, hits in counts.items():
             if hits >= min_hits:
-                raw = await self._guarded("get", functools.partial(self.backend.get, key), None)
-                found = await self._readable(key, raw)
+                found = await self._read(key)
                 if found is not None:
                     questions.append((found.question, found.locale))
         return questions
@@ -361,8 +358,7 @@ class AnswerCache:
         deadline = time.monotonic() + self.settings.lock_wait_s
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            raw = await self._guarded("get", lambda: self.backend.get(key), None)
-            found = await self._readable(key, raw)
+            found = await self._read(key)
             if found is not None:
                 return PeerWait(CacheHit(found, "exact", 1.0, question), None)
         return PeerWait(None, None)  # the holder is slow: compute too, but its lock stays its own
@@ -378,6 +374,10 @@ class AnswerCache:
 
     def _decode(self, raw: bytes) -> CachedAnswer:
         return CachedAnswer(**orjson.loads(self._decompressor.decompress(raw)))
+
+    async def _read(self, key: str) -> CachedAnswer | None:
+        """The answer stored under ``key``: None when absent, unreadable, or the store is not answering."""
+        return await self._readable(key, await self._guarded("get", lambda: self.backend.get(key), None))
 
     async def _readable(self, key: str, raw: bytes | None) -> CachedAnswer | None:
         """The stored answer, or None. A value that does not decode (corrupted, or written by another version of
