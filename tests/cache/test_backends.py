@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from helpline.cache import redis_backend
 from helpline.cache.backend import CacheBackend, MemoryBackend
 from helpline.cache.keys import CacheScope, KeySpace
 from helpline.cache.redis_backend import VECTOR_SEPARATOR, RedisBackend
-from helpline.cache.service import AnswerCache, CachedAnswer, CacheSettings, PeerWait
+from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit, CacheSettings
 from helpline.knowledge.embeddings import Embedder
 from helpline.redisconn import create_redis
 from tests.cache.conftest import REDIS_URL
@@ -71,6 +72,12 @@ async def test_popularity_and_locks(cache_backend: CacheBackend, keyspace: KeySp
     assert await cache_backend.lock(lock, 5, "fifth")
     await cache_backend.unlock(lock, "fourth")
     assert not await cache_backend.lock(lock, 5, "sixth")
+    assert not await cache_backend.extend(lock, 5, "fourth")  # nor renew it
+    assert await cache_backend.extend(lock, 0.3, "fifth")
+    assert await cache_backend.peek(key, lock) == (None, True)
+    await asyncio.sleep(0.5)
+    assert await cache_backend.peek(key, lock) == (None, False)  # lapsed: not renewed in time
+    assert not await cache_backend.extend(lock, 5, "fifth")  # a lapsed lock is not revived
 
 
 async def test_exact_and_semantic_tiers(answer_cache: AnswerCache, embedder: Embedder) -> None:
@@ -205,24 +212,52 @@ async def test_semantic_index_copies_are_bounded(cache_backend: CacheBackend, ke
     assert len(cache._mirrors) <= 3
 
 
-async def test_only_the_replica_that_took_the_answer_lock_may_release_it(
+async def _through_lock(cache: AnswerCache, question: str) -> tuple[CacheHit | None, float]:
+    started = time.monotonic()
+    async with cache.peer_lock(question, SCOPE) as hit:
+        return hit, time.monotonic() - started
+
+
+async def test_a_replica_waits_for_a_slow_peer_and_not_for_one_that_gave_up(
     cache_backend: CacheBackend, keyspace: KeySpace
 ) -> None:
-    """A replica that stopped waiting for a slow peer computes the answer itself, but the lock is not its own: it
-    gets no token, and a stale token cannot remove a lock someone else took since."""
-    settings = CacheSettings(ttl_s=60, timeout_s=2.0, lock_wait_s=0.3)
-    holder, late = (AnswerCache(cache_backend, keyspace, settings) for _ in range(2))
-    first = await holder.wait_for_peer("q", SCOPE)
-    assert first.hit is None
-    assert first.token is not None
-    gave_up = await late.wait_for_peer("q", SCOPE)  # nothing lands within lock_wait_s
-    assert gave_up == PeerWait(None, None)
-    newcomer = await late.wait_for_peer("q", SCOPE)  # the first lock expired meanwhile: a new holder
-    assert newcomer.token is not None
-    await holder.release("q", SCOPE, first.token)  # the first holder, done late, must not free the newcomer's
-    assert not await cache_backend.lock(keyspace.lock(holder.entry_key("q", SCOPE)), 5, "someone")
-    await late.release("q", SCOPE, newcomer.token)
-    assert await cache_backend.lock(keyspace.lock(holder.entry_key("q", SCOPE)), 5, "someone")
+    """Across replicas one provider call per identical miss, however long the call takes: the holder renews its
+    short lock while it works, and the waiter gets its answer. A holder that gives up without a cacheable answer
+    releases the lock, and the waiter stops waiting at once instead of sitting out a provider's whole deadline."""
+    settings = CacheSettings(ttl_s=60, timeout_s=2.0, lock_ttl_s=0.3, lock_wait_s=20)
+    holder, waiter = (AnswerCache(cache_backend, keyspace, settings) for _ in range(2))
+    vector = np.ones(384, dtype=np.float32) / np.sqrt(384)
+    async with holder.peer_lock("slow", SCOPE) as found:
+        assert found is None  # the first: it computes
+        waiting = asyncio.create_task(_through_lock(waiter, "slow"))
+        await asyncio.sleep(1.2)  # four times the lock's TTL: renewed all along, so the waiter still waits
+        assert not waiting.done()
+        assert await holder.store("slow", vector, SCOPE, answer("slow", ["doc-1"]))
+        hit, _ = await asyncio.wait_for(waiting, 5)
+    assert hit is not None
+    assert hit.answer.reply == "answer to slow"
+    async with holder.peer_lock("handoff", SCOPE):
+        waiting = asyncio.create_task(_through_lock(waiter, "handoff"))
+        await asyncio.sleep(0.3)
+    hit, waited = await asyncio.wait_for(waiting, 5)  # released with nothing cached: the waiter computes too
+    assert hit is None
+    assert waited < 2.0  # not lock_wait_s (20 s)
+
+
+async def test_a_dead_holders_lock_lapses_and_its_late_release_frees_nobody_elses(
+    cache_backend: CacheBackend, keyspace: KeySpace
+) -> None:
+    settings = CacheSettings(ttl_s=60, timeout_s=2.0, lock_ttl_s=0.3, lock_wait_s=20)
+    cache = AnswerCache(cache_backend, keyspace, settings)
+    lock = keyspace.lock(cache.entry_key("q", SCOPE))
+    assert await cache_backend.lock(lock, 0.3, "crashed")  # a replica that died holding it: nobody renews it
+    hit, waited = await asyncio.wait_for(_through_lock(cache, "q"), 5)
+    assert hit is None
+    assert waited < 2.0  # within about the lock's TTL, not lock_wait_s
+    async with cache.peer_lock("q", SCOPE):  # a new holder
+        await cache_backend.unlock(lock, "crashed")  # the dead one's late release
+        assert not await cache_backend.lock(lock, 5, "someone")
+    assert await cache_backend.lock(lock, 5, "someone")  # released on the way out
 
 
 async def test_a_burst_waits_for_connections_instead_of_failing_on_a_cluster(

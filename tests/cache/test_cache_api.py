@@ -10,10 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from helpline.knowledge.base import KnowledgeBase
+from helpline.knowledge.documents import SourceDocument
 from helpline.knowledge.embeddings import Embedder
 from helpline.providers.base import Unavailable
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
+from helpline.store.repositories import KnowledgeRepository
 from tests.api.test_streaming import parse_sse
 from tests.conftest import Api, make_settings, running_api
 from tests.fakes.tcp_proxy import TcpProxy
@@ -183,6 +186,45 @@ async def test_concurrent_identical_misses_make_one_provider_call(cached: tuple[
     assert len(fake.requests) == 1
     assert sorted(str(b["cache"]) for b in bodies).count("miss") == 1
     assert len({b["reply"] for b in bodies}) == 1
+
+
+async def test_concurrent_misses_share_a_reply_that_is_not_cached(cached: tuple[Api, FakeProvider]) -> None:
+    """A handoff is never cached, but identical requests waiting for it get it too instead of each calling the
+    provider again (a failing provider would otherwise be asked once per waiter); each is recorded as a miss."""
+    api, fake = cached
+    fake.default = FakeReply(
+        text="I'm not sure, a member of our team will follow up.", action="handoff", first_token_delay_s=0.3
+    )
+    bodies = await asyncio.gather(*(ask(api, "How long does delivery take?") for _ in range(6)))
+    assert len(fake.requests) == 1
+    assert {(b["cache"], b["action"], b["provider"]) for b in bodies} == {("miss", "handoff", "gemini")}
+    for body in bodies:
+        (row,) = await api.conversations.history(str(body["session_id"]))
+        assert (row.cache_state, row.ai_response) == ("miss", body["reply"])
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.")
+    assert (await ask(api, "How long does delivery take?"))["cache"] == "miss"  # and still nothing cached
+
+
+async def test_concurrent_streamed_misses_make_one_provider_call(cached: tuple[Api, FakeProvider]) -> None:
+    api, fake = cached
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.", first_token_delay_s=0.3)
+
+    async def stream() -> list[tuple[str, dict[str, object]]]:
+        body = {"message": "How long does delivery take?", "stream": True}
+        return parse_sse((await api.client.post("/v1/chat", json=body)).text)
+
+    streams, plain = await asyncio.gather(
+        asyncio.gather(*(stream() for _ in range(5))), ask(api, "How long does delivery take?")
+    )
+    assert len(fake.requests) == 1
+    done = [events[-1] for events in streams]
+    assert {kind for kind, _ in done} == {"done"}
+    states = sorted([*(str(data["cache"]) for _, data in done), str(plain["cache"])])
+    assert states == ["exact"] * 5 + ["miss"]
+    for events in streams:
+        text = "".join(str(data["text"]) for kind, data in events if kind == "delta")
+        # (a streamed miss sends the newline before its control line too)
+        assert text.rstrip("\n") == events[-1][1]["reply"] == "Standard delivery takes one to two working days."
 
 
 @pytest.fixture
@@ -356,3 +398,51 @@ async def test_a_popular_answer_is_rewarmed_in_the_locale_it_was_asked_in(cached
     assert fake.requests[-1].locale == "fr"
     again = (await api.client.post("/v1/chat", json=body)).json()
     assert (again["cache"], again["reply"]) == ("exact", "La livraison prend deux heures.")
+
+
+async def test_products_added_after_start_up_are_guarded(cached: tuple[Api, FakeProvider], embedder: Embedder) -> None:
+    """The product guard learns the catalogue as it changes: through the admin API on this replica, and through
+    the knowledge poll when another process (a replica, `helpline kb ingest`) wrote it."""
+    api, fake = cached
+    guard = api.services.cache.guard if api.services.cache is not None else None
+    assert guard is not None
+    # Reworded enough that only the product names tell them apart (the other guards let the pair through).
+    aurora, zephyr = "Can I put the Aurora kettle in the dishwasher?", "Is the Zephyr kettle dishwasher safe?"
+    assert guard.conflict(zephyr, aurora) is None  # neither is known yet
+    product = {"kind": "product", "text": "A 1.7 litre glass kettle with a steel base."}
+    response = await api.client.put(
+        "/v1/admin/kb/documents/prod-aurora", json={**product, "title": "Aurora kettle"}, headers=ADMIN
+    )
+    assert response.status_code == 200, response.text
+    # Written by another process: this replica learns it on its next poll.
+    other = KnowledgeBase(KnowledgeRepository(api.services.sessions), embedder)
+    await other.load()
+    await other.upsert(SourceDocument("prod-zephyr", "product", "Zephyr kettle", product["text"], {}, [], "test"))
+    assert api.services.invalidator is not None
+    await api.services.invalidator.poll()
+    assert guard.conflict(zephyr, aurora) == "product"
+    first = await ask(api, aurora)
+    second = await ask(api, zephyr)
+    assert (first["cache"], second["cache"]) == ("miss", "miss")
+    assert len(fake.requests) == 2
+
+
+async def test_a_popular_follow_up_is_not_rewarmed_as_a_first_message(cached: tuple[Api, FakeProvider]) -> None:
+    """Re-warming asks each popular question as a first message; a follow-up's popularity must not make it
+    write a first-message answer nobody asked for in that form (and pay a provider call for it)."""
+    api, fake = cached
+    first, follow_up = "How long does delivery take?", "Do you deliver on Sundays?"
+    states = []
+    for _ in range(3):  # three sessions with the same two turns: a miss each, then two hits each
+        opened = await ask(api, first)
+        followed = await api.client.post("/v1/chat", json={"message": follow_up, "session_id": opened["session_id"]})
+        assert followed.status_code == 200, followed.text
+        states.append((opened["cache"], followed.json()["cache"]))
+    assert states == [("miss", "miss"), ("exact", "exact"), ("exact", "exact")]
+    assert len(fake.requests) == 2
+    response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": ["delivery"]}, headers=ADMIN)
+    assert response.json() == {"removed": 2}
+    assert api.services.invalidator is not None
+    await api.services.invalidator.settled()
+    assert [request.message for request in fake.requests[2:]] == [first]  # only the first message re-warmed
+    assert (await ask(api, follow_up))["cache"] == "miss"

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from helpline.cache.keys import KeySpace
+
 
 @dataclass(frozen=True, slots=True)
 class IndexedQuestion:
@@ -71,6 +73,14 @@ class CacheBackend(Protocol):
 
     async def unlock(self, key: str, token: str) -> None:
         """Give ``key`` back, only if ``token`` still holds it (a lock that expired and was taken by another stays)."""
+        ...
+
+    async def extend(self, key: str, ttl_s: float, token: str) -> bool:
+        """Hold ``key`` for ``ttl_s`` more, only if ``token`` still holds it; False when it lapsed meanwhile."""
+        ...
+
+    async def peek(self, key: str, lock: str) -> tuple[bytes | None, bool]:
+        """The value under ``key`` and whether ``lock`` is held, in one round trip (a waiter's poll)."""
         ...
 
     async def ping(self) -> bool: ...
@@ -165,7 +175,7 @@ class MemoryBackend:
                 members.discard(key)
                 if not members:
                     del self._tags[tag]
-        scope_id = key.rsplit(":", 2)[-2]
+        scope_id = KeySpace.scope_of(key)
         scope = self._scopes.get(scope_id)
         if scope is not None and scope.entries.pop(key, None) is not None:
             scope.version = next(self._versions)
@@ -220,6 +230,17 @@ class MemoryBackend:
         held = self._locks.get(key)
         if held is not None and held[1] == token:
             del self._locks[key]
+
+    async def extend(self, key: str, ttl_s: float, token: str) -> bool:
+        now = self._clock()
+        held = self._locks.get(key)
+        if held is None or held[1] != token or held[0] <= now:
+            return False
+        self._locks[key] = (now + ttl_s, token)
+        return True
+
+    async def peek(self, key: str, lock: str) -> tuple[bytes | None, bool]:
+        return await self.get(key), self._locks.get(lock, (0.0, ""))[0] > self._clock()
 
     async def ping(self) -> bool:
         return True

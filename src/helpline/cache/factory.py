@@ -26,7 +26,9 @@ def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> Answe
         threshold=settings.cache_semantic_threshold,
         margin=settings.cache_semantic_margin,
         timeout_s=settings.cache_timeout_s,
-        lock_wait_s=min(settings.first_token_timeout_s, 3.0),
+        # A waiting replica gives up when the holder's provider chain would have: its first-token deadline (after
+        # which it hedges to the next provider) plus a whole reply's.
+        lock_wait_s=settings.first_token_timeout_s + settings.provider_timeout_s,
     )
     return AnswerCache(backend, keys, cache_settings, guard, on_event=_on_event)
 

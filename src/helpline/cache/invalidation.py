@@ -46,7 +46,14 @@ class Invalidator:
     async def upsert_document(self, document: SourceDocument) -> int:
         """Store the new version, then drop the answers that used the old one (and its ingest tags)."""
         await self._knowledge.upsert(document)
+        self._learn_products()
         return await self.invalidate([document.id])
+
+    def _learn_products(self) -> None:
+        """The cache's product guard names what the store sells now: a product added after start-up (or renamed)
+        must keep two questions about two different products from sharing an answer like any other."""
+        if self._cache is not None:
+            self._cache.guard.set_vocabulary(self._knowledge.product_vocabulary())
 
     async def _rewarm(self, questions: list[tuple[str, str]]) -> None:
         """Each in the locale it was asked in (a French answer is re-warmed in French, not as a locale-less one)."""
@@ -74,6 +81,7 @@ class Invalidator:
             return
         if changed:
             log.info("knowledge_refreshed", documents=len(changed))
+            self._learn_products()
         tags = [*self.pending, *changed]
         if not tags:
             return

@@ -47,6 +47,12 @@ class CacheScope:
     owner: str = "shared"  # "shared", or the owner of a personal answer (never served to anyone else)
 
     @property
+    def rewarmable(self) -> bool:
+        """A shared first message: the only kind of answer re-warming can recreate (it asks each popular question
+        as a first message from nobody in particular). A follow-up or a personal answer is left to its asker."""
+        return self.context == "first" and self.owner == "shared"
+
+    @property
     def id(self) -> str:
         return digest(
             self.locale, self.prompt_version, self.variant, self.kb_version, self.context, self.owner, size=20

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from helpline.cache.backend import IndexedQuestion
+from helpline.cache.keys import KeySpace
 from helpline.redisconn import pool_size
 
 INVALIDATE = """
@@ -74,6 +75,11 @@ UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Renew a lock, only for the holder that took it (and still holds it).
+EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 VECTOR_SEPARATOR = b"\x00\x1f\x00"
 VECTOR_BYTES = 384 * 4
 POPULAR_KEPT = 10_000  # the popularity set keeps this many best-counted entries (it only ranks re-warming)
@@ -109,6 +115,7 @@ class RedisBackend:
         self._invalidate = client.register_script(INVALIDATE)
         self._put = client.register_script(PUT)
         self._unlock = client.register_script(UNLOCK)
+        self._extend = client.register_script(EXTEND)
         self._prune = client.register_script(PRUNE)
 
     @_gated
@@ -167,7 +174,7 @@ class RedisBackend:
 
     @_gated
     async def forget(self, key: str) -> None:
-        scope_id = key.rsplit(":", 2)[-2]
+        scope_id = KeySpace.scope_of(key)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hdel(f"{self._prefix}:s:{scope_id}", key)
@@ -214,6 +221,15 @@ class RedisBackend:
     @_gated
     async def unlock(self, key: str, token: str) -> None:
         await self._unlock(keys=[key], args=[token])
+
+    @_gated
+    async def extend(self, key: str, ttl_s: float, token: str) -> bool:
+        return bool(await self._extend(keys=[key], args=[token, max(1, int(ttl_s * 1000))]))
+
+    @_gated
+    async def peek(self, key: str, lock: str) -> tuple[bytes | None, bool]:
+        value, holder = await self._redis.mget([key, lock])  # one slot on a cluster: both carry the tenant's tag
+        return value, holder is not None
 
     @_gated
     async def ping(self) -> bool:

@@ -5,7 +5,7 @@
 - Values are orjson, zstd-compressed. Every entry carries the ids of the documents it drew on (its tags).
 - Semantic search runs on a per-scope in-process mirror of the store's index, refreshed when its version moves.
 - Stampede protection: concurrent identical misses in one process share one computation (single flight), and
-  across replicas a short lock in the store makes the others wait briefly for the first one's answer.
+  across replicas a lock in the store, renewed by its holder, makes the others wait for the first one's answer.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 POPULARITY_FLUSH_S = 1.0
 POPULARITY_BATCH = 1000  # distinct keys: sent sooner rather than held in memory
+PEER_POLL_S = 0.02  # a replica waiting for another's answer looks for it after this, then 1.5 times later each time
+PEER_POLL_MAX_S = 0.25
 Vector = npt.NDArray[np.float32]
 
 
@@ -64,14 +66,6 @@ class CacheHit:
     matched_question: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class PeerWait:
-    """What :meth:`AnswerCache.wait_for_peer` found: another replica's answer, and/or the lock this caller holds."""
-
-    hit: CacheHit | None
-    token: str | None  # set when this caller took the lock: pass it to release()
-
-
 class CacheUnavailable(ServiceUnavailable):
     """An invalidation the cache store did not confirm (the answers it should remove may still be served later)."""
 
@@ -95,7 +89,10 @@ class CacheSettings:
     timeout_s: float = 0.15
     bypass_s: float = 2.0
     candidates: int = 20
-    lock_wait_s: float = 3.0
+    # The answer lock across replicas (see AnswerCache.peer_lock): its holder renews it every third of lock_ttl_s;
+    # a waiter gives up after lock_wait_s (the longest the provider chain may take: the factory sets it so).
+    lock_ttl_s: float = 3.0
+    lock_wait_s: float = 35.0
     # An invalidation is not skipped like a lookup when the store is slow: it gets longer, and fails loudly.
     invalidate_timeout_s: float = 2.0
     # Copies of semantic indexes kept in process, most recently used first out last. Every conversation context and
@@ -172,7 +169,7 @@ class AnswerCache:
         found = await self._read(key)
         if found is None:
             return None
-        self._count_hit(key)
+        self._count_hit(key, scope)
         return CacheHit(found, "exact", 1.0, question)
 
     async def lookup_semantic(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
@@ -193,9 +190,9 @@ class AnswerCache:
         if isinstance(best, str):
             self._on_event("guard", best)
             return None
-        return await self._fetch(mirror.keys[best], float(scores[best]), mirror.questions[best])
+        return await self._fetch(mirror.keys[best], float(scores[best]), mirror.questions[best], scope)
 
-    async def _fetch(self, key: str, similarity: float, matched: str) -> CacheHit | None:
+    async def _fetch(self, key: str, similarity: float, matched: str, scope: CacheScope) -> CacheHit | None:
         raw = await self._guarded("get", lambda: self.backend.get(key), None)
         if raw is None:  # expired: drop it from the index
             await self._guarded("forget", lambda: self.backend.forget(key), None)
@@ -203,7 +200,7 @@ class AnswerCache:
         found = await self._readable(key, raw)
         if found is None:
             return None
-        self._count_hit(key)
+        self._count_hit(key, scope)
         return CacheHit(found, "semantic", similarity, matched)
 
     async def _mirror(self, scope_id: str) -> _Mirror | None:
@@ -286,10 +283,14 @@ class AnswerCache:
 
     # -- popularity (which answers to re-warm after an invalidation) ---------------------------------------------
 
-    def _count_hit(self, key: str) -> None:
+    def _count_hit(self, key: str, scope: CacheScope) -> None:
         """Hits are counted here and sent in one round trip at most every POPULARITY_FLUSH_S (in the background),
         not one per hit: on Redis that round trip was a quarter of a cached answer's store traffic, and popularity
-        only ranks answers for re-warming. Another replica sees these counts up to a second late."""
+        only ranks answers for re-warming. Another replica sees these counts up to a second late. Only answers
+        re-warming can recreate are counted (:attr:`CacheScope.rewarmable`): a popular follow-up was re-warmed as a
+        first message, an answer nobody had asked for in that form."""
+        if not scope.rewarmable:
+            return
         self._hits[key] += 1
         due = time.monotonic() - self._hits_sent_at >= POPULARITY_FLUSH_S or len(self._hits) >= POPULARITY_BATCH
         if due and (self._hits_sending is None or self._hits_sending.done()):
@@ -346,26 +347,54 @@ class AnswerCache:
         if future is not None and not future.done():
             future.set_result(result)
 
-    async def wait_for_peer(self, question: str, scope: CacheScope) -> PeerWait:
-        """Across replicas: take this answer's lock, or, if another replica holds it (it is computing the answer),
-        wait briefly for its answer to land. Release a lock you got with :meth:`release`."""
+    @contextlib.asynccontextmanager
+    async def peer_lock(self, question: str, scope: CacheScope) -> AsyncIterator[CacheHit | None]:
+        """Across replicas, one provider call per identical miss. The first replica to miss takes this answer's
+        lock and computes it (yields None), renewing the lock while it works; the others wait for its answer to
+        land (yields the hit), or until its lock is released or lapses without one (yields None: compute too).
+
+        The lock is short-lived and renewed, not held for a provider's whole deadline: a holder that dies frees it
+        within ``lock_ttl_s``, and one that answers slowly keeps it however long its providers take. Waiting ends
+        at once when the holder gives up without a cacheable answer, and after ``lock_wait_s`` at the latest. With
+        the store down this yields None at once: there is nobody to wait for."""
         key = self.entry_key(question, scope)
         lock_key = self.keys.lock(key)
         token = secrets.token_hex(8)
-        taken = await self._guarded("lock", lambda: self.backend.lock(lock_key, self.settings.lock_wait_s, token), True)
-        if taken:  # (or the store is down: compute, nobody to wait for)
-            return PeerWait(None, token)
-        deadline = time.monotonic() + self.settings.lock_wait_s
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            found = await self._read(key)
-            if found is not None:
-                return PeerWait(CacheHit(found, "exact", 1.0, question), None)
-        return PeerWait(None, None)  # the holder is slow: compute too, but its lock stays its own
+        ttl = self.settings.lock_ttl_s
+        if not await self._guarded("lock", lambda: self.backend.lock(lock_key, ttl, token), True):
+            yield await self._await_peer(key, lock_key, question)
+            return
+        renewing = asyncio.create_task(self._renew(lock_key, token), name="cache-lock-renew")
+        try:
+            yield None
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            # Compare and delete: a lock that lapsed and was taken by another replica stays that replica's.
+            await self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None)
 
-    async def release(self, question: str, scope: CacheScope, token: str) -> None:
-        lock_key = self.keys.lock(self.entry_key(question, scope))
-        await self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None)
+    async def _renew(self, lock_key: str, token: str) -> None:
+        ttl = self.settings.lock_ttl_s
+        while True:
+            await asyncio.sleep(ttl / 3)
+            if not await self._guarded("lock", lambda: self.backend.extend(lock_key, ttl, token), True):
+                return  # it lapsed (the store was unreachable for a while): others may be computing too
+
+    async def _await_peer(self, key: str, lock_key: str, question: str) -> CacheHit | None:
+        deadline = time.monotonic() + self.settings.lock_wait_s
+        pause = PEER_POLL_S
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 1.5, PEER_POLL_MAX_S)  # a fast answer is seen soon; a slow one costs few polls
+            gone: tuple[bytes | None, bool] = (None, False)
+            raw, held = await self._guarded("get", lambda: self.backend.peek(key, lock_key), gone)
+            found = await self._readable(key, raw)
+            if found is not None:
+                return CacheHit(found, "exact", 1.0, question)
+            if not held:
+                return None  # the holder is done without a cacheable answer (or is gone): compute
+        return None
 
     # -- encoding --------------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -133,6 +133,14 @@ class Usage:
         self.tokens_out = chunk.tokens_out if chunk.tokens_out is not None else self.tokens_out
 
 
+@dataclass(frozen=True, slots=True)
+class SharedReply:
+    """A reply not worth caching (a handoff, a fallback's), handed to identical requests that waited for it."""
+
+    reply: ParsedReply
+    usage: Usage
+
+
 def _reply_error(reply: ParsedReply) -> str | None:
     if reply.blocked:
         return "blocked: the model's reply quoted the system prompt"
@@ -229,25 +237,32 @@ class ChatService:
         """The whole reply for a prepared question: from the cache, a peer's identical request, or the router."""
         if prepared.hit is not None:
             return await self._serve_hit(prepared, prepared.hit)
-        if self._cache is None:
+        async with self._one_call(prepared) as landed:
+            if isinstance(landed, CacheHit):
+                return await self._serve_hit(prepared, landed)
+            if isinstance(landed, SharedReply):
+                return await self._finish(prepared, landed.reply, landed.usage, shared=True)
             return await self._answer(prepared)
+
+    @contextlib.asynccontextmanager
+    async def _one_call(self, prepared: Prepared) -> AsyncIterator[CacheHit | SharedReply | None]:
+        """Concurrent identical misses make one provider call. Yields what an identical request's call produced
+        (in this process, or cached by another replica), or None when this request is to make the call; its
+        reply lands for the others in :meth:`_finish`, cacheable or not (a handoff is shared, never cached)."""
+        if self._cache is None:
+            yield None
+            return
         key = self._cache.entry_key(prepared.message, prepared.scope)
         async with self._cache.single_flight(key) as in_flight:
-            if in_flight is not None:  # an identical miss is being answered right now: share its answer
+            if in_flight is not None:
                 # Shielded: awaiting a future directly would cancel it, for every waiter, when one is cancelled.
-                landed = await asyncio.shield(in_flight)
-                if isinstance(landed, CachedAnswer):
-                    return await self._serve_hit(prepared, CacheHit(landed, "exact", 1.0, prepared.message))
-                return await self._answer(prepared)
-            peer = await self._cache.wait_for_peer(prepared.message, prepared.scope)
-            if peer.hit is not None:
-                return await self._serve_hit(prepared, peer.hit)
-            try:
-                result = await self._answer(prepared)
-            finally:
-                if peer.token is not None:  # only a lock this request took: never another replica's
-                    await self._cache.release(prepared.message, prepared.scope, peer.token)
-            return result
+                # None: the call failed or was cut; each waiter then tries for itself.
+                yield await asyncio.shield(in_flight)
+                return
+            async with self._cache.peer_lock(prepared.message, prepared.scope) as peer_hit:
+                if peer_hit is not None:
+                    self._cache.land(key, peer_hit)
+                yield peer_hit
 
     async def _answer(self, prepared: Prepared) -> ChatResult:
         await self._retrieve(prepared)
@@ -274,11 +289,28 @@ class ChatService:
         """SSE events for a prepared question. A cut reply ends with ``error``, never ``done``."""
         yield ChatEvent("meta", {"session_id": prepared.session_id, "request_id": prepared.request_id})
         if prepared.hit is not None:
-            answer = prepared.hit.answer.reply
-            for start in range(0, len(answer), REPLAY_CHUNK_CHARS):
-                yield ChatEvent("delta", {"text": answer[start : start + REPLAY_CHUNK_CHARS]})
-            yield ChatEvent("done", (await self._serve_hit(prepared, prepared.hit)).body())
+            async for event in self._replay(prepared, prepared.hit):
+                yield event
             return
+        async with self._one_call(prepared) as landed:
+            events = self._replay(prepared, landed) if landed is not None else self._stream_miss(prepared)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+
+    async def _replay(self, prepared: Prepared, landed: CacheHit | SharedReply) -> AsyncGenerator[ChatEvent, None]:
+        """An answer already made (cached, or an identical request's) as a stream: its text in pieces, then done."""
+        text = landed.answer.reply if isinstance(landed, CacheHit) else landed.reply.text
+        for start in range(0, len(text), REPLAY_CHUNK_CHARS):
+            yield ChatEvent("delta", {"text": text[start : start + REPLAY_CHUNK_CHARS]})
+        if isinstance(landed, CacheHit):
+            result = await self._serve_hit(prepared, landed)
+        else:
+            result = await self._finish(prepared, landed.reply, landed.usage, shared=True)
+        yield ChatEvent("done", result.body())
+
+    async def _stream_miss(self, prepared: Prepared) -> AsyncGenerator[ChatEvent, None]:
+        """The router's reply as it is written; cached (and shared with identical requests) only once complete."""
         await self._retrieve(prepared)
         visible = ControlLineFilter()
         usage = Usage()
@@ -349,8 +381,12 @@ class ChatService:
         price_in, price_out = self._settings.prices.get(usage.provider, (0.0, 0.0))
         return (usage.tokens_in * price_in + usage.tokens_out * price_out) / 1_000_000
 
-    async def _finish(self, prepared: Prepared, reply: ParsedReply, usage: Usage) -> ChatResult:
-        tokens_out = usage.tokens_out or estimate_tokens(reply.text)
+    async def _finish(
+        self, prepared: Prepared, reply: ParsedReply, usage: Usage, *, shared: bool = False
+    ) -> ChatResult:
+        """Record a reply and return it; cache it and let identical requests share it, unless it is ``shared``
+        (another request's reply, whose call already did both: this request made no call and costs nothing)."""
+        tokens_out = usage.tokens_out or (0 if shared else estimate_tokens(reply.text))
         record = prepared.record(
             reply.text, usage.provider, usage.model, action=reply.action,
             citations=[citation.as_dict() for citation in reply.citations], tokens_in=usage.tokens_in,
@@ -362,7 +398,8 @@ class ChatService:
             tokens_in=usage.tokens_in, tokens_out=tokens_out, cost_usd=record.cost_usd,
         )  # fmt: skip
         await self._conversations.add(record)
-        await self._maybe_cache(prepared, reply, usage)
+        if not shared:
+            await self._maybe_cache(prepared, reply, usage)
         log.info(
             "chat_answered", provider=usage.provider, model=usage.model, action=reply.action, latency_ms=latency_ms,
             tokens_in=usage.tokens_in, tokens_out=tokens_out, grounded=reply.grounded,
@@ -399,7 +436,8 @@ class ChatService:
         )  # fmt: skip
 
     async def _maybe_cache(self, prepared: Prepared, reply: ParsedReply, usage: Usage) -> None:
-        """Store good answers only; let identical requests waiting in this process share the answer."""
+        """Store good answers only; let identical requests waiting in this process share the reply either way (as a
+        cache hit when it is a good answer; a handoff or a fallback's reply as the miss it is)."""
         if self._cache is None:
             return
         answer = self._worth_caching(prepared, reply, usage)
@@ -407,7 +445,9 @@ class ChatService:
             await self._cache.store(
                 prepared.message, prepared.vector, prepared.scope, answer, generation=prepared.generation
             )
-        self._cache.land(self._cache.entry_key(prepared.message, prepared.scope), answer)
+        landed = CacheHit(answer, "exact", 1.0, prepared.message) if answer is not None else None
+        key = self._cache.entry_key(prepared.message, prepared.scope)
+        self._cache.land(key, landed or SharedReply(reply, Usage(usage.provider, usage.model)))
 
     async def warm(self, question: str, locale: str | None = None) -> bool:
         """Answer ``question`` as a first message from nobody in particular and cache it (no conversation)."""
