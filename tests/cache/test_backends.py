@@ -54,6 +54,38 @@ async def test_invalidation_removes_exactly_the_tagged_entries(cache_backend: Ca
     assert await cache_backend.invalidate(["doc-1", "doc-2"]) == []
 
 
+async def test_an_invalidation_naming_the_current_version_keeps_what_drew_on_it(
+    cache_backend: CacheBackend, keyspace: KeySpace
+) -> None:
+    """Every replica invalidates the same document change: the repeat must keep the answers cached from the new
+    version since (re-warmed ones), drop those from the old, and refuse writes of the old version afterwards,
+    without moving the generation (which would refuse the new version's writes in flight). A whole-tag
+    invalidation (an operator's) still removes everything and moves it."""
+
+    async def put(name: str, versions: dict[str, str], generation: int | None = None) -> bool:
+        key = keyspace.entry(SCOPE, name)
+        return await cache_backend.put(key, name.encode(), ttl_s=60, tags=["doc-1", "faq"], scope_id=SCOPE.id,
+                                       question=name, vector=b"\x00" * 1536, generation=generation,
+                                       versions=versions)  # fmt: skip
+
+    assert await put("old", {"doc-1": "v1"})
+    assert await put("new", {"doc-1": "v2"})
+    generation = await cache_backend.generation()
+    assert await cache_backend.tag_members("doc-1", keep="v2") == [keyspace.entry(SCOPE, "old")]
+    removed = await cache_backend.invalidate(["doc-1"], {"doc-1": "v2"}, 60)
+    assert removed == [keyspace.entry(SCOPE, "old")]
+    assert await cache_backend.invalidate(["doc-1"], {"doc-1": "v2"}, 60) == []  # the same change again
+    assert await cache_backend.get(keyspace.entry(SCOPE, "new")) == b"new"
+    assert await cache_backend.generation() == generation
+    assert not await put("late-old", {"doc-1": "v1"}, generation)  # computed from the old text: refused
+    assert await put("late-new", {"doc-1": "v2"}, generation)
+    assert await put("unversioned", {})
+    assert sorted(await cache_backend.invalidate(["faq"])) == sorted(
+        keyspace.entry(SCOPE, name) for name in ("new", "late-new", "unversioned")
+    )
+    assert await cache_backend.generation() > generation
+
+
 async def test_popularity_and_locks(cache_backend: CacheBackend, keyspace: KeySpace) -> None:
     key = keyspace.entry(SCOPE, "p")
     await cache_backend.bump_popularity({key: 2})

@@ -360,7 +360,7 @@ async def test_an_invalidation_the_store_did_not_confirm_fails_loudly_and_is_ret
         assert "delivery" in invalidator.pending
         blackhole_redis.pass_through()
         await invalidator.poll()  # what the watcher does every interval
-        assert invalidator.pending == set()
+        assert not invalidator.pending
         fake.default = FakeReply(text="Orders arrive within 2 hours.")
         assert api.services.cache is not None
         api.services.cache._bypass_until = 0.0  # the lookups' own short bypass after the outage is not under test
@@ -446,3 +446,50 @@ async def test_a_popular_follow_up_is_not_rewarmed_as_a_first_message(cached: tu
     await api.services.invalidator.settled()
     assert [request.message for request in fake.requests[2:]] == [first]  # only the first message re-warmed
     assert (await ask(api, follow_up))["cache"] == "miss"
+
+
+async def test_replicas_repeating_an_invalidation_keep_the_rewarmed_answers_and_refuse_stale_ones(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """Two replicas on one Redis and one database. A document changes on replica A, which drops its answers and
+    re-warms the popular one. Replica B learns of the change on its next poll and invalidates it too: that must
+    not throw away A's re-warmed answer (it drew on the new version), nor pay for re-warming it again. And while
+    B still has the old text, what B answers from it is never cached: A's invalidation told the store which
+    version is current."""
+    settings = make_settings(
+        sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
+        **UNLIMITED,
+    )  # fmt: skip
+    fake_a, fake_b = FakeProvider(name="gemini", model="a"), FakeProvider(name="gemini", model="b")
+    question, cited = "How long does delivery take?", "policy-delivery.delivery-times"
+    async with (
+        running_api(settings, embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
+        running_api(settings, embedder, [fake_b, ExtractiveProvider(0.5)]) as b,
+    ):
+        for _ in range(3):  # a miss, then two hits: popular
+            body = await ask(a, question)
+        assert cited in [citation["id"] for citation in body["citations"]]  # type: ignore[attr-defined]
+        fake_a.default = FakeReply(text="Orders arrive within 2 hours.")
+        response = await a.client.put(
+            f"/v1/admin/kb/documents/{cited}",
+            json={"title": "Delivery times", "text": "Every order now arrives within 2 hours.", "kind": "policy"},
+            headers=ADMIN,
+        )
+        assert response.json()["removed"] == 1
+        assert a.services.invalidator is not None
+        assert b.services.invalidator is not None
+        await a.services.invalidator.settled()
+        assert len(fake_a.requests) == 2  # the first answer, then the re-warm
+        # B has not polled yet: it answers from the old text, and that answer is not cached.
+        british = {"message": question, "locale": "en-GB"}  # a scope of its own: not re-warmed
+        stale = (await b.client.post("/v1/chat", json=british)).json()
+        assert cited in [citation["id"] for citation in stale["citations"]]
+        assert (await b.client.post("/v1/chat", json=british)).json()["cache"] == "miss"
+        await b.services.invalidator.poll()  # B learns of the change and invalidates it again
+        await b.services.invalidator.settled()
+        hit = await ask(b, question)
+        assert (hit["cache"], hit["reply"]) == ("exact", "Orders arrive within 2 hours.")
+        fresh = (await b.client.post("/v1/chat", json=british)).json()
+        again = (await b.client.post("/v1/chat", json=british)).json()
+        assert (fresh["cache"], again["cache"]) == ("miss", "exact")  # from the new text: cached as usual
+        assert len(fake_b.requests) == 3  # the two stale answers and the fresh one: no re-warm of its own

@@ -1,11 +1,15 @@
 """Cache storage behind one Protocol: in-process memory (embedded default) and Redis (single node or Cluster).
 
 Values are opaque bytes (the cache compresses them). Besides get/put, a backend keeps per-scope semantic indexes
-(key → question and vector) with a version number, tag sets for invalidation and a popularity counter.
+(key → question and vector) with a version number, tags for invalidation and a popularity counter.
 
-It also keeps an invalidation generation: every invalidation moves it on, and a put given the generation read
-before its answer was computed is refused once it has moved. An answer drawn from a document that changed while
-the provider was answering (seconds) is thus never written after the invalidation that should have removed it.
+Two checks keep an answer drawn from a changed document from being written after the invalidation that should
+have removed it (its provider call was still running, or its replica still had the old text):
+- A document change is invalidated with the document's new version: the store drops what drew on any other
+  version and, for a while, refuses writes that drew on another (each write says which versions it drew on).
+  Repeating it (every replica polls the same change) removes nothing cached from the new version since.
+- Any other invalidation (a whole tag, by an operator) moves a generation on; a put given the generation read
+  before its answer was computed is refused once it has moved.
 """
 
 from __future__ import annotations
@@ -45,12 +49,15 @@ class CacheBackend(Protocol):
         vector: bytes,
         answer_key: str = "",
         generation: int | None = None,
+        versions: Mapping[str, str] | None = None,
     ) -> bool:
-        """Store the entry; with ``generation``, only if no invalidation happened since it was read (False)."""
+        """Store the entry; with ``generation``, only if no invalidation happened since it was read; with
+        ``versions`` (tag → the version of that document the answer drew on), only if none of them is older than
+        the version an invalidation last declared current for its tag (False: refused)."""
         ...
 
     async def generation(self) -> int:
-        """How many invalidations this store has seen (moves on with every :meth:`invalidate`)."""
+        """How many whole-tag invalidations this store has seen (moves on with each, see :meth:`invalidate`)."""
         ...
 
     async def semantic_version(self, scope_id: str) -> int: ...
@@ -59,9 +66,20 @@ class CacheBackend(Protocol):
 
     async def forget(self, key: str) -> None: ...
 
-    async def invalidate(self, tags: Sequence[str]) -> list[str]: ...
+    async def invalidate(
+        self, tags: Sequence[str], current: Mapping[str, str] | None = None, mark_ttl_s: float = 0
+    ) -> list[str]:
+        """Remove the entries tagged with ``tags``, atomically; the keys removed.
 
-    async def tag_members(self, tag: str) -> list[str]: ...
+        A tag in ``current`` is a document that changed to that version: only entries that drew on another
+        version go, and writes of other versions are refused for ``mark_ttl_s`` (see :meth:`put`). So a second
+        invalidation of the same change (every replica polls the knowledge) keeps what was cached since, the
+        re-warmed answers among them. Any other tag goes whole, and moves the generation on."""
+        ...
+
+    async def tag_members(self, tag: str, keep: str | None = None) -> list[str]:
+        """The entries tagged ``tag``, except those that drew on version ``keep`` of it."""
+        ...
 
     async def bump_popularity(self, counts: Mapping[str, int]) -> None: ...
 
@@ -101,7 +119,7 @@ class MemoryBackend:
     """One process's cache: exact, same semantics as Redis (TTL, tags, versions), nothing shared.
 
     Bounded: entries leave in the order they were written (all share one TTL, so the oldest expires first) once they
-    have expired or once there are more than ``max_entries``; the tag sets, semantic index and popularity of an
+    have expired or once there are more than ``max_entries``; the tags, semantic index and popularity of an
     entry leave with it. Without this an embedded server kept every answer it ever cached (each with its vector).
     """
 
@@ -114,7 +132,8 @@ class MemoryBackend:
         # (a plain dict's first item is found by skipping the deleted slots in front of it).
         self._values: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._scopes: dict[str, _Scope] = {}
-        self._tags: dict[str, set[str]] = {}
+        self._tags: dict[str, dict[str, str]] = {}  # tag -> {entry key: the tag's version it drew on, or ""}
+        self._current: dict[str, tuple[str, float]] = {}  # tag -> (its current version, until when it is checked)
         self._key_tags: dict[str, tuple[str, ...]] = {}
         self._popularity: dict[str, int] = {}
         self._locks: dict[str, tuple[float, str]] = {}  # key -> (until, holder)
@@ -144,16 +163,23 @@ class MemoryBackend:
         vector: bytes,
         answer_key: str = "",
         generation: int | None = None,
+        versions: Mapping[str, str] | None = None,
     ) -> bool:
+        versions = versions or {}
         if generation is not None and generation != self._generation:
             return False
+        now = self._clock()
+        for tag, version in versions.items():
+            current, until = self._current.get(tag, ("", 0.0))
+            if until > now and current != version:
+                return False
         self._values[key] = (value, self._clock() + ttl_s)
         self._values.move_to_end(key)  # a rewrite is the newest entry again
         scope = self._scopes.setdefault(scope_id, _Scope())
         scope.entries[key] = IndexedQuestion(key, question, vector, answer_key)
         scope.version = next(self._versions)
         for tag in tags:
-            self._tags.setdefault(tag, set()).add(key)
+            self._tags.setdefault(tag, {})[key] = versions.get(tag, "")
         self._key_tags[key] = tuple(dict.fromkeys((*self._key_tags.get(key, ()), *tags)))
         self._evict()
         return True
@@ -172,7 +198,7 @@ class MemoryBackend:
         for tag in self._key_tags.pop(key, ()):
             members = self._tags.get(tag)
             if members is not None:
-                members.discard(key)
+                members.pop(key, None)
                 if not members:
                     del self._tags[tag]
         scope_id = KeySpace.scope_of(key)
@@ -196,19 +222,26 @@ class MemoryBackend:
     async def forget(self, key: str) -> None:
         self._drop(key)
 
-    async def invalidate(self, tags: Sequence[str]) -> list[str]:
-        self._generation += 1
+    async def invalidate(
+        self, tags: Sequence[str], current: Mapping[str, str] | None = None, mark_ttl_s: float = 0
+    ) -> list[str]:
+        current = current or {}
+        now = self._clock()
+        if any(tag not in current for tag in tags):
+            self._generation += 1
         removed = []
         for tag in tags:
-            for key in sorted(self._tags.get(tag, set())):
+            for key in await self.tag_members(tag, current.get(tag)):
                 if key in self._values:
                     removed.append(key)
                 self._drop(key)
-            self._tags.pop(tag, None)
+            if tag in current:
+                self._current[tag] = (current[tag], now + mark_ttl_s)
+        self._current = {tag: mark for tag, mark in self._current.items() if mark[1] > now}
         return removed
 
-    async def tag_members(self, tag: str) -> list[str]:
-        return sorted(self._tags.get(tag, set()))
+    async def tag_members(self, tag: str, keep: str | None = None) -> list[str]:
+        return sorted(key for key, version in self._tags.get(tag, {}).items() if keep is None or version != keep)
 
     async def bump_popularity(self, counts: Mapping[str, int]) -> None:
         for key, hits in counts.items():

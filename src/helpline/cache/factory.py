@@ -11,7 +11,7 @@ from helpline.config import Settings
 from helpline.observability.metrics import record_redis_fallback
 from helpline.redisconn import create_redis
 
-NAMESPACE = "hl:c2"  # bump when the stored format changes (c2: the index carries answer keys)
+NAMESPACE = "hl:c3"  # bump when the stored format changes (c3: tag hashes carry the document version)
 
 
 def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> AnswerCache:

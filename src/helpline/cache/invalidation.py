@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import structlog
 
@@ -14,6 +14,7 @@ from helpline.knowledge.base import KnowledgeBase
 from helpline.knowledge.documents import SourceDocument
 
 log = structlog.get_logger(__name__)
+DELETED = "-"  # the version of a document that no longer exists (no answer drew on it)
 
 
 class Invalidator:
@@ -24,18 +25,26 @@ class Invalidator:
         self._chat = chat
         self._knowledge = knowledge
         self._tasks: set[asyncio.Task[None]] = set()
-        # Tags whose invalidation the store did not confirm: retried by :meth:`watch` until it does.
-        self.pending: set[str] = set()
+        # Tags whose invalidation the store did not confirm, retried by :meth:`watch` until it does: with the
+        # document version to keep, or None for a whole tag.
+        self.pending: dict[str, str | None] = {}
 
-    async def invalidate(self, tags: Sequence[str], *, rewarm: bool = True) -> int:
-        """Raises CacheUnavailable when the store does not confirm it (the caller learns, and :meth:`watch`
-        retries the tags every interval until it goes through)."""
+    async def invalidate(
+        self, tags: Sequence[str], *, rewarm: bool = True, current: Mapping[str, str] | None = None
+    ) -> int:
+        """Drop the answers tagged ``tags``; for a document in ``current``, those that drew on a version of it
+        other than the one given (a document changed to that version). Raises CacheUnavailable when the store
+        does not confirm it (the caller learns, and :meth:`watch` retries the tags every interval until it goes
+        through)."""
         if self._cache is None or not tags:
             return 0
+        current = dict(current or {})
         try:
-            removed, popular = await self._cache.invalidate(list(dict.fromkeys(tags)))
+            removed, popular = await self._cache.invalidate(list(dict.fromkeys(tags)), current=current)
         except CacheUnavailable:
-            self.pending.update(tags)
+            for tag in tags:  # a whole-tag invalidation still pending stays whole
+                whole = tag in self.pending and self.pending[tag] is None
+                self.pending[tag] = None if whole else current.get(tag)
             raise
         if rewarm and popular:
             task = asyncio.create_task(self._rewarm(popular), name="cache-rewarm")
@@ -47,7 +56,11 @@ class Invalidator:
         """Store the new version, then drop the answers that used the old one (and its ingest tags)."""
         await self._knowledge.upsert(document)
         self._learn_products()
-        return await self.invalidate([document.id])
+        return await self.invalidate([document.id], current=self._current([document.id]))
+
+    def _current(self, documents: Sequence[str]) -> dict[str, str]:
+        """The version of each document as this process now has it (DELETED for one that is gone)."""
+        return {doc_id: self._knowledge.version(doc_id) or DELETED for doc_id in documents}
 
     def _learn_products(self) -> None:
         """The cache's product guard names what the store sells now: a product added after start-up (or renamed)
@@ -82,16 +95,22 @@ class Invalidator:
         if changed:
             log.info("knowledge_refreshed", documents=len(changed))
             self._learn_products()
-        tags = [*self.pending, *changed]
+        # Every replica sees the same change and invalidates it too: harmless, since an invalidation keeps what
+        # drew on the version it names (this replica may also have cached answers from its older copy meanwhile:
+        # those go). Pending tags keep a whole-tag invalidation whole.
+        retry, self.pending = self.pending, {}
+        whole = [tag for tag, version in retry.items() if version is None]
+        versioned = [tag for tag in dict.fromkeys([*retry, *changed]) if tag not in whole]
+        tags: dict[str, str | None] = {**self._current(versioned), **dict.fromkeys(whole)}
         if not tags:
             return
-        self.pending.difference_update(tags)
+        current = {tag: version for tag, version in tags.items() if version is not None}
         try:
-            await self.invalidate(tags)
+            await self.invalidate(list(tags), current=current)
         except CacheUnavailable:
             log.warning("cache_invalidation_pending", tags=len(self.pending))
         except Exception:  # keep the tags for the next round, keep watching (logged with its traceback)
-            self.pending.update(tags)
+            self.pending = {**tags, **self.pending}
             log.exception("cache_invalidation_error")
 
     async def settled(self) -> None:

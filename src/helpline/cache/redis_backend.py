@@ -1,7 +1,8 @@
 """The Redis backend (redis-py asyncio), single node or Cluster.
 
 Every key of a tenant carries the tenant's hash tag, so a put (entry + tags + semantic index, refused if the
-invalidation generation moved) and an invalidation are each one Lua script, atomic for every replica. Hash fields
+invalidation generation moved or a document it drew on is now at another version) and an invalidation are each one
+Lua script, atomic for every replica. Hash fields
 cannot expire on Redis 7.0, so the semantic index may name an expired entry: the cache forgets it when it finds it
 gone.
 """
@@ -18,29 +19,49 @@ from helpline.cache.backend import IndexedQuestion
 from helpline.cache.keys import KeySpace
 from helpline.redisconn import pool_size
 
+# KEYS: n tag hashes (entry key -> the tag's version it drew on), then their n current-version marks.
+# ARGV: the prefix, the marks' TTL in seconds, then per tag the version to keep ('' = remove every entry).
 INVALIDATE = """
-redis.call('INCR', ARGV[1] .. ':gen')
+local n = #KEYS / 2
 local removed = {}
-for _, tag in ipairs(KEYS) do
-  for _, key in ipairs(redis.call('SMEMBERS', tag)) do
-    if redis.call('DEL', key) == 1 then table.insert(removed, key) end
-    local scope = string.match(key, ':e:([^:]+):[^:]+$')
-    if scope then
-      if redis.call('HDEL', ARGV[1] .. ':s:' .. scope, key) == 1 then
-        redis.call('INCR', ARGV[1] .. ':sv:' .. scope)
+local whole = false
+for i = 1, n do
+  local keep = ARGV[2 + i]
+  if keep == '' then whole = true end
+  local fields = redis.call('HGETALL', KEYS[i])
+  for j = 1, #fields, 2 do
+    local key = fields[j]
+    if keep == '' or fields[j + 1] ~= keep then
+      if redis.call('DEL', key) == 1 then table.insert(removed, key) end
+      local scope = string.match(key, ':e:([^:]+):[^:]+$')
+      if scope then
+        if redis.call('HDEL', ARGV[1] .. ':s:' .. scope, key) == 1 then
+          redis.call('INCR', ARGV[1] .. ':sv:' .. scope)
+        end
       end
+      redis.call('ZREM', ARGV[1] .. ':pop', key)
+      redis.call('HDEL', KEYS[i], key)
     end
-    redis.call('ZREM', ARGV[1] .. ':pop', key)
   end
-  redis.call('DEL', tag)
+  if keep ~= '' then redis.call('SET', KEYS[n + i], keep, 'EX', ARGV[2]) end
 end
+if whole then redis.call('INCR', ARGV[1] .. ':gen') end
 return removed
 """
-TAG_SAMPLE = 4  # members of each tag set a write checks for expired entries
-# KEYS: entry, semantic index, index version, invalidation generation, tag sets...
-# ARGV: value, TTL in seconds, packed index field, the generation the answer was computed under ('' = unchecked).
+TAG_SAMPLE = 4  # members of each tag hash a write checks for expired entries
+# KEYS: entry, semantic index, index version, invalidation generation, n tag hashes, their n current-version marks.
+# ARGV: value, TTL in seconds, packed index field, the generation the answer was computed under ('' = unchecked),
+# then per tag the version of it the answer drew on ('' = unversioned).
 PUT = """
 if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return 0 end
+local n = (#KEYS - 4) / 2
+for i = 1, n do
+  local version = ARGV[4 + i]
+  if version ~= '' then
+    local current = redis.call('GET', KEYS[4 + n + i])
+    if current and current ~= version then return 0 end
+  end
+end
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
 redis.call('HSET', KEYS[2], KEYS[1], ARGV[3])
@@ -48,13 +69,14 @@ redis.call('INCR', KEYS[3])
 -- The index outlives no entry by long: it expires with the newest entry (fields cannot expire on 7.0).
 redis.call('EXPIRE', KEYS[2], ttl * 2)
 redis.call('EXPIRE', KEYS[3], ttl * 2)
-for i = 5, #KEYS do
-  redis.call('SADD', KEYS[i], KEYS[1])
-  redis.call('EXPIRE', KEYS[i], ttl * 2)
-  -- A busy tag's set never expires and keeps the keys of expired entries, which makes its invalidation (one
+for i = 1, n do
+  local tag = KEYS[4 + i]
+  redis.call('HSET', tag, KEYS[1], ARGV[4 + i])
+  redis.call('EXPIRE', tag, ttl * 2)
+  -- A busy tag's hash never expires and keeps the keys of expired entries, which makes its invalidation (one
   -- script, blocking Redis while it runs) ever longer: each write checks a few random members and drops the gone.
-  for _, member in ipairs(redis.call('SRANDMEMBER', KEYS[i], TAG_SAMPLE)) do
-    if redis.call('EXISTS', member) == 0 then redis.call('SREM', KEYS[i], member) end
+  for _, member in ipairs(redis.call('HRANDFIELD', tag, TAG_SAMPLE)) do
+    if redis.call('EXISTS', member) == 0 then redis.call('HDEL', tag, member) end
   end
 end
 return 1
@@ -136,13 +158,22 @@ class RedisBackend:
         vector: bytes,
         answer_key: str = "",
         generation: int | None = None,
+        versions: Mapping[str, str] | None = None,
     ) -> bool:
+        versions = versions or {}
         expires = f"{time.time() + ttl_s:.3f}".encode()
         packed = VECTOR_SEPARATOR.join((question.encode("utf-8"), answer_key.encode(), expires, vector))
         keys = [key, f"{self._prefix}:s:{scope_id}", f"{self._prefix}:sv:{scope_id}", f"{self._prefix}:gen"]
-        keys += [f"{self._prefix}:t:{tag}" for tag in tags]
+        keys += [self._tag(tag) for tag in tags] + [self._current(tag) for tag in tags]
         expected = "" if generation is None else str(generation)
-        return bool(await self._put(keys=keys, args=[value, ttl_s, packed, expected]))
+        args = [value, ttl_s, packed, expected, *(versions.get(tag, "") for tag in tags)]
+        return bool(await self._put(keys=keys, args=args))
+
+    def _tag(self, tag: str) -> str:
+        return f"{self._prefix}:t:{tag}"
+
+    def _current(self, tag: str) -> str:
+        return f"{self._prefix}:m:{tag}"
 
     @_gated
     async def generation(self) -> int:
@@ -183,17 +214,21 @@ class RedisBackend:
             await pipe.execute()
 
     @_gated
-    async def invalidate(self, tags: Sequence[str]) -> list[str]:
+    async def invalidate(
+        self, tags: Sequence[str], current: Mapping[str, str] | None = None, mark_ttl_s: float = 0
+    ) -> list[str]:
         if not tags:
             return []
-        keys = [f"{self._prefix}:t:{tag}" for tag in tags]
-        removed = await self._invalidate(keys=keys, args=[self._prefix])
+        current = current or {}
+        keys = [self._tag(tag) for tag in tags] + [self._current(tag) for tag in tags]
+        args = [self._prefix, max(1, round(mark_ttl_s)), *(current.get(tag, "") for tag in tags)]
+        removed = await self._invalidate(keys=keys, args=args)
         return [key.decode() if isinstance(key, bytes) else str(key) for key in removed]
 
     @_gated
-    async def tag_members(self, tag: str) -> list[str]:
-        members = await self._redis.smembers(f"{self._prefix}:t:{tag}")
-        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+    async def tag_members(self, tag: str, keep: str | None = None) -> list[str]:
+        members: dict[bytes, bytes] = await self._redis.hgetall(self._tag(tag))
+        return sorted(key.decode() for key, version in members.items() if keep is None or version.decode() != keep)
 
     @_gated
     async def bump_popularity(self, counts: Mapping[str, int]) -> None:

@@ -15,7 +15,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -239,10 +239,19 @@ class AnswerCache:
         return await self._guarded("generation", self.backend.generation, None)
 
     async def store(
-        self, question: str, vector: Vector, scope: CacheScope, answer: CachedAnswer, *, generation: int | None = None
+        self,
+        question: str,
+        vector: Vector,
+        scope: CacheScope,
+        answer: CachedAnswer,
+        *,
+        generation: int | None = None,
+        versions: Mapping[str, str] | None = None,
     ) -> bool:
         """Cache ``answer``. With ``generation`` (from :meth:`generation` before the answer was computed), only if
-        no invalidation happened since: the answer may have drawn on a document that has changed."""
+        no invalidation of a whole tag happened since; with ``versions`` (document id → the version the answer
+        drew on), only if none of those documents has changed to another version since (as far as an
+        invalidation told the store): this replica's copy of the knowledge may be behind another's."""
         key = self.entry_key(question, scope)
         value = self._encode(answer)
 
@@ -250,6 +259,7 @@ class AnswerCache:
             return await self.backend.put(
                 key, value, ttl_s=self.settings.ttl_s, tags=answer.tags, scope_id=scope.id,
                 question=question, vector=to_bytes(vector), answer_key=answer.answer_key(), generation=generation,
+                versions=versions,
             )  # fmt: skip
 
         stored = await self._guarded("put", put, False)
@@ -258,20 +268,28 @@ class AnswerCache:
             self._on_event("stale_write", "put")
         return stored
 
-    async def invalidate(self, tags: Sequence[str], min_hits: int = 2) -> tuple[int, list[tuple[str, str]]]:
-        """Remove every answer that drew on one of ``tags`` (atomically in the store).
+    async def invalidate(
+        self, tags: Sequence[str], min_hits: int = 2, *, current: Mapping[str, str] | None = None
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """Remove every answer that drew on one of ``tags`` (atomically in the store); for a tag in ``current`` (a
+        document and its version now), every answer that drew on another version of it (see the backend's
+        ``invalidate``: a repeat of the same change keeps what was cached since).
 
         Returns (how many were removed, the (question, locale) of the popular ones — read first, to re-warm
         them). Unlike a lookup, this is never skipped while the store is being bypassed after an error: a skipped
         invalidation would leave stale answers for the whole TTL once the store answers again. It is tried within
         ``invalidate_timeout_s`` and raises :class:`CacheUnavailable` if the store does not confirm it."""
         popular: list[tuple[str, str]] = []
+        current = {tag: version for tag, version in (current or {}).items() if version}
         await self.flush_popularity()  # this process's latest hits count too
-        for tag in tags:
-            popular.extend(await self._popular_under(tag, min_hits))  # best effort: it only ranks re-warming
+        for tag in tags:  # best effort: it only ranks re-warming
+            popular.extend(await self._popular_under(tag, min_hits, current.get(tag)))
+        # Versions stay current (writes of older ones refused) for longer than any answer computed from an older
+        # copy of the knowledge could still be arriving: a replica's poll interval and a provider's deadline.
+        mark_ttl_s = 2 * self.settings.ttl_s
         try:
             async with asyncio.timeout(self.settings.invalidate_timeout_s):
-                removed = await self.backend.invalidate(list(tags))
+                removed = await self.backend.invalidate(list(tags), current, mark_ttl_s)
         except Exception as error:
             log.warning("cache_invalidation_failed", tags=list(tags)[:20], error=type(error).__name__)
             self._on_event("store_error", "invalidate")
@@ -310,10 +328,10 @@ class AnswerCache:
         await self.flush_popularity()
         await self.backend.close()
 
-    async def _popular_under(self, tag: str, min_hits: int) -> list[tuple[str, str]]:
+    async def _popular_under(self, tag: str, min_hits: int, keep: str | None) -> list[tuple[str, str]]:
         no_members: list[str] = []
         no_counts: dict[str, int] = {}
-        members = await self._guarded("tags", lambda: self.backend.tag_members(tag), no_members)
+        members = await self._guarded("tags", lambda: self.backend.tag_members(tag, keep), no_members)
         counts = await self._guarded("popularity", lambda: self.backend.popularity(members), no_counts)
         questions = []
         for key, hits in counts.items():

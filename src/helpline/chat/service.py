@@ -152,6 +152,11 @@ def drawn_on(passages: tuple[Passage, ...]) -> list[str]:
     return sorted({p.id for p in passages} | {tag for p in passages for tag in p.tags})
 
 
+def versions_of(passages: tuple[Passage, ...]) -> dict[str, str]:
+    """Which version of each document an answer drew on (its content hash)."""
+    return {p.id: p.version for p in passages if p.version}
+
+
 def clean_message(raw: str, max_chars: int) -> str:
     """The message as we will answer it: trimmed, non-empty, within the length limit."""
     message = raw.strip()
@@ -443,8 +448,9 @@ class ChatService:
         answer = self._worth_caching(prepared, reply, usage)
         if answer is not None and prepared.vector is not None and prepared.generation is not None:
             await self._cache.store(
-                prepared.message, prepared.vector, prepared.scope, answer, generation=prepared.generation
-            )
+                prepared.message, prepared.vector, prepared.scope, answer, generation=prepared.generation,
+                versions=versions_of(prepared.passages),
+            )  # fmt: skip
         landed = CacheHit(answer, "exact", 1.0, prepared.message) if answer is not None else None
         key = self._cache.entry_key(prepared.message, prepared.scope)
         self._cache.land(key, landed or SharedReply(reply, Usage(usage.provider, usage.model)))
@@ -466,7 +472,9 @@ class ChatService:
         answer = self._worth_caching(prepared, self._checked(parse_reply(completion.text, prepared.passages)), usage)
         if answer is None or prepared.generation is None:
             return False
-        return await self._cache.store(message, vector, scope, answer, generation=prepared.generation)
+        return await self._cache.store(
+            message, vector, scope, answer, generation=prepared.generation, versions=versions_of(prepared.passages)
+        )
 
     async def _record_cut(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> None:
         """A cut reply is kept for the operators, marked as an error, never as an answer."""

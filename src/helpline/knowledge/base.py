@@ -36,6 +36,7 @@ class Passage:
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    version: str = ""  # the document's content hash: which version of it an answer drew on
 
 
 @dataclass(slots=True)
@@ -175,9 +176,16 @@ class KnowledgeBase:
     def get(self, document_id: str) -> Passage | None:
         return self._documents.get(document_id)
 
+    def version(self, document_id: str) -> str | None:
+        """The content hash of the document as this process has it; None when it has no such document."""
+        return self._hashes.get(document_id)
+
 
 def _passage(row: KnowledgeDocument) -> Passage:
-    return Passage(row.id, row.kind, row.title, row.text, 0.0, dict(row.doc_metadata or {}), tuple(row.tags or ()))
+    return Passage(
+        row.id, row.kind, row.title, row.text, 0.0, dict(row.doc_metadata or {}), tuple(row.tags or ()),
+        row.content_hash,
+    )  # fmt: skip
 
 
 def _with_score(passage: Passage, score: float) -> Passage:
