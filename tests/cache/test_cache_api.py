@@ -4,19 +4,21 @@ streaming replay, single flight, and a Redis outage that costs nothing but the c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from helpline.chat.service import ChatEvent
 from helpline.knowledge.base import KnowledgeBase
 from helpline.knowledge.documents import SourceDocument
 from helpline.knowledge.embeddings import Embedder
 from helpline.providers.base import Unavailable
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
-from helpline.store.repositories import KnowledgeRepository
+from helpline.store.repositories import ANONYMOUS, KnowledgeRepository
 from tests.api.test_streaming import parse_sse
 from tests.conftest import Api, make_settings, running_api
 from tests.fakes.tcp_proxy import TcpProxy
@@ -198,9 +200,14 @@ async def test_concurrent_misses_share_a_reply_that_is_not_cached(cached: tuple[
     bodies = await asyncio.gather(*(ask(api, "How long does delivery take?") for _ in range(6)))
     assert len(fake.requests) == 1
     assert {(b["cache"], b["action"], b["provider"]) for b in bodies} == {("miss", "handoff", "gemini")}
+    rows = []
     for body in bodies:
         (row,) = await api.conversations.history(str(body["session_id"]))
         assert (row.cache_state, row.ai_response) == ("miss", body["reply"])
+        rows.append(row)
+    # One call was made and paid for: the waiters' records carry no tokens and no cost of their own.
+    assert sorted(row.tokens_out > 0 for row in rows) == [False] * 5 + [True]
+    assert sum(row.cost_usd for row in rows) == max(row.cost_usd for row in rows) > 0
     fake.default = FakeReply(text="Standard delivery takes one to two working days.")
     assert (await ask(api, "How long does delivery take?"))["cache"] == "miss"  # and still nothing cached
 
@@ -406,21 +413,23 @@ async def test_products_added_after_start_up_are_guarded(cached: tuple[Api, Fake
     api, fake = cached
     guard = api.services.cache.guard if api.services.cache is not None else None
     assert guard is not None
-    # Reworded enough that only the product names tell them apart (the other guards let the pair through).
-    aurora, zephyr = "Can I put the Aurora kettle in the dishwasher?", "Is the Zephyr kettle dishwasher safe?"
-    assert guard.conflict(zephyr, aurora) is None  # neither is known yet
+    # Each against a question naming no product: only the product guard tells them apart.
+    aurora, zephyr = "Is the Aurora kettle dishwasher safe?", "Is the Zephyr kettle dishwasher safe?"
+    plain = "Is the kettle safe to put in a dishwasher?"
+    assert (guard.conflict(aurora, plain), guard.conflict(zephyr, plain)) == (None, None)  # neither is known yet
     product = {"kind": "product", "text": "A 1.7 litre glass kettle with a steel base."}
     response = await api.client.put(
         "/v1/admin/kb/documents/prod-aurora", json={**product, "title": "Aurora kettle"}, headers=ADMIN
     )
     assert response.status_code == 200, response.text
+    assert (guard.conflict(aurora, plain), guard.conflict(zephyr, plain)) == ("product", None)
     # Written by another process: this replica learns it on its next poll.
     other = KnowledgeBase(KnowledgeRepository(api.services.sessions), embedder)
     await other.load()
     await other.upsert(SourceDocument("prod-zephyr", "product", "Zephyr kettle", product["text"], {}, [], "test"))
     assert api.services.invalidator is not None
     await api.services.invalidator.poll()
-    assert guard.conflict(zephyr, aurora) == "product"
+    assert guard.conflict(zephyr, plain) == "product"
     first = await ask(api, aurora)
     second = await ask(api, zephyr)
     assert (first["cache"], second["cache"]) == ("miss", "miss")
@@ -493,3 +502,151 @@ async def test_replicas_repeating_an_invalidation_keep_the_rewarmed_answers_and_
         again = (await b.client.post("/v1/chat", json=british)).json()
         assert (fresh["cache"], again["cache"]) == ("miss", "exact")  # from the new text: cached as usual
         assert len(fake_b.requests) == 3  # the two stale answers and the fresh one: no re-warm of its own
+
+
+async def test_streamed_requests_following_an_identical_one_see_its_text_as_it_comes(
+    cached: tuple[Api, FakeProvider],
+) -> None:
+    """Streamed requests that share another's provider call are not left silent until it has finished: they are
+    sent its text as it streams, then its outcome."""
+    api, fake = cached
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.", chunks=4, chunk_delay_s=0.4)
+    chat = api.services.chat
+    assert chat is not None
+
+    async def stream() -> list[tuple[float, ChatEvent]]:
+        prepared = await chat.prepare("How long does delivery take?", principal=ANONYMOUS, request_id="r")
+        return [(time.monotonic(), event) async for event in chat.chat_stream(prepared)]
+
+    leading = asyncio.create_task(stream())
+    await wait_for_provider_call(fake)
+    followers = await asyncio.gather(stream(), stream())
+    led = await leading
+    assert len(fake.requests) == 1
+    finished = led[-1][0]
+    text = "".join(str(event.data["text"]) for _, event in led if event.kind == "delta")
+    for events in followers:
+        first = next(at for at, event in events if event.kind == "delta")
+        assert first < finished - 0.5  # while the first request was still streaming (about 1.2 s in all)
+        assert "".join(str(event.data["text"]) for _, event in events if event.kind == "delta") == text
+        assert (events[-1][1].kind, events[-1][1].data["cache"]) == ("done", "exact")
+
+
+async def test_a_request_that_waited_for_an_answer_refused_as_stale_gets_a_fresh_one(
+    cached: tuple[Api, FakeProvider],
+) -> None:
+    """A request asked after a document changed, which joined a call still answering from the old text, must not
+    be handed that answer (as a cache hit, even): the cache refused it, and the request gets a fresh answer."""
+    api, fake = cached
+    question = "How long does delivery take?"
+    fake.replies = [FakeReply(text="Standard delivery takes three days.", first_token_delay_s=1.0)]
+    asking = asyncio.create_task(ask(api, question))
+    await wait_for_provider_call(fake)
+    response = await api.client.put(
+        "/v1/admin/kb/documents/policy-delivery.delivery-times",
+        json={"title": "Delivery times", "text": "Every order now arrives within 2 hours.", "kind": "policy"},
+        headers=ADMIN,
+    )
+    assert response.status_code == 200, response.text
+    fake.default = FakeReply(text="Orders arrive within 2 hours.")
+    waiter = await ask(api, question)  # the same question: it joins the call in flight
+    old = await asking
+    assert old["reply"] == "Standard delivery takes three days."
+    assert (waiter["cache"], waiter["reply"]) == ("miss", "Orders arrive within 2 hours.")
+    assert len(fake.requests) == 2
+
+
+async def test_when_the_call_everyone_waits_for_is_cancelled_one_of_them_calls_again(
+    cached: tuple[Api, FakeProvider],
+) -> None:
+    """The request making the call goes away: its waiters do not all call the provider at once; one calls, the
+    others wait for it."""
+    api, fake = cached
+    question = "How long does delivery take?"
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.", first_token_delay_s=0.5)
+    leader = asyncio.create_task(ask(api, question))
+    await wait_for_provider_call(fake)
+    waiters = [asyncio.create_task(ask(api, question)) for _ in range(4)]
+    await asyncio.sleep(0.1)
+    leader.cancel()
+    bodies = await asyncio.gather(*waiters)
+    assert len(fake.requests) == 2  # the cancelled call, and one for the four
+    assert sorted(str(body["cache"]) for body in bodies) == ["exact", "exact", "exact", "miss"]
+
+
+async def test_concurrent_identical_misses_on_two_replicas_make_one_provider_call(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """Two replicas on one Redis, plain and streamed requests for the same question on both, the provider slower
+    than the cross-replica lock's lifetime (renewed while it works): one call in all."""
+    settings = make_settings(
+        sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
+        **UNLIMITED,
+    )  # fmt: skip
+    slow = FakeReply(text="Standard delivery takes one to two working days.", first_token_delay_s=1.2)
+    fake_a, fake_b = (FakeProvider(name="gemini", model=name, default=slow) for name in ("a", "b"))
+    question = "How long does delivery take?"
+    async with (
+        running_api(settings, embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
+        running_api(settings, embedder, [fake_b, ExtractiveProvider(0.5)]) as b,
+    ):
+        for api in (a, b):
+            cache = api.services.cache
+            assert cache is not None
+            cache.settings = dataclasses.replace(cache.settings, lock_ttl_s=0.3)  # a quarter of the call's time
+
+        async def streamed(api: Api) -> dict[str, object]:
+            events = parse_sse((await api.client.post("/v1/chat", json={"message": question, "stream": True})).text)
+            assert events[-1][0] == "done"
+            return events[-1][1]
+
+        first = asyncio.create_task(ask(a, question))
+        await wait_for_provider_call(fake_a)
+        bodies = await asyncio.gather(first, ask(a, question), ask(b, question), ask(b, question), streamed(b))
+    assert len(fake_a.requests) + len(fake_b.requests) == 1
+    assert {body["reply"] for body in bodies} == {"Standard delivery takes one to two working days."}
+    assert sorted(str(body["cache"]) for body in bodies) == ["exact"] * 4 + ["miss"]
+
+
+async def test_a_replica_that_invalidated_an_older_version_late_sets_it_right(
+    sqlite_url: str, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Versions are content hashes, not ordered. Replica B reads version 2 of a document; replica A then saves
+    version 3 and invalidates it; B's invalidation of version 2 lands last and sets the store back to 2. B reads
+    the knowledge again after invalidating and invalidates version 3: answers drawn from it are cached again."""
+    settings = make_settings(
+        sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
+        **UNLIMITED,
+    )  # fmt: skip
+    fake_a, fake_b = FakeProvider(name="gemini", model="a"), FakeProvider(name="gemini", model="b")
+    cited = "policy-delivery.delivery-times"
+
+    async def save(api: Api, text: str) -> None:
+        body = {"title": "Delivery times", "text": text, "kind": "policy"}
+        response = await api.client.put(f"/v1/admin/kb/documents/{cited}", json=body, headers=ADMIN)
+        assert response.status_code == 200, response.text
+
+    async with (
+        running_api(settings, embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
+        running_api(settings, embedder, [fake_b, ExtractiveProvider(0.5)]) as b,
+    ):
+        await save(a, "Every order arrives within 3 hours.")  # version 2
+        knowledge, read = b.services.knowledge, b.services.knowledge.refresh
+        saved: list[bool] = []
+
+        async def read_then_a_saves() -> list[str]:
+            changed = await read()
+            if not saved:  # version 3 is saved and invalidated between B's read and B's invalidation
+                saved.append(True)
+                await save(a, "Every order now arrives within 2 hours.")
+            return changed
+
+        monkeypatch.setattr(knowledge, "refresh", read_then_a_saves)
+        assert b.services.invalidator is not None
+        await b.services.invalidator.poll()
+        assert saved
+        question = {"message": "How long does delivery take?", "locale": "en-GB"}  # not re-warmed by A
+        first = (await a.client.post("/v1/chat", json=question)).json()
+        assert cited in [citation["id"] for citation in first["citations"]]
+        again = (await a.client.post("/v1/chat", json=question)).json()
+        assert (first["cache"], again["cache"]) == ("miss", "exact")  # version 3's answer was cached

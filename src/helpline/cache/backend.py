@@ -165,7 +165,7 @@ class MemoryBackend:
         generation: int | None = None,
         versions: Mapping[str, str] | None = None,
     ) -> bool:
-        versions = versions or {}
+        versions = {tag: version for tag, version in (versions or {}).items() if version}  # "": unversioned
         if generation is not None and generation != self._generation:
             return False
         now = self._clock()
@@ -225,7 +225,7 @@ class MemoryBackend:
     async def invalidate(
         self, tags: Sequence[str], current: Mapping[str, str] | None = None, mark_ttl_s: float = 0
     ) -> list[str]:
-        current = current or {}
+        current = {tag: version for tag, version in (current or {}).items() if version}  # "": the whole tag
         now = self._clock()
         if any(tag not in current for tag in tags):
             self._generation += 1

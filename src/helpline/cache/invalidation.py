@@ -14,6 +14,7 @@ from helpline.knowledge.base import KnowledgeBase
 from helpline.knowledge.documents import SourceDocument
 
 log = structlog.get_logger(__name__)
+SETTLE_ROUNDS = 3  # reads of the knowledge per poll while documents keep changing under it (the next poll goes on)
 DELETED = "-"  # the version of a document that no longer exists (no answer drew on it)
 
 
@@ -56,7 +57,9 @@ class Invalidator:
         """Store the new version, then drop the answers that used the old one (and its ingest tags)."""
         await self._knowledge.upsert(document)
         self._learn_products()
-        return await self.invalidate([document.id], current=self._current([document.id]))
+        removed = await self.invalidate([document.id], current=self._current([document.id]))
+        await self.poll()  # another process may have saved the document again meanwhile (see poll)
+        return removed
 
     def _current(self, documents: Sequence[str]) -> dict[str, str]:
         """The version of each document as this process now has it (DELETED for one that is gone)."""
@@ -86,12 +89,24 @@ class Invalidator:
             await self.poll()
 
     async def poll(self) -> None:
-        """One round of :meth:`watch`; never raises (the watcher must outlive any failure)."""
+        """One round of :meth:`watch`; never raises (the watcher must outlive any failure).
+
+        The knowledge is read again after each invalidation it makes, and what changed meanwhile is invalidated
+        too: versions are content hashes, not ordered, so a replica that read version 2 and invalidated after
+        another had saved and invalidated version 3 set the store back to 2 (refusing the answers of 3, taking
+        those of 2). Its next read sees 3 and sets it right; the last invalidation of every process then names
+        a version read after everything it invalidated before."""
+        for _ in range(SETTLE_ROUNDS):
+            if not await self._poll_once():
+                return
+
+    async def _poll_once(self) -> bool:
+        """Whether it invalidated documents that changed (their versions may have moved on since it read them)."""
         try:
             changed = await self._knowledge.refresh()
         except Exception as error:  # noqa: BLE001 - a failed poll is retried next interval
             log.warning("knowledge_refresh_failed", error=type(error).__name__)
-            return
+            return False
         if changed:
             log.info("knowledge_refreshed", documents=len(changed))
             self._learn_products()
@@ -103,15 +118,18 @@ class Invalidator:
         versioned = [tag for tag in dict.fromkeys([*retry, *changed]) if tag not in whole]
         tags: dict[str, str | None] = {**self._current(versioned), **dict.fromkeys(whole)}
         if not tags:
-            return
+            return False
         current = {tag: version for tag, version in tags.items() if version is not None}
         try:
             await self.invalidate(list(tags), current=current)
         except CacheUnavailable:
             log.warning("cache_invalidation_pending", tags=len(self.pending))
+            return False
         except Exception:  # keep the tags for the next round, keep watching (logged with its traceback)
             self.pending = {**tags, **self.pending}
             log.exception("cache_invalidation_error")
+            return False
+        return bool(changed)
 
     async def settled(self) -> None:
         """Return once the re-warming started so far has finished (tests; a drain before shutdown)."""

@@ -40,10 +40,10 @@ for i = 1, n do
         end
       end
       redis.call('ZREM', ARGV[1] .. ':pop', key)
-      redis.call('HDEL', KEYS[i], key)
+      if keep ~= '' then redis.call('HDEL', KEYS[i], key) end
     end
   end
-  if keep ~= '' then redis.call('SET', KEYS[n + i], keep, 'EX', ARGV[2]) end
+  if keep == '' then redis.call('DEL', KEYS[i]) else redis.call('SET', KEYS[n + i], keep, 'EX', ARGV[2]) end
 end
 if whole then redis.call('INCR', ARGV[1] .. ':gen') end
 return removed

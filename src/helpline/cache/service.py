@@ -66,6 +66,43 @@ class CacheHit:
     matched_question: str = ""
 
 
+class Flight:
+    """One computation in flight for an answer key: the result it lands (a future) and, while it streams, the text
+    it has shown so far, for identical streamed requests that follow it instead of waiting in silence."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.parts: list[str] = []
+        self._moved = asyncio.Event()
+
+    def publish(self, text: str) -> None:
+        self.parts.append(text)
+        self._wake()
+
+    def land(self, result: Any) -> None:
+        """The first result stays (None: the computation ended without one)."""
+        if not self.future.done():
+            self.future.set_result(result)
+        self._wake()
+
+    def _wake(self) -> None:
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+
+    async def follow(self) -> AsyncIterator[str]:
+        """The text published so far, then each piece as it comes, until the result lands."""
+        sent = 0
+        while True:
+            moved = self._moved  # taken before looking: a wake-up after the look sets this very event
+            if sent < len(self.parts):
+                sent += 1
+                yield self.parts[sent - 1]
+            elif self.future.done():
+                return
+            else:
+                await moved.wait()
+
+
 class CacheUnavailable(ServiceUnavailable):
     """An invalidation the cache store did not confirm (the answers it should remove may still be served later)."""
 
@@ -117,7 +154,7 @@ class AnswerCache:
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._decompressor = zstandard.ZstdDecompressor()
         self._bypass_until = 0.0
-        self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._flights: dict[str, Flight] = {}
         self._on_event = on_event or (lambda _kind, _detail: None)
         self._hits: Counter[str] = Counter()  # popularity not yet sent to the store
         self._hits_sent_at = time.monotonic()
@@ -344,63 +381,81 @@ class AnswerCache:
     # -- single flight ---------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def single_flight(self, key: str) -> AsyncIterator[asyncio.Future[Any] | None]:
-        """Yields None to the first caller for ``key`` (it computes and must set the result through
-        :meth:`land`), or the future of the computation in flight to everyone else."""
+    async def single_flight(self, key: str) -> AsyncIterator[tuple[Flight, bool]]:
+        """Yields (the flight, True) to the first caller for ``key``: it computes, may publish its text as it
+        streams, and lands its result through :meth:`land` (None if it never does); (the flight in progress,
+        False) to everyone else, who await or follow it."""
         existing = self._flights.get(key)
-        if existing is not None:
-            yield existing
+        if existing is not None and not existing.future.done():
+            yield existing, False
             return
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._flights[key] = future
+        # (A flight that has landed but whose caller has not left yet is over: a caller it sent round again, whose
+        # reply it could not use, starts the next one.)
+        flight = Flight()
+        self._flights[key] = flight
         try:
-            yield None
+            yield flight, True
         finally:
-            self._flights.pop(key, None)
-            if not future.done():
-                future.set_result(None)
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.land(None)
 
     def land(self, key: str, result: Any) -> None:
-        future = self._flights.get(key)
-        if future is not None and not future.done():
-            future.set_result(result)
+        flight = self._flights.get(key)
+        if flight is not None:
+            flight.land(result)
 
     @contextlib.asynccontextmanager
-    async def peer_lock(self, question: str, scope: CacheScope) -> AsyncIterator[CacheHit | None]:
+    async def peer_lock(
+        self, question: str, scope: CacheScope, *, wait_s: float | None = None
+    ) -> AsyncIterator[CacheHit | None]:
         """Across replicas, one provider call per identical miss. The first replica to miss takes this answer's
         lock and computes it (yields None), renewing the lock while it works; the others wait for its answer to
         land (yields the hit), or until its lock is released or lapses without one (yields None: compute too).
 
         The lock is short-lived and renewed, not held for a provider's whole deadline: a holder that dies frees it
         within ``lock_ttl_s``, and one that answers slowly keeps it however long its providers take. Waiting ends
-        at once when the holder gives up without a cacheable answer, and after ``lock_wait_s`` at the latest. With
-        the store down this yields None at once: there is nobody to wait for."""
+        at once when the holder gives up without a cacheable answer, and after ``wait_s`` (default
+        ``lock_wait_s``) at the latest. With the store down this yields None at once: nobody to wait for."""
         key = self.entry_key(question, scope)
         lock_key = self.keys.lock(key)
         token = secrets.token_hex(8)
         ttl = self.settings.lock_ttl_s
         if not await self._guarded("lock", lambda: self.backend.lock(lock_key, ttl, token), True):
-            yield await self._await_peer(key, lock_key, question)
+            yield await self._await_peer(key, lock_key, question, scope, wait_s or self.settings.lock_wait_s)
             return
         renewing = asyncio.create_task(self._renew(lock_key, token), name="cache-lock-renew")
         try:
-            yield None
+            # The previous holder may have stored its answer and let go between this request's lookup and now.
+            found = await self._read(key)
+            yield CacheHit(found, "exact", 1.0, question) if found is not None else None
         finally:
             renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+            await asyncio.wait({renewing})  # (not awaited directly: this task's own cancellation must propagate)
             # Compare and delete: a lock that lapsed and was taken by another replica stays that replica's.
             await self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None)
 
     async def _renew(self, lock_key: str, token: str) -> None:
+        """Extend the lock every third of its TTL; a failed try is repeated soon after. Not through
+        :meth:`_guarded`: one slow renewal must neither switch the cache off for every request (a bypass) nor be
+        skipped as if it had worked; the lock lapses only if the store stays away for most of its TTL."""
         ttl = self.settings.lock_ttl_s
+        pause = ttl / 3
         while True:
-            await asyncio.sleep(ttl / 3)
-            if not await self._guarded("lock", lambda: self.backend.extend(lock_key, ttl, token), True):
-                return  # it lapsed (the store was unreachable for a while): others may be computing too
+            await asyncio.sleep(pause)
+            try:
+                async with asyncio.timeout(ttl / 4):
+                    if not await self.backend.extend(lock_key, ttl, token):
+                        return  # it lapsed: other replicas may be computing too
+                pause = ttl / 3
+            except Exception as error:  # noqa: BLE001 - a slow or failing store: try again soon, before it lapses
+                log.info("cache_lock_renewal_failed", error=type(error).__name__)
+                pause = ttl / 12
 
-    async def _await_peer(self, key: str, lock_key: str, question: str) -> CacheHit | None:
-        deadline = time.monotonic() + self.settings.lock_wait_s
+    async def _await_peer(
+        self, key: str, lock_key: str, question: str, scope: CacheScope, wait_s: float
+    ) -> CacheHit | None:
+        deadline = time.monotonic() + wait_s
         pause = PEER_POLL_S
         while (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(pause, left))
@@ -409,6 +464,7 @@ class AnswerCache:
             raw, held = await self._guarded("get", lambda: self.backend.peek(key, lock_key), gone)
             found = await self._readable(key, raw)
             if found is not None:
+                self._count_hit(key, scope)
                 return CacheHit(found, "exact", 1.0, question)
             if not held:
                 return None  # the holder is done without a cacheable answer (or is gone): compute

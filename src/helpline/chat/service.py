@@ -17,7 +17,7 @@ import structlog
 
 from helpline.cache.keys import CacheScope, context_digest
 from helpline.cache.policy import cacheable, is_personal, owner_scope
-from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit
+from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit, Flight
 from helpline.chat.prompts import PROMPT_VERSION, SYSTEM_RULES, estimate_tokens
 from helpline.chat.reply import BLOCKED_REPLY, ControlLineFilter, ParsedReply, PromptLeakGuard, parse_reply
 from helpline.config import Settings
@@ -95,8 +95,11 @@ class Prepared:
     started: float = field(default_factory=time.perf_counter)
     original: str = ""  # the shopper's words as typed, kept only in the conversation record
     # The cache's invalidation generation when retrieval read the knowledge: the answer is cached only if no
-    # invalidation came in between (None: not read, or the store could not say; then it is not cached).
+    # whole-tag invalidation came in between (None: not read, or the store could not say; then it is not cached).
+    # A document change is checked by version instead (see versions_of).
     generation: int | None = None
+    # Set when this request makes the call for identical ones: its text is published here as it streams.
+    relay: Flight | None = None
 
     @property
     def recorded(self) -> str:
@@ -139,6 +142,13 @@ class SharedReply:
 
     reply: ParsedReply
     usage: Usage
+    # Refused by the cache as drawn from a document that changed meanwhile: requests that waited for it (asked
+    # since the change) get a fresh answer instead; one already shown as it streamed is finished as it is.
+    stale: bool = False
+
+    @staticmethod
+    def usable(landed: object) -> bool:
+        return landed is not None and not (isinstance(landed, SharedReply) and landed.stale)
 
 
 def _reply_error(reply: ParsedReply) -> str | None:
@@ -250,24 +260,41 @@ class ChatService:
             return await self._answer(prepared)
 
     @contextlib.asynccontextmanager
-    async def _one_call(self, prepared: Prepared) -> AsyncIterator[CacheHit | SharedReply | None]:
+    async def _one_call(
+        self, prepared: Prepared, *, streamed: bool = False
+    ) -> AsyncIterator[CacheHit | SharedReply | Flight | None]:
         """Concurrent identical misses make one provider call. Yields what an identical request's call produced
-        (in this process, or cached by another replica), or None when this request is to make the call; its
-        reply lands for the others in :meth:`_finish`, cacheable or not (a handoff is shared, never cached)."""
+        (in this process, or cached by another replica); to a ``streamed`` request, the flight of an identical
+        request in this process that has not finished yet (to follow as it streams); or None when this request is
+        to make the call (its reply lands for the others in :meth:`_finish`, cacheable or not: a handoff is
+        shared, never cached; its text is published to ``prepared.relay`` as it streams).
+
+        A call that ends with nothing to share (cut, cancelled, or refused as stale) sends its waiters round
+        again: one of them makes the next call, the rest wait for that one, rather than all calling at once."""
         if self._cache is None:
             yield None
             return
         key = self._cache.entry_key(prepared.message, prepared.scope)
-        async with self._cache.single_flight(key) as in_flight:
-            if in_flight is not None:
-                # Shielded: awaiting a future directly would cancel it, for every waiter, when one is cancelled.
-                # None: the call failed or was cut; each waiter then tries for itself.
-                yield await asyncio.shield(in_flight)
+        while True:
+            async with self._cache.single_flight(key) as (flight, leading):
+                if leading:
+                    # A streamed request waits for another replica no longer than the router would wait for a
+                    # first token: its shopper is reading, and the other replica's text cannot be relayed.
+                    wait_s = self._settings.first_token_timeout_s if streamed else None
+                    async with self._cache.peer_lock(prepared.message, prepared.scope, wait_s=wait_s) as peer_hit:
+                        if peer_hit is not None:
+                            flight.land(peer_hit)
+                        prepared.relay = flight
+                        yield peer_hit
+                    return
+            if streamed and not flight.future.done():
+                yield flight
                 return
-            async with self._cache.peer_lock(prepared.message, prepared.scope) as peer_hit:
-                if peer_hit is not None:
-                    self._cache.land(key, peer_hit)
-                yield peer_hit
+            # Shielded: awaiting a future directly would cancel it, for every waiter, when one is cancelled.
+            landed = await asyncio.shield(flight.future)
+            if SharedReply.usable(landed):
+                yield landed
+                return
 
     async def _answer(self, prepared: Prepared) -> ChatResult:
         await self._retrieve(prepared)
@@ -297,8 +324,13 @@ class ChatService:
             async for event in self._replay(prepared, prepared.hit):
                 yield event
             return
-        async with self._one_call(prepared) as landed:
-            events = self._replay(prepared, landed) if landed is not None else self._stream_miss(prepared)
+        async with self._one_call(prepared, streamed=True) as landed:
+            if isinstance(landed, Flight):
+                events = self._follow(prepared, landed)
+            elif landed is not None:
+                events = self._replay(prepared, landed)
+            else:
+                events = self._stream_miss(prepared)
             async with contextlib.aclosing(events):
                 async for event in events:
                     yield event
@@ -308,11 +340,42 @@ class ChatService:
         text = landed.answer.reply if isinstance(landed, CacheHit) else landed.reply.text
         for start in range(0, len(text), REPLAY_CHUNK_CHARS):
             yield ChatEvent("delta", {"text": text[start : start + REPLAY_CHUNK_CHARS]})
+        yield ChatEvent("done", (await self._serve_landed(prepared, landed)).body())
+
+    async def _serve_landed(self, prepared: Prepared, landed: CacheHit | SharedReply) -> ChatResult:
         if isinstance(landed, CacheHit):
-            result = await self._serve_hit(prepared, landed)
+            return await self._serve_hit(prepared, landed)
+        return await self._finish(prepared, landed.reply, landed.usage, shared=True)
+
+    async def _follow(self, prepared: Prepared, flight: Flight) -> AsyncGenerator[ChatEvent, None]:
+        """An identical request's reply as it streams, then its outcome: done with its reply, or the same error
+        when it was cut after some text. If it ended before any text and with nothing to share, this request
+        answers for itself."""
+        shown = ""
+        async for text in flight.follow():
+            shown += text
+            yield ChatEvent("delta", {"text": text})
+        landed = await asyncio.shield(flight.future)
+        if landed is not None and shown:
+            yield ChatEvent("done", (await self._serve_landed(prepared, landed)).body())
+            return
+        if SharedReply.usable(landed):  # it did not stream (a plain request): replay its text
+            events = self._replay(prepared, landed)
+        elif shown:
+            events = self._stop(prepared, shown, Usage(), "the reply this one followed was cut")
         else:
-            result = await self._finish(prepared, landed.reply, landed.usage, shared=True)
-        yield ChatEvent("done", result.body())
+            events = self._stream_miss(prepared)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    async def _stop(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> AsyncGenerator[ChatEvent, None]:
+        await self._record_cut(prepared, shown, usage, reason)
+        yield ChatEvent(
+            "error",
+            {"code": "reply_cut", "message": "the reply was interrupted; please ask again",
+             "request_id": prepared.request_id},
+        )  # fmt: skip
 
     async def _stream_miss(self, prepared: Prepared) -> AsyncGenerator[ChatEvent, None]:
         """The router's reply as it is written; cached (and shared with identical requests) only once complete."""
@@ -329,19 +392,19 @@ class ChatService:
                         stopped = "blocked: the reply quoted the system prompt"
                         break
                     if text:
+                        if prepared.relay is not None:  # identical streamed requests follow this one
+                            prepared.relay.publish(text)
                         yield ChatEvent("delta", {"text": text})
         except StreamCut as cut:
             stopped = str(cut)
         if stopped is not None:
-            await self._record_cut(prepared, visible.visible, usage, stopped)
-            yield ChatEvent(
-                "error",
-                {"code": "reply_cut", "message": "the reply was interrupted; please ask again",
-                 "request_id": prepared.request_id},
-            )  # fmt: skip
+            async for event in self._stop(prepared, visible.visible, usage, stopped):
+                yield event
             return
         rest, control = visible.finish()
         if rest:
+            if prepared.relay is not None:
+                prepared.relay.publish(rest)
             yield ChatEvent("delta", {"text": rest})
         reply = self._checked(parse_reply(visible.visible + control, prepared.passages))
         result = await self._finish(prepared, reply, usage)
@@ -446,14 +509,17 @@ class ChatService:
         if self._cache is None:
             return
         answer = self._worth_caching(prepared, reply, usage)
-        if answer is not None and prepared.vector is not None and prepared.generation is not None:
-            await self._cache.store(
-                prepared.message, prepared.vector, prepared.scope, answer, generation=prepared.generation,
-                versions=versions_of(prepared.passages),
-            )  # fmt: skip
-        landed = CacheHit(answer, "exact", 1.0, prepared.message) if answer is not None else None
-        key = self._cache.entry_key(prepared.message, prepared.scope)
-        self._cache.land(key, landed or SharedReply(reply, Usage(usage.provider, usage.model)))
+        landed: CacheHit | SharedReply = SharedReply(reply, Usage(usage.provider, usage.model))
+        if answer is not None:
+            landed = CacheHit(answer, "exact", 1.0, prepared.message)
+            if prepared.vector is not None and prepared.generation is not None:
+                stored = await self._cache.store(
+                    prepared.message, prepared.vector, prepared.scope, answer, generation=prepared.generation,
+                    versions=versions_of(prepared.passages),
+                )  # fmt: skip
+                if not stored and self._cache.available:  # refused: drawn from a document that changed meanwhile
+                    landed = SharedReply(reply, Usage(usage.provider, usage.model), stale=True)
+        self._cache.land(self._cache.entry_key(prepared.message, prepared.scope), landed)
 
     async def warm(self, question: str, locale: str | None = None) -> bool:
         """Answer ``question`` as a first message from nobody in particular and cache it (no conversation)."""
