@@ -26,8 +26,10 @@ def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> Answe
         threshold=settings.cache_semantic_threshold,
         margin=settings.cache_semantic_margin,
         timeout_s=settings.cache_timeout_s,
-        # A waiting replica gives up when the holder's provider chain would have: its first-token deadline (after
-        # which it hedges to the next provider) plus a whole reply's.
+        # How long a replica waits for another's answer at most. The holder's lock is renewed while it works and
+        # lapses within 3 s if it dies, so this only bounds a shopper's wait on a holder that is still working: a
+        # first-token deadline (then the router hedges to the next provider) plus a whole reply's. A reply cut and
+        # continued by another provider can take longer; the waiter then answers for itself.
         lock_wait_s=settings.first_token_timeout_s + settings.provider_timeout_s,
     )
     return AnswerCache(backend, keys, cache_settings, guard, on_event=_on_event)

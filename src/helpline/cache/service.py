@@ -127,7 +127,7 @@ class CacheSettings:
     bypass_s: float = 2.0
     candidates: int = 20
     # The answer lock across replicas (see AnswerCache.peer_lock): its holder renews it every third of lock_ttl_s;
-    # a waiter gives up after lock_wait_s (the longest the provider chain may take: the factory sets it so).
+    # a waiter gives up after lock_wait_s (the factory sets it from the provider deadlines).
     lock_ttl_s: float = 3.0
     lock_wait_s: float = 35.0
     # An invalidation is not skipped like a lookup when the store is slow: it gets longer, and fails loudly.
