@@ -46,6 +46,18 @@ async def ask(api: Api, message: str, headers: dict[str, str] | None = None) -> 
     return body
 
 
+DELIVERY_TIMES = "policy-delivery.delivery-times"  # the document "How long does delivery take?" cites first
+
+
+async def save_delivery_times(api: Api, text: str = "Every order now arrives within 2 hours.") -> int:
+    """Change the delivery-times policy through the admin API; how many cached answers it removed."""
+    body = {"title": "Delivery times", "text": text, "kind": "policy"}
+    response = await api.client.put(f"/v1/admin/kb/documents/{DELIVERY_TIMES}", json=body, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    removed: int = response.json()["removed"]
+    return removed
+
+
 async def test_repeat_is_an_exact_hit_and_recorded(cached: tuple[Api, FakeProvider]) -> None:
     api, fake = cached
     first = await ask(api, "How long does delivery take?")
@@ -91,14 +103,7 @@ async def test_changed_document_drops_exactly_its_answers(cached: tuple[Api, Fak
     api, fake = cached
     await ask(api, "How long does delivery take?")
     await ask(api, "Which payment methods do you accept?")
-    cited = "policy-delivery.delivery-times"
-    response = await api.client.put(
-        f"/v1/admin/kb/documents/{cited}",
-        json={"title": "Delivery times", "text": "Every order now arrives within 2 hours.", "kind": "policy"},
-        headers=ADMIN,
-    )
-    assert response.status_code == 200, response.text
-    assert response.json()["removed"] >= 1
+    assert await save_delivery_times(api) >= 1
     fake.default = FakeReply(text="Orders arrive within 2 hours.")
     again = await ask(api, "How long does delivery take?")
     assert (again["cache"], again["reply"]) == ("miss", "Orders arrive within 2 hours.")
@@ -282,12 +287,7 @@ async def test_an_answer_computed_while_its_document_changed_is_not_cached(cache
     fake.replies = [FakeReply(text="Standard delivery takes three days.", first_token_delay_s=1.0)]
     asking = asyncio.create_task(ask(api, question))
     await wait_for_provider_call(fake)  # retrieval has read the old document; the provider is answering
-    response = await api.client.put(
-        "/v1/admin/kb/documents/policy-delivery.delivery-times",
-        json={"title": "Delivery times", "text": "Every order now arrives within 2 hours.", "kind": "policy"},
-        headers=ADMIN,
-    )
-    assert response.status_code == 200, response.text
+    await save_delivery_times(api)
     old = await asking
     assert (old["cache"], old["reply"]) == ("miss", "Standard delivery takes three days.")
     fake.default = FakeReply(text="Orders arrive within 2 hours.")
@@ -296,15 +296,22 @@ async def test_an_answer_computed_while_its_document_changed_is_not_cached(cache
     assert (await ask(api, question))["cache"] == "exact"  # answers computed after the change are cached
 
 
+async def leader_and_waiters(
+    api: Api, fake: FakeProvider, count: int, *, delay_s: float
+) -> tuple[asyncio.Task[dict[str, object]], list[asyncio.Task[dict[str, object]]]]:
+    """A request whose provider call takes ``delay_s``, and ``count`` identical ones sent while it is answering."""
+    question = "How long does delivery take?"
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.", first_token_delay_s=delay_s)
+    leader = asyncio.create_task(ask(api, question))
+    await wait_for_provider_call(fake)
+    return leader, [asyncio.create_task(ask(api, question)) for _ in range(count)]
+
+
 async def test_a_cancelled_waiter_does_not_cancel_the_others(cached: tuple[Api, FakeProvider]) -> None:
     """Identical misses share one provider call; one of them going away (a cancelled request) must not take the
     shared answer away from the rest."""
     api, fake = cached
-    question = "How long does delivery take?"
-    fake.default = FakeReply(text="Standard delivery takes one to two working days.", first_token_delay_s=1.0)
-    leader = asyncio.create_task(ask(api, question))
-    await wait_for_provider_call(fake)
-    waiters = [asyncio.create_task(ask(api, question)) for _ in range(3)]
+    leader, waiters = await leader_and_waiters(api, fake, 3, delay_s=1.0)
     await asyncio.sleep(0.3)  # the waiters are waiting on the leader's answer
     waiters[0].cancel()
     bodies = await asyncio.gather(leader, *waiters[1:])
@@ -470,7 +477,7 @@ async def test_replicas_repeating_an_invalidation_keep_the_rewarmed_answers_and_
         **UNLIMITED,
     )  # fmt: skip
     fake_a, fake_b = FakeProvider(name="gemini", model="a"), FakeProvider(name="gemini", model="b")
-    question, cited = "How long does delivery take?", "policy-delivery.delivery-times"
+    question, cited = "How long does delivery take?", DELIVERY_TIMES
     async with (
         running_api(settings, embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
         running_api(settings, embedder, [fake_b, ExtractiveProvider(0.5)]) as b,
@@ -479,12 +486,7 @@ async def test_replicas_repeating_an_invalidation_keep_the_rewarmed_answers_and_
             body = await ask(a, question)
         assert cited in [citation["id"] for citation in body["citations"]]  # type: ignore[attr-defined]
         fake_a.default = FakeReply(text="Orders arrive within 2 hours.")
-        response = await a.client.put(
-            f"/v1/admin/kb/documents/{cited}",
-            json={"title": "Delivery times", "text": "Every order now arrives within 2 hours.", "kind": "policy"},
-            headers=ADMIN,
-        )
-        assert response.json()["removed"] == 1
+        assert await save_delivery_times(a) == 1
         assert a.services.invalidator is not None
         assert b.services.invalidator is not None
         await a.services.invalidator.settled()
@@ -542,12 +544,7 @@ async def test_a_request_that_waited_for_an_answer_refused_as_stale_gets_a_fresh
     fake.replies = [FakeReply(text="Standard delivery takes three days.", first_token_delay_s=1.0)]
     asking = asyncio.create_task(ask(api, question))
     await wait_for_provider_call(fake)
-    response = await api.client.put(
-        "/v1/admin/kb/documents/policy-delivery.delivery-times",
-        json={"title": "Delivery times", "text": "Every order now arrives within 2 hours.", "kind": "policy"},
-        headers=ADMIN,
-    )
-    assert response.status_code == 200, response.text
+    await save_delivery_times(api)
     fake.default = FakeReply(text="Orders arrive within 2 hours.")
     waiter = await ask(api, question)  # the same question: it joins the call in flight
     old = await asking
@@ -562,11 +559,7 @@ async def test_when_the_call_everyone_waits_for_is_cancelled_one_of_them_calls_a
     """The request making the call goes away: its waiters do not all call the provider at once; one calls, the
     others wait for it."""
     api, fake = cached
-    question = "How long does delivery take?"
-    fake.default = FakeReply(text="Standard delivery takes one to two working days.", first_token_delay_s=0.5)
-    leader = asyncio.create_task(ask(api, question))
-    await wait_for_provider_call(fake)
-    waiters = [asyncio.create_task(ask(api, question)) for _ in range(4)]
+    leader, waiters = await leader_and_waiters(api, fake, 4, delay_s=0.5)
     await asyncio.sleep(0.1)
     leader.cancel()
     bodies = await asyncio.gather(*waiters)
@@ -619,12 +612,7 @@ async def test_a_replica_that_invalidated_an_older_version_late_sets_it_right(
         **UNLIMITED,
     )  # fmt: skip
     fake_a, fake_b = FakeProvider(name="gemini", model="a"), FakeProvider(name="gemini", model="b")
-    cited = "policy-delivery.delivery-times"
-
-    async def save(api: Api, text: str) -> None:
-        body = {"title": "Delivery times", "text": text, "kind": "policy"}
-        response = await api.client.put(f"/v1/admin/kb/documents/{cited}", json=body, headers=ADMIN)
-        assert response.status_code == 200, response.text
+    cited, save = DELIVERY_TIMES, save_delivery_times
 
     async with (
         running_api(settings, embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
