@@ -534,19 +534,31 @@ async def test_streamed_requests_following_an_identical_one_see_its_text_as_it_c
         assert (events[-1][1].kind, events[-1][1].data["cache"]) == ("done", "exact")
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
 async def test_a_request_that_waited_for_an_answer_refused_as_stale_gets_a_fresh_one(
-    cached: tuple[Api, FakeProvider],
+    cached: tuple[Api, FakeProvider], streamed: bool
 ) -> None:
     """A request asked after a document changed, which joined a call still answering from the old text, must not
     be handed that answer (as a cache hit, even): the cache refused it, and the request gets a fresh answer."""
     api, fake = cached
     question = "How long does delivery take?"
-    fake.replies = [FakeReply(text="Standard delivery takes three days.", first_token_delay_s=1.0)]
-    asking = asyncio.create_task(ask(api, question))
+    fake.replies = [FakeReply(text="Standard delivery takes three days.", chunks=4, chunk_delay_s=0.3)]
+
+    async def asked() -> dict[str, object]:
+        if not streamed:
+            return await ask(api, question)
+        events = parse_sse((await api.client.post("/v1/chat", json={"message": question, "stream": True})).text)
+        assert events[-1][0] == "done"
+        return events[-1][1]
+
+    asking = asyncio.create_task(asked())
     await wait_for_provider_call(fake)
     await save_delivery_times(api)
     fake.default = FakeReply(text="Orders arrive within 2 hours.")
-    waiter = await ask(api, question)  # the same question: it joins the call in flight
+    assert not asking.done()
+    # The same question: it joins the call in flight (streamed, it is not sent that call's text as it streams: the
+    # call began before the change).
+    waiter = await asked()
     old = await asking
     assert old["reply"] == "Standard delivery takes three days."
     assert (waiter["cache"], waiter["reply"]) == ("miss", "Orders arrive within 2 hours.")
@@ -638,3 +650,25 @@ async def test_a_replica_that_invalidated_an_older_version_late_sets_it_right(
         assert cited in [citation["id"] for citation in first["citations"]]
         again = (await a.client.post("/v1/chat", json=question)).json()
         assert (first["cache"], again["cache"]) == ("miss", "exact")  # version 3's answer was cached
+
+
+async def test_streamed_requests_whose_call_went_away_before_any_text_do_not_all_call_again(
+    cached: tuple[Api, FakeProvider],
+) -> None:
+    """The request making the call is cancelled before the provider sent anything: the streamed requests
+    following it go round again together, one makes the next call and the others follow it."""
+    api, fake = cached
+    chat = api.services.chat
+    assert chat is not None
+    leader, _ = await leader_and_waiters(api, fake, 0, delay_s=0.5)
+
+    async def stream() -> list[ChatEvent]:
+        prepared = await chat.prepare("How long does delivery take?", principal=ANONYMOUS, request_id="r")
+        return [event async for event in chat.chat_stream(prepared)]
+
+    followers = [asyncio.create_task(stream()) for _ in range(3)]
+    await asyncio.sleep(0.1)
+    leader.cancel()
+    streams = await asyncio.gather(*followers)
+    assert len(fake.requests) == 2  # the cancelled call, and one for the three
+    assert sorted(str(events[-1].data["cache"]) for events in streams) == ["exact", "exact", "miss"]

@@ -29,6 +29,7 @@ class Invalidator:
         # Tags whose invalidation the store did not confirm, retried by :meth:`watch` until it does: with the
         # document version to keep, or None for a whole tag.
         self.pending: dict[str, str | None] = {}
+        self._polling = asyncio.Lock()
 
     async def invalidate(
         self, tags: Sequence[str], *, rewarm: bool = True, current: Mapping[str, str] | None = None
@@ -96,9 +97,10 @@ class Invalidator:
         another had saved and invalidated version 3 set the store back to 2 (refusing the answers of 3, taking
         those of 2). Its next read sees 3 and sets it right; the last invalidation of every process then names
         a version read after everything it invalidated before."""
-        for _ in range(SETTLE_ROUNDS):
-            if not await self._poll_once():
-                return
+        async with self._polling:  # one at a time: two overlapping reads of the knowledge could set it back
+            for _ in range(SETTLE_ROUNDS):
+                if not await self._poll_once():
+                    return
 
     async def _poll_once(self) -> bool:
         """Whether it invalidated documents that changed (their versions may have moved on since it read them)."""

@@ -70,8 +70,9 @@ class Flight:
     """One computation in flight for an answer key: the result it lands (a future) and, while it streams, the text
     it has shown so far, for identical streamed requests that follow it instead of waiting in silence."""
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: int = 0) -> None:
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.epoch = epoch  # the cache's count of invalidations in this process when the flight began
         self.parts: list[str] = []
         self._moved = asyncio.Event()
 
@@ -155,6 +156,8 @@ class AnswerCache:
         self._decompressor = zstandard.ZstdDecompressor()
         self._bypass_until = 0.0
         self._flights: dict[str, Flight] = {}
+        self.invalidations = 0  # invalidations this process has made (a flight begun before one may be stale)
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._on_event = on_event or (lambda _kind, _detail: None)
         self._hits: Counter[str] = Counter()  # popularity not yet sent to the store
         self._hits_sent_at = time.monotonic()
@@ -333,6 +336,7 @@ class AnswerCache:
             raise CacheUnavailable("cached answers could not be removed: the cache store did not answer") from error
         finally:
             self._mirrors.clear()
+            self.invalidations += 1
         log.info("cache_invalidated", tags=list(tags)[:20], removed=len(removed), popular=len(popular))
         return len(removed), popular
 
@@ -391,7 +395,7 @@ class AnswerCache:
             return
         # (A flight that has landed but whose caller has not left yet is over: a caller it sent round again, whose
         # reply it could not use, starts the next one.)
-        flight = Flight()
+        flight = Flight(self.invalidations)
         self._flights[key] = flight
         try:
             yield flight, True
@@ -399,11 +403,6 @@ class AnswerCache:
             if self._flights.get(key) is flight:
                 del self._flights[key]
             flight.land(None)
-
-    def land(self, key: str, result: Any) -> None:
-        flight = self._flights.get(key)
-        if flight is not None:
-            flight.land(result)
 
     @contextlib.asynccontextmanager
     async def peer_lock(
@@ -421,26 +420,44 @@ class AnswerCache:
         lock_key = self.keys.lock(key)
         token = secrets.token_hex(8)
         ttl = self.settings.lock_ttl_s
-        if not await self._guarded("lock", lambda: self.backend.lock(lock_key, ttl, token), True):
-            yield await self._await_peer(key, lock_key, question, scope, wait_s or self.settings.lock_wait_s)
+        taken = await self._guarded("lock", lambda: self.backend.lock(lock_key, ttl, token), None)
+        if taken is None:  # the store is not answering: nobody to wait for, no lock to keep
+            yield None
+            return
+        if not taken:
+            yield await self._await_peer(
+                key, lock_key, question, scope, self.settings.lock_wait_s if wait_s is None else wait_s
+            )
             return
         renewing = asyncio.create_task(self._renew(lock_key, token), name="cache-lock-renew")
         try:
             # The previous holder may have stored its answer and let go between this request's lookup and now.
             found = await self._read(key)
+            if found is not None:
+                self._count_hit(key, scope)
             yield CacheHit(found, "exact", 1.0, question) if found is not None else None
         finally:
             renewing.cancel()
-            await asyncio.wait({renewing})  # (not awaited directly: this task's own cancellation must propagate)
             # Compare and delete: a lock that lapsed and was taken by another replica stays that replica's.
-            await self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None)
+            unlock = self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None)
+            try:
+                await unlock
+            except asyncio.CancelledError:
+                # Cancelled again while letting go (sse-starlette cancels a disconnected stream's task at every
+                # await): let go in the background rather than hold the lock until it lapses.
+                cleanup = asyncio.create_task(
+                    self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None)
+                )
+                self._cleanups.add(cleanup)
+                cleanup.add_done_callback(self._cleanups.discard)
+                raise
 
     async def _renew(self, lock_key: str, token: str) -> None:
         """Extend the lock every third of its TTL; a failed try is repeated soon after. Not through
         :meth:`_guarded`: one slow renewal must neither switch the cache off for every request (a bypass) nor be
         skipped as if it had worked; the lock lapses only if the store stays away for most of its TTL."""
         ttl = self.settings.lock_ttl_s
-        pause = ttl / 3
+        pause, logged = ttl / 3, False
         while True:
             await asyncio.sleep(pause)
             try:
@@ -449,7 +466,9 @@ class AnswerCache:
                         return  # it lapsed: other replicas may be computing too
                 pause = ttl / 3
             except Exception as error:  # noqa: BLE001 - a slow or failing store: try again soon, before it lapses
-                log.info("cache_lock_renewal_failed", error=type(error).__name__)
+                if not logged:  # once per lock: a store that is down fails every try
+                    log.info("cache_lock_renewal_failed", error=type(error).__name__)
+                    logged = True
                 pause = ttl / 12
 
     async def _await_peer(

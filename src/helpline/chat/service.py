@@ -100,6 +100,7 @@ class Prepared:
     generation: int | None = None
     # Set when this request makes the call for identical ones: its text is published here as it streams.
     relay: Flight | None = None
+    answered: bool = False  # a streamed request following another's flight has finished its own reply
 
     @property
     def recorded(self) -> str:
@@ -275,7 +276,9 @@ class ChatService:
             yield None
             return
         key = self._cache.entry_key(prepared.message, prepared.scope)
+        rounds = 0
         while True:
+            rounds += 1
             async with self._cache.single_flight(key) as (flight, leading):
                 if leading:
                     # A streamed request waits for another replica no longer than the router would wait for a
@@ -287,12 +290,14 @@ class ChatService:
                         prepared.relay = flight
                         yield peer_hit
                     return
-            if streamed and not flight.future.done():
-                yield flight
+            if streamed and flight.epoch == self._cache.invalidations:
+                yield flight  # (one begun before an invalidation here is awaited instead: it may be refused as stale)
                 return
             # Shielded: awaiting a future directly would cancel it, for every waiter, when one is cancelled.
             landed = await asyncio.shield(flight.future)
-            if SharedReply.usable(landed):
+            # A second stale reply in a row is handed over as it is (a miss, never cached): this replica's copy of
+            # the knowledge is behind, and every further round would be refused alike, one provider call each.
+            if SharedReply.usable(landed) or (landed is not None and rounds > 1):
                 yield landed
                 return
 
@@ -324,16 +329,20 @@ class ChatService:
             async for event in self._replay(prepared, prepared.hit):
                 yield event
             return
-        async with self._one_call(prepared, streamed=True) as landed:
-            if isinstance(landed, Flight):
-                events = self._follow(prepared, landed)
-            elif landed is not None:
-                events = self._replay(prepared, landed)
-            else:
-                events = self._stream_miss(prepared)
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    yield event
+        followed = True
+        while followed:  # a flight that ended before any text, with nothing to share: go round again
+            followed = False
+            async with self._one_call(prepared, streamed=True) as landed:
+                if isinstance(landed, Flight):
+                    events = self._follow(prepared, landed)
+                elif landed is not None:
+                    events = self._replay(prepared, landed)
+                else:
+                    events = self._stream_miss(prepared)
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        yield event
+                    followed = isinstance(landed, Flight) and not prepared.answered
 
     async def _replay(self, prepared: Prepared, landed: CacheHit | SharedReply) -> AsyncGenerator[ChatEvent, None]:
         """An answer already made (cached, or an identical request's) as a stream: its text in pieces, then done."""
@@ -349,24 +358,24 @@ class ChatService:
 
     async def _follow(self, prepared: Prepared, flight: Flight) -> AsyncGenerator[ChatEvent, None]:
         """An identical request's reply as it streams, then its outcome: done with its reply, or the same error
-        when it was cut after some text. If it ended before any text and with nothing to share, this request
-        answers for itself."""
+        when it was cut after some text. If it ended before any text and with nothing to share, this yields
+        nothing more and leaves ``prepared.answered`` unset (the caller goes round again)."""
         shown = ""
         async for text in flight.follow():
             shown += text
             yield ChatEvent("delta", {"text": text})
         landed = await asyncio.shield(flight.future)
         if landed is not None and shown:
+            prepared.answered = True
             yield ChatEvent("done", (await self._serve_landed(prepared, landed)).body())
-            return
-        if SharedReply.usable(landed):  # it did not stream (a plain request): replay its text
-            events = self._replay(prepared, landed)
+        elif SharedReply.usable(landed):  # it did not stream (a plain request): replay its text
+            prepared.answered = True
+            async with contextlib.aclosing(self._replay(prepared, landed)) as events:
+                async for event in events:
+                    yield event
         elif shown:
-            events = self._stop(prepared, shown, Usage(), "the reply this one followed was cut")
-        else:
-            events = self._stream_miss(prepared)
-        async with contextlib.aclosing(events):
-            async for event in events:
+            prepared.answered = True
+            async for event in self._stop(prepared, shown, Usage(), "the reply this one followed was cut"):
                 yield event
 
     async def _stop(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> AsyncGenerator[ChatEvent, None]:
@@ -519,7 +528,8 @@ class ChatService:
                 )  # fmt: skip
                 if not stored and self._cache.available:  # refused: drawn from a document that changed meanwhile
                     landed = SharedReply(reply, Usage(usage.provider, usage.model), stale=True)
-        self._cache.land(self._cache.entry_key(prepared.message, prepared.scope), landed)
+        if prepared.relay is not None:  # only into the flight this request leads (never a later one for the key)
+            prepared.relay.land(landed)
 
     async def warm(self, question: str, locale: str | None = None) -> bool:
         """Answer ``question`` as a first message from nobody in particular and cache it (no conversation)."""
