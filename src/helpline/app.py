@@ -198,6 +198,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await invalidator.aclose()
+            await chat.aclose()
             await writer.close()  # graceful shutdown: every accepted conversation is written
             await cache.close()  # sends the last popularity counts, then closes the store
             await limiter.aclose()

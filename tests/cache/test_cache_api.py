@@ -4,6 +4,7 @@ streaming replay, single flight, and a Redis outage that costs nothing but the c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 import time
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from helpline.chat.service import ChatEvent
+from helpline.chat.service import ChatEvent, ChatService
 from helpline.knowledge.base import KnowledgeBase
 from helpline.knowledge.documents import SourceDocument
 from helpline.knowledge.embeddings import Embedder
@@ -672,3 +673,49 @@ async def test_streamed_requests_whose_call_went_away_before_any_text_do_not_all
     streams = await asyncio.gather(*followers)
     assert len(fake.requests) == 2  # the cancelled call, and one for the three
     assert sorted(str(events[-1].data["cache"]) for events in streams) == ["exact", "exact", "miss"]
+
+
+async def first_delta_then_leave(chat: ChatService, question: str) -> str:
+    """A streamed request whose shopper goes away after the first piece of text; that piece."""
+    prepared = await chat.prepare(question, principal=ANONYMOUS, request_id="gone")
+    async with contextlib.aclosing(chat.chat_stream(prepared)) as events:
+        async for event in events:
+            if event.kind == "delta":
+                return str(event.data["text"])
+    raise AssertionError("no text came")
+
+
+async def test_a_leader_whose_shopper_leaves_keeps_answering_those_following_it(
+    cached: tuple[Api, FakeProvider],
+) -> None:
+    """The shopper whose request makes the call goes away mid-reply: the streamed requests following it still get
+    the whole answer (before, they got reply_cut), and the call is recorded and cached as usual. A call nobody
+    follows is still stopped when its shopper leaves."""
+    api, fake = cached
+    chat = api.services.chat
+    assert chat is not None
+    question = "How long does delivery take?"
+    fake.default = FakeReply(
+        text="Standard delivery takes one to two working days.", first_token_delay_s=0.5, chunks=4, chunk_delay_s=0.3
+    )
+
+    async def stream() -> list[ChatEvent]:
+        prepared = await chat.prepare(question, principal=ANONYMOUS, request_id="r")
+        return [event async for event in chat.chat_stream(prepared)]
+
+    leaving = asyncio.create_task(first_delta_then_leave(chat, question))  # leaves once the follower follows
+    await wait_for_provider_call(fake)
+    following = asyncio.create_task(stream())
+    await leaving
+    events = await following
+    assert (events[-1].kind, events[-1].data["reply"]) == ("done", "Standard delivery takes one to two working days.")
+    assert len(fake.requests) == 1
+    assert fake.cancelled == 0
+    assert (await ask(api, question))["cache"] == "exact"
+    assert await api.conversations.count() == 3  # the shopper who left is recorded too
+    fake.default = FakeReply(text="Orders are packed the same day.", chunks=4, chunk_delay_s=0.3)
+    await first_delta_then_leave(chat, "When are orders packed?")  # alone: the call stops with its shopper
+    deadline = time.monotonic() + 5
+    while fake.cancelled == 0:
+        assert time.monotonic() < deadline, "the call nobody followed was not stopped"
+        await asyncio.sleep(0.02)

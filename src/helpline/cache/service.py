@@ -74,6 +74,7 @@ class Flight:
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.epoch = epoch  # the cache's count of invalidations in this process when the flight began
         self.parts: list[str] = []
+        self.followers = 0  # streamed requests reading it as it streams
         self._moved = asyncio.Event()
 
     def publish(self, text: str) -> None:
@@ -93,15 +94,19 @@ class Flight:
     async def follow(self) -> AsyncIterator[str]:
         """The text published so far, then each piece as it comes, until the result lands."""
         sent = 0
-        while True:
-            moved = self._moved  # taken before looking: a wake-up after the look sets this very event
-            if sent < len(self.parts):
-                sent += 1
-                yield self.parts[sent - 1]
-            elif self.future.done():
-                return
-            else:
-                await moved.wait()
+        self.followers += 1
+        try:
+            while True:
+                moved = self._moved  # taken before looking: a wake-up after the look sets this very event
+                if sent < len(self.parts):
+                    sent += 1
+                    yield self.parts[sent - 1]
+                elif self.future.done():
+                    return
+                else:
+                    await moved.wait()
+        finally:
+            self.followers -= 1
 
 
 class CacheUnavailable(ServiceUnavailable):

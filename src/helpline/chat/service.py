@@ -196,6 +196,7 @@ class ChatService:
         self._router = router
         self._cache = cache
         self._leak_guard = PromptLeakGuard(SYSTEM_RULES)
+        self._producers: set[asyncio.Task[None]] = set()
 
     async def prepare(
         self,
@@ -322,13 +323,44 @@ class ChatService:
         passages = self._knowledge.search_vector(prepared.vector, self._settings.retrieval_top_k, prepared.message)
         prepared.passages = tuple(passages)
 
-    async def chat_stream(self, prepared: Prepared) -> AsyncIterator[ChatEvent]:
-        """SSE events for a prepared question. A cut reply ends with ``error``, never ``done``."""
+    async def chat_stream(self, prepared: Prepared) -> AsyncGenerator[ChatEvent, None]:
+        """SSE events for a prepared question. A cut reply ends with ``error``, never ``done``.
+
+        A miss is answered in a task of its own, which this reads: when the shopper goes away, a call that
+        identical streamed requests are following goes on for them (and is recorded and cached as usual); a call
+        nobody else follows is stopped, as the shopper's own."""
         yield ChatEvent("meta", {"session_id": prepared.session_id, "request_id": prepared.request_id})
         if prepared.hit is not None:
             async for event in self._replay(prepared, prepared.hit):
                 yield event
             return
+        events: asyncio.Queue[ChatEvent | None] = asyncio.Queue()
+        producer = asyncio.create_task(self._produce(prepared, events), name="chat-stream")
+        self._producers.add(producer)
+        producer.add_done_callback(self._producers.discard)
+        try:
+            while (queued := await events.get()) is not None:
+                yield queued
+            await producer  # its error, if it failed
+        finally:
+            if not producer.done() and (prepared.relay is None or not prepared.relay.followers):
+                producer.cancel()
+
+    async def _produce(self, prepared: Prepared, events: asyncio.Queue[ChatEvent | None]) -> None:
+        try:
+            async with contextlib.aclosing(self._miss_events(prepared)) as produced:
+                async for event in produced:
+                    events.put_nowait(event)
+        finally:
+            events.put_nowait(None)
+
+    async def aclose(self) -> None:
+        """Stop the streamed answers still running (shutdown; before the conversation writer drains)."""
+        for producer in list(self._producers):
+            producer.cancel()
+        await asyncio.gather(*self._producers, return_exceptions=True)
+
+    async def _miss_events(self, prepared: Prepared) -> AsyncGenerator[ChatEvent, None]:
         followed = True
         while followed:  # a flight that ended before any text, with nothing to share: go round again
             followed = False
