@@ -15,7 +15,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -91,7 +91,7 @@ class Flight:
         moved, self._moved = self._moved, asyncio.Event()
         moved.set()
 
-    async def follow(self) -> AsyncIterator[str]:
+    async def follow(self) -> AsyncGenerator[str, None]:
         """The text published so far, then each piece as it comes, until the result lands."""
         sent = 0
         self.followers += 1

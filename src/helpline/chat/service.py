@@ -393,9 +393,10 @@ class ChatService:
         when it was cut after some text. If it ended before any text and with nothing to share, this yields
         nothing more and leaves ``prepared.answered`` unset (the caller goes round again)."""
         shown = ""
-        async for text in flight.follow():
-            shown += text
-            yield ChatEvent("delta", {"text": text})
+        async with contextlib.aclosing(flight.follow()) as texts:  # closed at once if this one is: not a follower
+            async for text in texts:
+                shown += text
+                yield ChatEvent("delta", {"text": text})
         landed = await asyncio.shield(flight.future)
         if landed is not None and shown:
             prepared.answered = True
