@@ -392,7 +392,7 @@ class AnswerCache:
     @contextlib.asynccontextmanager
     async def single_flight(self, key: str) -> AsyncIterator[tuple[Flight, bool]]:
         """Yields (the flight, True) to the first caller for ``key``: it computes, may publish its text as it
-        streams, and lands its result through :meth:`land` (None if it never does); (the flight in progress,
+        streams, and lands its result through :meth:`Flight.land` (None if it never does); (the flight in progress,
         False) to everyone else, who await or follow it."""
         existing = self._flights.get(key)
         if existing is not None and not existing.future.done():
@@ -443,16 +443,17 @@ class AnswerCache:
             yield CacheHit(found, "exact", 1.0, question) if found is not None else None
         finally:
             renewing.cancel()
+
             # Compare and delete: a lock that lapsed and was taken by another replica stays that replica's.
-            unlock = self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None)
+            async def unlock() -> None:
+                await self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None)
+
             try:
-                await unlock
+                await unlock()
             except asyncio.CancelledError:
                 # Cancelled again while letting go (sse-starlette cancels a disconnected stream's task at every
                 # await): let go in the background rather than hold the lock until it lapses.
-                cleanup = asyncio.create_task(
-                    self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None)
-                )
+                cleanup = asyncio.create_task(unlock())
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
                 raise
