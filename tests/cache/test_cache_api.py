@@ -719,3 +719,28 @@ async def test_a_leader_whose_shopper_leaves_keeps_answering_those_following_it(
     while fake.cancelled == 0:
         assert time.monotonic() < deadline, "the call nobody followed was not stopped"
         await asyncio.sleep(0.02)
+
+
+async def test_a_follower_of_a_cut_reply_records_why_it_was_cut(cached: tuple[Api, FakeProvider]) -> None:
+    """The reply a streamed request follows is cut: the follower ends with the same error, and its record says why
+    the call it followed stopped (the operators see the provider's reason on both, not a fixed text)."""
+    api, fake = cached
+    chat = api.services.chat
+    assert chat is not None
+    fake.default = FakeReply(text="Delivery takes one to two working days.", chunks=5, cut_after=2, chunk_delay_s=0.3)
+
+    async def stream() -> tuple[str, list[ChatEvent]]:
+        prepared = await chat.prepare("How long does delivery take?", principal=ANONYMOUS, request_id="r")
+        return prepared.session_id, [event async for event in chat.chat_stream(prepared)]
+
+    leading = asyncio.create_task(stream())
+    await wait_for_provider_call(fake)
+    (follower_session, followed), (leader_session, led) = await asyncio.gather(stream(), leading)
+    assert len(fake.requests) == 1
+    assert [events[-1].data["code"] for events in (led, followed)] == ["reply_cut", "reply_cut"]
+    (leader_row,) = await api.conversations.history(leader_session)
+    (follower_row,) = await api.conversations.history(follower_session)
+    assert leader_row.error is not None
+    assert leader_row.error.startswith("reply cut: ")
+    reason = leader_row.error.removeprefix("reply cut: ")
+    assert follower_row.error == f"reply cut: the reply this one followed was cut ({reason})"

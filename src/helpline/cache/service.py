@@ -75,6 +75,7 @@ class Flight:
         self.epoch = epoch  # the cache's count of invalidations in this process when the flight began
         self.parts: list[str] = []
         self.followers = 0  # streamed requests reading it as it streams
+        self.cut: str | None = None  # why its stream stopped short, when it did (its followers record it too)
         self._moved = asyncio.Event()
 
     def publish(self, text: str) -> None:

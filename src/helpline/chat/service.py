@@ -255,10 +255,8 @@ class ChatService:
         if prepared.hit is not None:
             return await self._serve_hit(prepared, prepared.hit)
         async with self._one_call(prepared) as landed:
-            if isinstance(landed, CacheHit):
-                return await self._serve_hit(prepared, landed)
-            if isinstance(landed, SharedReply):
-                return await self._finish(prepared, landed.reply, landed.usage, shared=True)
+            if isinstance(landed, CacheHit | SharedReply):
+                return await self._serve_landed(prepared, landed)
             return await self._answer(prepared)
 
     @contextlib.asynccontextmanager
@@ -408,10 +406,13 @@ class ChatService:
                     yield event
         elif shown:
             prepared.answered = True
-            async for event in self._stop(prepared, shown, Usage(), "the reply this one followed was cut"):
+            reason = f"the reply this one followed was cut ({flight.cut or 'cancelled'})"
+            async for event in self._stop(prepared, shown, Usage(), reason):
                 yield event
 
     async def _stop(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> AsyncGenerator[ChatEvent, None]:
+        if prepared.relay is not None:  # the requests following this one record why their reply ended here too
+            prepared.relay.cut = reason
         await self._record_cut(prepared, shown, usage, reason)
         yield ChatEvent(
             "error",
