@@ -17,6 +17,20 @@ import pytest
 from helpline.cache.policy import is_personal
 
 PERSONAL = [
+    # Found by a review (session 7): each was cached as shared, so another API key got the first asker's answer.
+    "What's my order number?",
+    "What is my account balance?",
+    "How many loyalty points do I have?",
+    "What's the balance on my gift card?",
+    "What did I order last week?",
+    "Which items are in my order?",
+    "When's my next delivery?",
+    "What's my delivery date?",
+    "Did I get refunded?",
+    "Please cancel the order I just placed",
+    "The driver didn't deliver my groceries",
+    "How much did I pay for my last order?",
+    "Hi, I'm Jane Doe. How long does delivery take?",
     # Where is my order, in many phrasings, casings and typos.
     "where's my stuff",
     "hi, where's my stuff",

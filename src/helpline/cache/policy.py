@@ -395,13 +395,28 @@ _HOW_TO = _rules(
 )
 
 
+# Questions after the asker's own data, in shapes the rules above do not list: what/which/how many… of "my" thing
+# ("what's my order number?", "how much did I pay for my last order?"; not "what happens to my points if…", a
+# policy), what "I" did or have ("did I get refunded?", "how many points do I have?", "the order I just placed"),
+# a delivery that did not come, and a shopper introducing themselves by name (a reply may greet them by it).
+_OWN_DATA = re.compile(
+    _AT + r"(?:(?:what(?!\s+happens?\b)|what's|whats|which|when's|whens|where's|wheres|how\s+many|how\s+much)\b"
+    r"[^.?!;]*\s(?:my|mine|our)|i'm\s+[a-z]+\s+[a-z]+\s*[.,!]|(?:hi|hello|hey)[ ,]+(?:this\s+is|it's|i'm)\s+[a-z]+"
+    r"|(?:didn't|did\s+not|never|hasn't|has\s+not)\s+(?:deliver|arrive|come|show|turn)\w*|did\s+i|do\s+i\s+have"
+    r"|have\s+i|i\s+(?:just|already|ordered|placed|paid|bought|received|returned|sent))\b"
+)
+
+
 @lru_cache(maxsize=1024)  # a pure function of the text; repeated questions are what a cache serves
 def is_personal(message: str) -> bool:
     """A question whose answer depends on who asks; it must never be served to another owner."""
     text = " " + message.lower().replace("\u2019", "'")
     if ("@" in text and _EMAIL.search(text)) or (_DIGIT.search(text) and _identifying_number(text)):
         return True
-    return bool(_OWN_STATE.search(text) or _OWN_REQUEST.search(_HOW_TO.sub(";", text)))
+    if _OWN_STATE.search(text):
+        return True
+    asked = _HOW_TO.sub(";", text)
+    return bool(_OWN_REQUEST.search(asked) or _OWN_DATA.search(asked))
 
 
 def owner_scope(personal: bool, key_id: int | None, session_id: str) -> str:

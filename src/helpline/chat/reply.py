@@ -15,7 +15,9 @@ from helpline.providers.base import Action, Citation
 MARKER = "<<"
 _CONTROL = re.compile(r"<<\s*ACTION\s*=\s*(answer|handoff)\s*;?\s*(?:SOURCES\s*=\s*([^>]*))?>>\s*$", re.IGNORECASE)
 _HANDOFF_PHRASES = re.compile(
-    r"\b(?:i(?:'m| am) not sure|i (?:do not|don't) (?:know|have (?:that|this) information)|"
+    r"\b(?:i(?:'m| am) not sure|i (?:do not|don't) (?:know|have (?:any |that |this )?information)|"
+    # an apology for not answering ("Sorry, I could not find any information about that.") is not an answer
+    r"i (?:could not|couldn't|can't|cannot|was unable to|am unable to) (?:find|help|answer)|i(?:'m| am) unable to|"
     r"(?:a|one of our) (?:person|member of (?:our|the) (?:support )?team|colleague|human)[^.]{0,40}"
     r"(?:will|shall|can) (?:follow up|get back|contact))",
     re.IGNORECASE,

@@ -216,7 +216,8 @@ class ChatService:
         if session_id is not None:
             await self.check_owner(session_id, principal)
             history = await self._history(session_id)
-        else:
+        else:  # the caller's own turns (OpenAI-compatible API): masked like the message before anything sees them
+            history = tuple(Turn(redact(turn.message).text, redact(turn.reply).text) for turn in history)
             session_id = await self._conversations.create_session(principal, locale)
         scope = self.scope(message, locale, history, principal, session_id)
         # Providers, the cache and the embedder see the message with personal data masked; the record keeps it.

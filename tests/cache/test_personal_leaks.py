@@ -1,0 +1,91 @@
+"""Personal answers and personal details must not reach other owners through the shared cache (found by a review,
+session 7: each test failed on the code before it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from helpline.knowledge.embeddings import Embedder
+from helpline.providers.extractive import ExtractiveProvider
+from helpline.providers.fake import FakeProvider, FakeReply
+from tests.cache.test_cache_api import UNLIMITED, ask
+from tests.conftest import Api, make_settings, running_api
+
+
+@pytest.fixture
+async def cached(sqlite_url: str, embedder: Embedder) -> AsyncIterator[tuple[Api, FakeProvider]]:
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    async with running_api(make_settings(sqlite_url, **UNLIMITED), embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        yield api, fake
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What's my order number?",
+        "What is my account balance?",
+        "How many loyalty points do I have?",
+        "What's the balance on my gift card?",
+        "What did I order last week?",
+        "Which items are in my order?",
+        "When's my next delivery?",  # "When is my next delivery?" is personal; the contraction is not
+        "What's my delivery date?",
+        "Did I get refunded?",  # "Was I refunded?" / "Have I been refunded?" are personal
+        "Please cancel the order I just placed",
+        "The driver didn't deliver my groceries",
+        "How much did I pay for my last order?",
+    ],
+)
+async def test_a_personal_question_is_not_answered_with_another_owners_answer(
+    cached: tuple[Api, FakeProvider], question: str
+) -> None:
+    """The policy: a question whose correct answer needs the asker's own data is cached only for its owner."""
+    api, fake = cached
+    alice, _ = await api.services.api_keys.create("alice")
+    bob, _ = await api.services.api_keys.create("bob")
+    fake.replies = [FakeReply(text="Alice: that is about order GB-48213."), FakeReply(text="Bob's own answer.")]
+    first = await ask(api, question, {"authorization": f"Bearer {alice}"})
+    assert first["reply"] == "Alice: that is about order GB-48213."
+    other = await ask(api, question, {"authorization": f"Bearer {bob}"})
+    assert (other["cache"], other["reply"]) == ("miss", "Bob's own answer.")
+
+
+async def test_a_shoppers_name_is_not_served_to_another_shopper(cached: tuple[Api, FakeProvider]) -> None:
+    """A shopper introduces herself; the question is not personal, her name is not redacted, the model greets her by
+    name, and that answer goes to the shared scope, where another shopper's plain question hits it semantically."""
+    api, fake = cached
+    fake.replies = [FakeReply(text="Hi Jane! Standard delivery takes one to two working days.")]
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.")
+    jane = await ask(api, "Hi, I'm Jane Doe. How long does delivery take?")
+    assert jane["cache"] == "miss"
+    other = await ask(api, "How long does delivery take?")
+    assert "Jane" not in str(other["reply"]), (other["cache"], other["reply"])
+
+
+async def test_openai_compatible_history_is_redacted_before_the_provider(cached: tuple[Api, FakeProvider]) -> None:
+    """/v1/chat masks personal data in the message and in the stored history before a provider sees it; the
+    OpenAI-compatible route passes the client's earlier turns through as typed."""
+    api, fake = cached
+    messages = [
+        {"role": "user", "content": "My email is jane.doe@example.com and my card is 4111 1111 1111 1111"},
+        {"role": "assistant", "content": "Thanks, noted."},
+        {"role": "user", "content": "How long does delivery take?"},
+    ]
+    response = await api.client.post("/v1/chat/completions", json={"model": "helpline", "messages": messages})
+    assert response.status_code == 200, response.text
+    sent = " ".join(turn.message for turn in fake.requests[-1].history)
+    assert "jane.doe@example.com" not in sent, sent  # masked, as /v1/chat masks the message
+    assert "4111" not in sent, sent
+
+
+async def test_an_apology_is_not_cached(cached: tuple[Api, FakeProvider]) -> None:
+    """'Only good answers ... not an apology': an apology the model tagged ACTION=answer with a source is cached
+    and served to everyone (only 'not sure' / 'a member of our team will follow up' wording counts as a handoff)."""
+    api, fake = cached
+    fake.replies = [FakeReply(text="Sorry, I could not find any information about that.")]
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.")
+    await ask(api, "How long does delivery take?")
+    again = await ask(api, "How long does delivery take?")
+    assert again["cache"] == "miss", again["reply"]
