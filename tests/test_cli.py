@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLE_KB
+from helpline.knowledge.embeddings import Embedder
+from helpline.providers.extractive import ExtractiveProvider
+from helpline.providers.fake import FakeProvider, FakeReply
+from tests.cache.test_cache_api import ask
+from tests.conftest import SAMPLE_KB, make_settings, running_api
 
 
 @pytest.fixture
@@ -18,8 +24,10 @@ def empty_sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
 
 
-def run_cli(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HELPLINE_DATABASE_URL": database_url, "HELPLINE_ENV": "development"}
+def run_cli(
+    *args: str, database_url: str, cwd: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HELPLINE_DATABASE_URL": database_url, "HELPLINE_ENV": "development", **(extra_env or {})}
     return subprocess.run(  # noqa: S603 - our own CLI with fixed arguments
         [sys.executable, "-m", "helpline", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
         check=False,
@@ -74,3 +82,58 @@ def test_production_settings_refuse_to_start(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "SQLite" in result.stderr
     assert "ADMIN_TOKEN is not set" in result.stderr
+
+
+async def test_kb_ingest_removes_the_cached_answers_of_the_documents_it_changed(
+    tmp_path: Path, sqlite_url: str, embedder: Embedder
+) -> None:
+    """A replica started after `helpline kb ingest` loads the new versions, so it never sees a change to
+    invalidate: the ingest itself must remove the answers drawn from the old text from the shared cache, or they
+    are served for the whole TTL (found by a review, session 7)."""
+    tenant = "t" + secrets.token_hex(6)
+    settings = make_settings(sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant=tenant, kb_refresh_s=3600)
+    question = "How long does delivery take?"
+    old = FakeProvider(name="gemini", model="old", default=FakeReply(text="Standard delivery takes one to two days."))
+    async with running_api(settings, embedder, [old, ExtractiveProvider(0.5)]) as before:
+        assert (await ask(before, question))["cache"] == "miss"
+        assert (await ask(before, question))["cache"] == "exact"
+    edited = tmp_path / "delivery.md"
+    policy = (SAMPLE_KB / "policies" / "delivery.md").read_text(encoding="utf-8")
+    changed = policy.replace(
+        "standard delivery arrives within 1\N{EN DASH}2 working days", "every order arrives within 2 hours"
+    )
+    assert changed != policy
+    edited.write_text(changed, encoding="utf-8")
+    result = run_cli(
+        "kb", "ingest", str(edited), "--json", database_url=sqlite_url, cwd=tmp_path,
+        extra_env={"HELPLINE_REDIS_URL": settings.redis_url, "HELPLINE_TENANT": tenant},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["updated"] == ["policy-delivery.delivery-times"]
+    new = FakeProvider(name="gemini", model="new", default=FakeReply(text="Every order arrives within 2 hours."))
+    async with running_api(settings, embedder, [new, ExtractiveProvider(0.5)]) as after:
+        again = await ask(after, question)
+    assert (again["cache"], again["reply"]) == ("miss", "Every order arrives within 2 hours.")
+
+
+def test_kb_ingest_that_cannot_reach_the_cache_says_which_answers_may_be_stale(
+    tmp_path: Path, empty_sqlite_url: str
+) -> None:
+    first = run_cli("kb", "ingest", str(SAMPLE_KB / "faq.jsonl"), database_url=empty_sqlite_url, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    lines = (SAMPLE_KB / "faq.jsonl").read_text(encoding="utf-8").splitlines()
+    entry = json.loads(lines[0])
+    entry["answer"] += " (Updated.)"
+    edited = tmp_path / "faq.jsonl"
+    edited.write_text(json.dumps(entry) + "\n", encoding="utf-8")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = run_cli(
+        "kb", "ingest", str(edited), database_url=empty_sqlite_url, cwd=tmp_path,
+        extra_env={"HELPLINE_REDIS_URL": f"redis://127.0.0.1:{port}/0"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert entry["id"] in result.stderr
+    assert "helpline cache invalidate" in result.stderr
+    assert "Traceback" not in result.stderr

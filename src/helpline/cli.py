@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from helpline.app import bootstrap_admin, create_app, load_sample_if_empty
+from helpline.cache.factory import build_cache
+from helpline.cache.service import CacheUnavailable
 from helpline.cli_cache import cache_cli, eval_cli
 from helpline.config import ConfigError, Settings
 from helpline.knowledge.base import IngestReport, KnowledgeBase
@@ -49,6 +51,8 @@ def load_settings() -> Settings:
     except (ConfigError, ValueError) as error:
         err.print(f"[red]configuration error:[/red] {error}")
         raise typer.Exit(2) from error
+    # Log lines go to stderr: stdout carries a command's --json output (a cache log line there broke its parsing).
+    configure_logging(settings.log_level, json_logs_for(settings.env, settings.log_json))
     return settings
 
 
@@ -85,8 +89,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Serve the HTTP API (migrates and loads the sample knowledge base on first start)."""
-    settings = load_settings()
-    configure_logging(settings.log_level, json_logs_for(settings.env, settings.log_json))  # _prepare logs too
+    settings = load_settings()  # logging configured: _prepare logs too
     asyncio.run(_prepare(settings))
     prepare_multiprocess(workers)  # several workers: a fresh PROMETHEUS_MULTIPROC_DIR they all write to
     uvicorn.run(
@@ -133,6 +136,16 @@ def kb_ingest(
         err.print(f"[red]cannot ingest:[/red] {error}")
         raise typer.Exit(1) from error
     report = asyncio.run(_ingest(settings, documents, show_progress=not as_json))
+    if settings.redis_url and report.updated:
+        versions = {doc.id: doc.content_hash() for doc in documents if doc.id in set(report.updated)}
+        try:
+            asyncio.run(_invalidate_changed(settings, versions))
+        except CacheUnavailable as error:
+            err.print(
+                f"[red]{error.message}[/red]: the documents are stored, but answers drawn from their old text may "
+                f"still be served; run `helpline cache invalidate --tag ID` for: {', '.join(sorted(versions))}"
+            )
+            raise typer.Exit(1) from error
     emit(
         {"added": report.added, "updated": report.updated, "unchanged": report.unchanged},
         as_json,
@@ -159,6 +172,17 @@ async def _ingest(settings: Settings, documents: list[Any], *, show_progress: bo
             )
     finally:
         await engine.dispose()
+
+
+async def _invalidate_changed(settings: Settings, versions: dict[str, str]) -> None:
+    """The cached answers drawn from another version of the changed documents go, in the shared store: running
+    replicas would also find the change on their next knowledge poll, but one started after this ingest loads the
+    new versions and never sees a change, and would serve the old answers until they expire."""
+    cache = build_cache(settings)
+    try:
+        await cache.invalidate(list(versions), current=versions)
+    finally:
+        await cache.close()
 
 
 @keys_cli.command("create")

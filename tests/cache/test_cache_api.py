@@ -744,3 +744,80 @@ async def test_a_follower_of_a_cut_reply_records_why_it_was_cut(cached: tuple[Ap
     assert leader_row.error.startswith("reply cut: ")
     reason = leader_row.error.removeprefix("reply cut: ")
     assert follower_row.error == f"reply cut: the reply this one followed was cut ({reason})"
+
+
+async def test_a_lock_holder_whose_cache_is_bypassed_still_lets_go_of_its_lock(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """Replica A holds the answer lock; a moment of slowness puts A's cache in bypass before its answer lands. A
+    still sends its unlock (before, a bypass skipped it), so B's waiter learns at once that A is done instead of
+    polling a lock nobody holds until it lapses (found by a review, session 7)."""
+    settings = make_settings(
+        sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
+        **UNLIMITED,
+    )  # fmt: skip
+    slow = FakeReply(text="Standard delivery takes one to two working days.", first_token_delay_s=1.0)
+    fake_a, fake_b = (FakeProvider(name="gemini", model=name, default=slow) for name in ("a", "b"))
+    question = "How long does delivery take?"
+    async with (
+        running_api(settings, embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
+        running_api(settings, embedder, [fake_b, ExtractiveProvider(0.5)]) as b,
+    ):
+        cache_a = a.services.cache
+        assert cache_a is not None
+        leader = asyncio.create_task(ask(a, question))
+        await wait_for_provider_call(fake_a)
+        waiter = asyncio.create_task(ask(b, question))
+        await asyncio.sleep(0.3)
+        cache_a._bypass_until = time.monotonic() + 2.0  # as after one timed-out call on replica A
+        assert (await leader)["cache"] == "miss"
+        finished = time.perf_counter()
+        await waiter
+        waited = time.perf_counter() - finished
+    assert waited < 1.5, f"B waited {waited:.1f} s after A had finished (the lock was left to lapse: 3 s)"
+
+
+async def test_an_invalidation_on_a_slow_store_is_bounded(
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy
+) -> None:
+    """Redis slow but within each call's timeout: ranking the popular answers of 60 tags read them one call at a
+    time (6.2 s at 0.1 s a round trip) and held the admin's request. The ranking now has one deadline, half the
+    invalidation's, and the answers still go (found by a review, session 7)."""
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    settings = make_settings(
+        sqlite_url, redis_url=f"redis://127.0.0.1:{blackhole_redis.port}/0", cache_timeout_s=1.0,
+        tenant="t" + secrets.token_hex(6), kb_refresh_s=3600, **UNLIMITED,
+    )  # fmt: skip
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        for _ in range(3):  # popular: asked three times
+            await ask(api, "How long does delivery take?")
+        blackhole_redis.add_latency(0.05)  # each way: a round trip of 0.1 s, well within the 1 s per call
+        tags = [DELIVERY_TIMES, *(f"faq-unused-{n}" for n in range(59))]
+        started = time.perf_counter()
+        response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": tags}, headers=ADMIN)
+        took = time.perf_counter() - started
+        assert response.status_code == 200, response.text
+        assert response.json()["removed"] >= 1
+    assert took < 2.0, f"the invalidation took {took:.1f} s"
+
+
+async def test_a_document_saved_through_the_admin_api_keeps_its_ingest_tags(cached: tuple[Api, FakeProvider]) -> None:
+    """`PUT /v1/admin/kb/documents/{id}` replaced the document's ingest tags with none: answers drawn on the new
+    text did not carry them, and an invalidation by tag left them stale (found by a review, session 7)."""
+    api, _fake = cached
+    body = {
+        "title": "How do I create a Greenbasket account?",
+        "text": "Sign up in the app with your email.",
+        "kind": "faq",
+    }
+    response = await api.client.put("/v1/admin/kb/documents/faq-create-account", json=body, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"id": "faq-create-account", "removed": 0, "created": False}
+    stored = await KnowledgeRepository(api.services.sessions).get("faq-create-account")
+    assert stored is not None
+    assert stored.tags == ["account"]
+    assert (await ask(api, "How do I create a Greenbasket account?"))["cache"] == "miss"
+    assert (await ask(api, "How do I create a Greenbasket account?"))["cache"] == "exact"
+    response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": ["account"]}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json()["removed"] >= 1

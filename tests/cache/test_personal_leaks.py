@@ -89,3 +89,29 @@ async def test_an_apology_is_not_cached(cached: tuple[Api, FakeProvider]) -> Non
     await ask(api, "How long does delivery take?")
     again = await ask(api, "How long does delivery take?")
     assert again["cache"] == "miss", again["reply"]
+
+
+async def test_a_key_serving_many_shoppers_keeps_each_shoppers_personal_answer_theirs(
+    cached: tuple[Api, FakeProvider],
+) -> None:
+    """A store's backend calls the OpenAI-compatible route with one API key for all its shoppers and names each in
+    the ``user`` field: a personal answer is that shopper's, not the key's. Generic answers stay shared."""
+    api, fake = cached
+    backend, _ = await api.services.api_keys.create("store-backend")
+    headers = {"authorization": f"Bearer {backend}"}
+
+    async def complete(question: str, user: str) -> dict[str, object]:
+        body = {"model": "helpline", "user": user, "messages": [{"role": "user", "content": question}]}
+        response = await api.client.post("/v1/chat/completions", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        helpline: dict[str, object] = response.json()["helpline"]
+        return {**helpline, "reply": response.json()["choices"][0]["message"]["content"]}
+
+    fake.replies = [FakeReply(text="Alice: that is about order GB-48213."), FakeReply(text="Bob's own answer.")]
+    assert (await complete("What's my order number?", "alice"))["reply"] == "Alice: that is about order GB-48213."
+    assert (await complete("What's my order number?", "alice"))["cache"] == "exact"  # hers, again
+    other = await complete("What's my order number?", "bob")
+    assert (other["cache"], other["reply"]) == ("miss", "Bob's own answer.")
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.")
+    assert (await complete("How long does delivery take?", "alice"))["cache"] == "miss"
+    assert (await complete("How long does delivery take?", "bob"))["cache"] == "exact"

@@ -209,3 +209,31 @@ async def test_a_late_event_loop_is_not_taken_for_a_slow_redis(redis_proxy: TcpP
     finally:
         redis_proxy.pass_through()
         await limiter.aclose()
+
+
+async def test_a_lease_taken_by_a_call_given_up_on_is_given_back(redis_proxy: TcpProxy) -> None:
+    """Redis slower than the limiter's timeout still runs the script it was sent and takes a lease under the
+    global cap; nobody holds its token, so the slot stayed taken for the lease TTL (30 s) after Redis recovered.
+    A cap of 64 then refused everyone once 64 requests had been given up on. The lease is given back."""
+    primary = RedisLimiter(create_redis(f"redis://127.0.0.1:{redis_proxy.port}/0"), 100, prefix=unique_prefix())
+    limiter = FallbackLimiter(primary, MemoryLimiter(100, backend="memory-fallback"), cooldown_s=0.5)
+    direct = create_redis(REDIS_URL)
+    try:
+        first = await limiter.acquire([])  # connected and the script loaded
+        assert first.lease is not None
+        await first.lease.release()
+        redis_proxy.add_latency(1.0)
+        decisions = await asyncio.gather(*(limiter.acquire([]) for _ in range(3)))
+        assert {decision.backend for decision in decisions} == {"memory-fallback"}
+        redis_proxy.pass_through()
+        await asyncio.sleep(2.0)  # the script arrives ~1 s after it was sent
+        for _ in range(50):  # given back 1 s after the call was given up on; allow up to 5 s more
+            if not await direct.zcard(primary.lease_key):
+                break
+            await asyncio.sleep(0.1)
+        assert await direct.zcard(primary.lease_key) == 0, "leases nobody holds still count against the cap"
+    finally:
+        redis_proxy.pass_through()
+        await limiter.aclose()
+        await delete_prefix(direct, primary._prefix)
+        await direct.aclose()

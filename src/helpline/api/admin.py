@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import orjson
@@ -13,6 +12,7 @@ from helpline.api.deps import AdminDep, Services, ServicesDep, require_json
 from helpline.api.schemas import ErrorResponse
 from helpline.errors import InvalidInput
 from helpline.knowledge.documents import DOC_ID_PATTERN, SourceDocument
+from helpline.store.repositories import KnowledgeRepository
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -50,6 +50,7 @@ class DocumentIn(BaseModel):
 class DocumentOut(BaseModel):
     id: str
     removed: int
+    created: bool  # no document had this id before
 
 
 @router.post(
@@ -67,22 +68,24 @@ def check_document_id(document_id: str) -> None:
         raise InvalidInput(f"document id must match {DOC_ID_PATTERN.pattern}", code="invalid_document_id")
 
 
-async def save_document(
-    services: Services, document_id: str, body: DocumentIn, *, source: str, tags: Sequence[str] = ()
-) -> DocumentOut:
+async def save_document(services: Services, document_id: str, body: DocumentIn, *, source: str) -> DocumentOut:
     """Create or replace a knowledge document, re-index it and drop the cached answers that drew on it.
 
     The one path for every writer of a single document (this API and the dashboard's editor). An FAQ's question
-    and answer are its title and text unless the metadata names them."""
+    and answer are its title and text unless the metadata names them. The stored document's ingest tags are kept
+    (neither writer sets them): dropped, the answers drawn on the new text would not carry them, and an
+    invalidation by tag (`helpline cache invalidate --tag`) would leave those answers stale."""
     check_document_id(document_id)
     assert services.invalidator is not None  # noqa: S101 - built by the lifespan
+    stored = await KnowledgeRepository(services.sessions).get(document_id)
     metadata = dict(body.metadata)
     if body.kind == "faq":
         metadata.setdefault("question", body.title)
         metadata.setdefault("answer", body.text)
-    document = SourceDocument(document_id, body.kind, body.title.strip(), body.text.strip(), metadata, [*tags], source)
+    tags = list(stored.tags or []) if stored is not None else []
+    document = SourceDocument(document_id, body.kind, body.title.strip(), body.text.strip(), metadata, tags, source)
     removed = await services.invalidator.upsert_document(document)
-    return DocumentOut(id=document_id, removed=removed)
+    return DocumentOut(id=document_id, removed=removed, created=stored is None)
 
 
 @router.put(

@@ -108,7 +108,7 @@ async def chat_completions(*, body: CompletionIn, request: Request, caller: Call
     await charge(request, caller.services, caller.principal, session_id=None)
     created = int(time.time())
     prepared = await caller.chat.prepare(
-        question, principal=caller.principal, request_id=caller.request_id, history=history
+        question, principal=caller.principal, request_id=caller.request_id, history=history, end_user=body.user
     )
     if body.stream:
         return EventSourceResponse(_chunks(caller.chat.chat_stream(prepared), created), ping=15)

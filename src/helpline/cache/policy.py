@@ -11,6 +11,7 @@ shared leaks one shopper's answer to another, a shared question kept personal on
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from collections.abc import Iterable, Sequence
@@ -419,10 +420,16 @@ def is_personal(message: str) -> bool:
     return bool(_OWN_REQUEST.search(asked) or _OWN_DATA.search(asked))
 
 
-def owner_scope(personal: bool, key_id: int | None, session_id: str) -> str:
+def owner_scope(personal: bool, key_id: int | None, session_id: str, end_user: str | None = None) -> str:
+    """Whose a personal answer is: the API key's; the key's end user, when a key serving many shoppers names them
+    (the OpenAI-compatible ``user`` field); else the conversation's (anonymous callers cannot claim a name)."""
     if not personal:
         return "shared"
-    return f"user:{key_id}" if key_id is not None else f"session:{session_id}"
+    if key_id is None:
+        return f"session:{session_id}"
+    if end_user:
+        return f"user:{key_id}:" + hashlib.sha256(end_user.encode()).hexdigest()[:32]
+    return f"user:{key_id}"
 
 
 def cacheable(

@@ -207,11 +207,13 @@ class ChatService:
         session_id: str | None = None,
         locale: str | None = None,
         history: tuple[Turn, ...] = (),
+        end_user: str | None = None,
     ) -> Prepared:
         """Everything that can refuse the request, before any event is sent; then the cache lookup.
 
         ``history``: earlier turns supplied by the caller (the OpenAI-compatible API is stateless); a stored
-        session's own turns take their place when ``session_id`` is given."""
+        session's own turns take their place when ``session_id`` is given. ``end_user``: the shopper an API key
+        serving many names (the OpenAI-compatible ``user`` field): their personal answers are theirs alone."""
         message = clean_message(raw_message, self._settings.max_message_chars)
         if session_id is not None:
             await self.check_owner(session_id, principal)
@@ -219,7 +221,7 @@ class ChatService:
         else:  # the caller's own turns (OpenAI-compatible API): masked like the message before anything sees them
             history = tuple(Turn(redact(turn.message).text, redact(turn.reply).text) for turn in history)
             session_id = await self._conversations.create_session(principal, locale)
-        scope = self.scope(message, locale, history, principal, session_id)
+        scope = self.scope(message, locale, history, principal, session_id, end_user=end_user)
         # Providers, the cache and the embedder see the message with personal data masked; the record keeps it.
         safe = redact(message).text
         prepared = Prepared(safe, session_id, principal, request_id, locale, history, None, scope, original=message)
@@ -235,7 +237,14 @@ class ChatService:
         return prepared
 
     def scope(
-        self, message: str, locale: str | None, history: tuple[Turn, ...], principal: Principal, session_id: str
+        self,
+        message: str,
+        locale: str | None,
+        history: tuple[Turn, ...],
+        principal: Principal,
+        session_id: str,
+        *,
+        end_user: str | None = None,
     ) -> CacheScope:
         """Everything that changes the answer: store, locale, prompt, knowledge, conversation, owner."""
         return CacheScope(
@@ -245,7 +254,7 @@ class ChatService:
             variant=self._settings.prompt_variant,
             kb_version=self._knowledge.embedder.model_id,
             context=context_digest(history),
-            owner=owner_scope(is_personal(message), principal.key_id, session_id),
+            owner=owner_scope(is_personal(message), principal.key_id, session_id, end_user),
         )
 
     async def chat(self, raw_message: str, **context: Any) -> ChatResult:

@@ -97,6 +97,7 @@ if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) en
 return renewed
 """
 
+ORPHAN_RELEASE_DELAY_S = 1.0  # a lease a given-up call may have taken is removed this long after (see below)
 RENEW_BATCH = 500  # tokens per renew call: keeps Lua's argument stack far from its limit
 
 
@@ -125,6 +126,7 @@ class RedisLimiter:
         self._renew_script = client.register_script(RENEW_LUA)
         self.keeper = LeaseKeeper(self._renew, lease_ttl_s)
         self._releases = ReleaseBatcher(self._remove_leases)
+        self._orphans: set[asyncio.Task[None]] = set()
         # The cluster client fails at once (MaxConnectionsError) when its per-node pool is exhausted instead of
         # waiting; a burst of a thousand requests must queue briefly here instead of falling back.
         self._gate = asyncio.Semaphore(max_in_flight)
@@ -151,9 +153,28 @@ class RedisLimiter:
         args: list[int | str] = [self._max_concurrent if lease else 0, self._lease_ttl_ms, token]
         for tier in tiers:
             args += [tier.rate.limit, tier.rate.window_ms]
-        async with self._gate:
-            raw: list[Any] = await self._acquire_script(keys=keys, args=args)
+        try:
+            async with self._gate:
+                raw: list[Any] = await self._acquire_script(keys=keys, args=args)
+        except BaseException:
+            if lease:
+                self._give_back_later(token)
+            raise
         return self._decision([int(value) for value in raw], tiers, token, lease=lease)
+
+    def _give_back_later(self, token: str) -> None:
+        """A call given up on (timed out, cancelled, failed) may still have run in Redis, slow rather than silent,
+        and taken a lease under the global cap that nobody holds: it counted against every replica until its TTL
+        (30 s), so once a burst had been given up on, the cap refused everyone after Redis recovered. Its token is
+        removed a moment later (after the script it may race on another connection; a no-op if it never ran)."""
+
+        async def give_back() -> None:
+            await asyncio.sleep(ORPHAN_RELEASE_DELAY_S)
+            await Lease(token, self._release).release()  # never raises: a failure is logged, the TTL reclaims it
+
+        task = asyncio.get_running_loop().create_task(give_back(), name="ratelimit-orphan-lease")
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     def _decision(self, raw: list[int], tiers: Sequence[Tier], token: str, *, lease: bool) -> Decision:
         allowed, refused, retry_ms, in_flight = raw[:4]
@@ -196,6 +217,8 @@ class RedisLimiter:
         await prewarm(self.client, pool_size(self.client), self._prefix)  # a burst then opens none
 
     async def aclose(self) -> None:
+        for task in self._orphans:
+            task.cancel()  # shutting down: the lease TTL reclaims what they would have given back
         await self.keeper.stop()
         await self._releases.aclose()
         await self.client.aclose()

@@ -232,7 +232,4 @@ async def admin_api_document(document_id: str, services: ServicesDep) -> dict[st
 async def admin_api_save_document(document_id: str, body: DocumentIn, services: ServicesDep) -> dict[str, Any]:
     """Save through the admin API's own path (``PUT /v1/admin/kb/documents/{id}``): re-index, then remove the cached
     answers that drew on the document. The stored document's ingest tags are kept (the editor does not show them)."""
-    stored = await knowledge_of(services).get(document_id)
-    tags = list(stored.tags or []) if stored is not None else []
-    saved = await save_document(services, document_id, body, source="admin-dashboard", tags=tags)
-    return {**saved.model_dump(), "created": stored is None}
+    return (await save_document(services, document_id, body, source="admin-dashboard")).model_dump()
