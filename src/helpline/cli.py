@@ -137,7 +137,8 @@ def kb_ingest(
         raise typer.Exit(1) from error
     report = asyncio.run(_ingest(settings, documents, show_progress=not as_json))
     if settings.redis_url and report.updated:
-        versions = {doc.id: doc.content_hash() for doc in documents if doc.id in set(report.updated)}
+        updated = set(report.updated)
+        versions = {doc.id: doc.content_hash() for doc in documents if doc.id in updated}
         try:
             asyncio.run(_invalidate_changed(settings, versions))
         except CacheUnavailable as error:

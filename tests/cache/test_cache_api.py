@@ -465,6 +465,24 @@ async def test_a_popular_follow_up_is_not_rewarmed_as_a_first_message(cached: tu
     assert (await ask(api, follow_up))["cache"] == "miss"
 
 
+@contextlib.asynccontextmanager
+async def two_replicas(
+    sqlite_url: str, embedder: Embedder, reply: FakeReply | None = None
+) -> AsyncIterator[tuple[Api, FakeProvider, Api, FakeProvider]]:
+    """Replicas A and B of one store on one Redis (a tenant of their own) and one database, each with its own
+    provider (answering ``reply``, if given): (A, A's provider, B, B's provider)."""
+    settings = make_settings(
+        sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
+        **UNLIMITED,
+    )  # fmt: skip
+    fake_a, fake_b = (FakeProvider(name="gemini", model=name, default=reply or FakeReply()) for name in ("a", "b"))
+    async with (
+        running_api(settings, embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
+        running_api(settings, embedder, [fake_b, ExtractiveProvider(0.5)]) as b,
+    ):
+        yield a, fake_a, b, fake_b
+
+
 async def test_replicas_repeating_an_invalidation_keep_the_rewarmed_answers_and_refuse_stale_ones(
     sqlite_url: str, embedder: Embedder
 ) -> None:
@@ -473,16 +491,8 @@ async def test_replicas_repeating_an_invalidation_keep_the_rewarmed_answers_and_
     not throw away A's re-warmed answer (it drew on the new version), nor pay for re-warming it again. And while
     B still has the old text, what B answers from it is never cached: A's invalidation told the store which
     version is current."""
-    settings = make_settings(
-        sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
-        **UNLIMITED,
-    )  # fmt: skip
-    fake_a, fake_b = FakeProvider(name="gemini", model="a"), FakeProvider(name="gemini", model="b")
     question, cited = "How long does delivery take?", DELIVERY_TIMES
-    async with (
-        running_api(settings, embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
-        running_api(settings, embedder, [fake_b, ExtractiveProvider(0.5)]) as b,
-    ):
+    async with two_replicas(sqlite_url, embedder) as (a, fake_a, b, fake_b):
         for _ in range(3):  # a miss, then two hits: popular
             body = await ask(a, question)
         assert cited in [citation["id"] for citation in body["citations"]]  # type: ignore[attr-defined]
@@ -585,17 +595,9 @@ async def test_concurrent_identical_misses_on_two_replicas_make_one_provider_cal
 ) -> None:
     """Two replicas on one Redis, plain and streamed requests for the same question on both, the provider slower
     than the cross-replica lock's lifetime (renewed while it works): one call in all."""
-    settings = make_settings(
-        sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
-        **UNLIMITED,
-    )  # fmt: skip
     slow = FakeReply(text="Standard delivery takes one to two working days.", first_token_delay_s=1.2)
-    fake_a, fake_b = (FakeProvider(name="gemini", model=name, default=slow) for name in ("a", "b"))
     question = "How long does delivery take?"
-    async with (
-        running_api(settings, embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
-        running_api(settings, embedder, [fake_b, ExtractiveProvider(0.5)]) as b,
-    ):
+    async with two_replicas(sqlite_url, embedder, slow) as (a, fake_a, b, fake_b):
         for api in (a, b):
             cache = api.services.cache
             assert cache is not None
@@ -620,17 +622,9 @@ async def test_a_replica_that_invalidated_an_older_version_late_sets_it_right(
     """Versions are content hashes, not ordered. Replica B reads version 2 of a document; replica A then saves
     version 3 and invalidates it; B's invalidation of version 2 lands last and sets the store back to 2. B reads
     the knowledge again after invalidating and invalidates version 3: answers drawn from it are cached again."""
-    settings = make_settings(
-        sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
-        **UNLIMITED,
-    )  # fmt: skip
-    fake_a, fake_b = FakeProvider(name="gemini", model="a"), FakeProvider(name="gemini", model="b")
     cited, save = DELIVERY_TIMES, save_delivery_times
 
-    async with (
-        running_api(settings, embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
-        running_api(settings, embedder, [fake_b, ExtractiveProvider(0.5)]) as b,
-    ):
+    async with two_replicas(sqlite_url, embedder) as (a, _fake_a, b, _fake_b):
         await save(a, "Every order arrives within 3 hours.")  # version 2
         knowledge, read = b.services.knowledge, b.services.knowledge.refresh
         saved: list[bool] = []
@@ -752,17 +746,9 @@ async def test_a_lock_holder_whose_cache_is_bypassed_still_lets_go_of_its_lock(
     """Replica A holds the answer lock; a moment of slowness puts A's cache in bypass before its answer lands. A
     still sends its unlock (before, a bypass skipped it), so B's waiter learns at once that A is done instead of
     polling a lock nobody holds until it lapses (found by a review, session 7)."""
-    settings = make_settings(
-        sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
-        **UNLIMITED,
-    )  # fmt: skip
     slow = FakeReply(text="Standard delivery takes one to two working days.", first_token_delay_s=1.0)
-    fake_a, fake_b = (FakeProvider(name="gemini", model=name, default=slow) for name in ("a", "b"))
     question = "How long does delivery take?"
-    async with (
-        running_api(settings, embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
-        running_api(settings, embedder, [fake_b, ExtractiveProvider(0.5)]) as b,
-    ):
+    async with two_replicas(sqlite_url, embedder, slow) as (a, fake_a, b, _fake_b):
         cache_a = a.services.cache
         assert cache_a is not None
         leader = asyncio.create_task(ask(a, question))

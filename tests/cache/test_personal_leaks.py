@@ -11,6 +11,7 @@ from helpline.knowledge.embeddings import Embedder
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
 from tests.cache.test_cache_api import UNLIMITED, ask
+from tests.cache.test_policy import FOUND_BY_REVIEW
 from tests.conftest import Api, make_settings, running_api
 
 
@@ -21,23 +22,7 @@ async def cached(sqlite_url: str, embedder: Embedder) -> AsyncIterator[tuple[Api
         yield api, fake
 
 
-@pytest.mark.parametrize(
-    "question",
-    [
-        "What's my order number?",
-        "What is my account balance?",
-        "How many loyalty points do I have?",
-        "What's the balance on my gift card?",
-        "What did I order last week?",
-        "Which items are in my order?",
-        "When's my next delivery?",  # "When is my next delivery?" is personal; the contraction is not
-        "What's my delivery date?",
-        "Did I get refunded?",  # "Was I refunded?" / "Have I been refunded?" are personal
-        "Please cancel the order I just placed",
-        "The driver didn't deliver my groceries",
-        "How much did I pay for my last order?",
-    ],
-)
+@pytest.mark.parametrize("question", FOUND_BY_REVIEW)
 async def test_a_personal_question_is_not_answered_with_another_owners_answer(
     cached: tuple[Api, FakeProvider], question: str
 ) -> None:

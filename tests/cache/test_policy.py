@@ -16,20 +16,23 @@ import pytest
 
 from helpline.cache.policy import is_personal
 
-PERSONAL = [
-    # Found by a review (session 7): each was cached as shared, so another API key got the first asker's answer.
+# Found by a review (session 7): each was cached as shared, so another API key got the first asker's answer.
+FOUND_BY_REVIEW = [
     "What's my order number?",
     "What is my account balance?",
     "How many loyalty points do I have?",
     "What's the balance on my gift card?",
     "What did I order last week?",
     "Which items are in my order?",
-    "When's my next delivery?",
+    "When's my next delivery?",  # "When is my next delivery?" was personal; the contraction was not
     "What's my delivery date?",
-    "Did I get refunded?",
+    "Did I get refunded?",  # "Was I refunded?" / "Have I been refunded?" were personal
     "Please cancel the order I just placed",
     "The driver didn't deliver my groceries",
     "How much did I pay for my last order?",
+]
+PERSONAL = [
+    *FOUND_BY_REVIEW,
     "Hi, I'm Jane Doe. How long does delivery take?",
     # Where is my order, in many phrasings, casings and typos.
     "where's my stuff",
