@@ -147,7 +147,8 @@ class SemanticGuard:
             return "product"
         if {fold(w) for w in sa} & TIME_WORDS != {fold(w) for w in sb} & TIME_WORDS:
             return "time"
-        return _opposite(sa, sb) or _negated_form(sa, sb) or _condition(sa, sb, wa, wb) or _substitution(wa, wb)
+        ca, cb = content(wa), content(wb)  # the content words, for the last two guards
+        return _opposite(sa, sb) or _negated_form(sa, sb) or _condition(sa, sb, ca, cb) or _substitution(ca, cb)
 
 
 def fold(word: str) -> str:
@@ -186,10 +187,10 @@ def _negated_form(sa: set[str], sb: set[str]) -> str | None:
     return None
 
 
-def _substitution(wa: list[str], wb: list[str]) -> str | None:
+def _substitution(ca: list[str], cb: list[str]) -> str | None:
     """Minimal pairs: the same question with one or two content words swapped (cat food / dog food, show / hide,
-    from card to PayPal / from PayPal to card). Paraphrases reword more than that, or only function words."""
-    ca, cb = content(wa), content(wb)
+    from card to PayPal / from PayPal to card). Paraphrases reword more than that, or only function words.
+    ``ca``/``cb``: the two questions' :func:`content` words."""
     if ca == cb:
         return None
     if sorted(ca) == sorted(cb):
@@ -201,13 +202,13 @@ def _substitution(wa: list[str], wb: list[str]) -> str | None:
     return None
 
 
-def _condition(sa: set[str], sb: set[str], wa: list[str], wb: list[str]) -> str | None:
+def _condition(sa: set[str], sb: set[str], ca: list[str], cb: list[str]) -> str | None:
     """The same question asked under a condition: "Can I cancel an order?" / "… once it has been dispatched?".
     The condition is what the asker wants to know about and often reverses the answer, yet it adds too little to
     the embedding (0.89 for that pair) and, three words or more, escapes the substitution guard. A paraphrase that
-    rewords the question is not a pure addition, so it still hits."""
-    ca, cb = set(content(wa)), set(content(wb))
-    if (ca < cb and (sb - sa) & CONDITIONS) or (cb < ca and (sa - sb) & CONDITIONS):
+    rewords the question is not a pure addition, so it still hits. ``ca``/``cb``: their :func:`content` words."""
+    a, b = set(ca), set(cb)
+    if (a < b and (sb - sa) & CONDITIONS) or (b < a and (sa - sb) & CONDITIONS):
         return "condition"
     return None
 
