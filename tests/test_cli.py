@@ -17,6 +17,9 @@ from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
 from tests.cache.test_cache_api import ask
 from tests.conftest import SAMPLE_KB, make_settings, running_api
+from tests.fakes.ollama import FakeOllama
+
+CITED = "policy-delivery.delivery-times"
 
 
 @pytest.fixture
@@ -92,11 +95,13 @@ async def test_kb_ingest_removes_the_cached_answers_of_the_documents_it_changed(
     are served for the whole TTL (found by a review, session 7)."""
     tenant = "t" + secrets.token_hex(6)
     settings = make_settings(sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant=tenant, kb_refresh_s=3600)
-    question = "How long does delivery take?"
+    question, once = "How long does delivery take?", "How fast is express delivery?"
     old = FakeProvider(name="gemini", model="old", default=FakeReply(text="Standard delivery takes one to two days."))
     async with running_api(settings, embedder, [old, ExtractiveProvider(0.5)]) as before:
         assert (await ask(before, question))["cache"] == "miss"
         assert (await ask(before, question))["cache"] == "exact"
+        assert (await ask(before, question))["cache"] == "exact"  # popular: two hits
+        assert (await ask(before, once))["cache"] == "miss"  # asked once: not worth re-warming
     edited = tmp_path / "delivery.md"
     policy = (SAMPLE_KB / "policies" / "delivery.md").read_text(encoding="utf-8")
     changed = policy.replace(
@@ -104,16 +109,25 @@ async def test_kb_ingest_removes_the_cached_answers_of_the_documents_it_changed(
     )
     assert changed != policy
     edited.write_text(changed, encoding="utf-8")
-    result = run_cli(
-        "kb", "ingest", str(edited), "--json", database_url=sqlite_url, cwd=tmp_path,
-        extra_env={"HELPLINE_REDIS_URL": settings.redis_url, "HELPLINE_TENANT": tenant},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["updated"] == ["policy-delivery.delivery-times"]
-    new = FakeProvider(name="gemini", model="new", default=FakeReply(text="Every order arrives within 2 hours."))
+    # The ingest asks the popular question again from the new text, through the providers it is configured with.
+    with FakeOllama(reply_text=f"Every order arrives within 2 hours.\n<<ACTION=answer; SOURCES={CITED}>>") as ollama:
+        result = run_cli(
+            "kb", "ingest", str(edited), "--json", database_url=sqlite_url, cwd=tmp_path,
+            extra_env={"HELPLINE_REDIS_URL": settings.redis_url, "HELPLINE_TENANT": tenant,
+                       "HELPLINE_PROVIDERS": "ollama,extractive", "HELPLINE_OLLAMA_HOST": ollama.base_url},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        chats = [r for r in ollama.requests if r.path == "/api/chat"]
+        assert len(chats) == 1  # the popular question only
+    assert json.loads(result.stdout)["updated"] == [CITED]
+    new = FakeProvider(name="gemini", model="new", default=FakeReply(text="Fresh: within 2 hours."))
     async with running_api(settings, embedder, [new, ExtractiveProvider(0.5)]) as after:
         again = await ask(after, question)
-    assert (again["cache"], again["reply"]) == ("miss", "Every order arrives within 2 hours.")
+        other = await ask(after, once)
+    # Re-warmed by the ingest from the new text: no shopper waits for a provider, none sees the old answer.
+    assert (again["cache"], again["reply"], again["provider"]) == ("exact", "Every order arrives within 2 hours.",
+                                                                   "ollama")  # fmt: skip
+    assert (other["cache"], other["reply"]) == ("miss", "Fresh: within 2 hours.")
 
 
 def test_kb_ingest_that_cannot_reach_the_cache_says_which_answers_may_be_stale(
@@ -137,3 +151,40 @@ def test_kb_ingest_that_cannot_reach_the_cache_says_which_answers_may_be_stale(
     assert entry["id"] in result.stderr
     assert "helpline cache invalidate" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_cache_warm_fills_every_faq_answer_including_generic_form_entries(
+    tmp_path: Path, sqlite_url: str, embedder: Embedder
+) -> None:
+    """An FAQ entry may be written in the generic form ({"kind": "faq", "title", "text"}): its title is the
+    question. `cache warm` once stopped on such an entry with a KeyError (found by a review, session 8)."""
+    tenant = "t" + secrets.token_hex(6)
+    settings = make_settings(sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant=tenant, kb_refresh_s=3600)
+    entry = {"id": "faq-dogs", "kind": "faq", "title": "Can I bring my dog to the pick-up point?",
+             "text": "Dogs on a lead are welcome at every Greenbasket pick-up point."}  # fmt: skip
+    (tmp_path / "dogs.jsonl").write_text(json.dumps(entry) + "\n", encoding="utf-8")
+    env = {"HELPLINE_REDIS_URL": settings.redis_url, "HELPLINE_TENANT": tenant}
+    ingested = run_cli("kb", "ingest", str(tmp_path / "dogs.jsonl"), database_url=sqlite_url, cwd=tmp_path,
+                       extra_env=env)  # fmt: skip
+    assert ingested.returncode == 0, ingested.stderr
+    faq_entries = len((SAMPLE_KB / "faq.jsonl").read_text(encoding="utf-8").splitlines()) + 1
+    reply = "Dogs on a lead are welcome at every pick-up point.\n<<ACTION=answer; SOURCES=faq-dogs>>"
+    with FakeOllama(reply_text=reply) as ollama:
+        warmed = run_cli(
+            "cache", "warm", "--json", database_url=sqlite_url, cwd=tmp_path,
+            extra_env={**env, "HELPLINE_PROVIDERS": "ollama,extractive", "HELPLINE_OLLAMA_HOST": ollama.base_url},
+        )  # fmt: skip
+        assert warmed.returncode == 0, warmed.stderr
+        asked = [str(r.body["messages"][-1]["content"]) for r in ollama.requests if r.path == "/api/chat"]
+    report = json.loads(warmed.stdout)
+    assert report["questions"] == faq_entries
+    # Each FAQ question once at most (one already answered by a similar question's warmed answer, or personal,
+    # needs no call)
+    assert len(asked) == len(set(asked)) <= faq_entries
+    assert any(entry["title"] in message for message in asked)
+    assert 1 <= report["warmed"] <= faq_entries
+    later = FakeProvider(name="gemini", model="later", default=FakeReply(text="Not this one."))
+    async with running_api(settings, embedder, [later, ExtractiveProvider(0.5)]) as api:
+        served = await ask(api, entry["title"])
+    assert (served["cache"], served["reply"]) == ("exact", "Dogs on a lead are welcome at every pick-up point.")
+    assert later.requests == []

@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from helpline.app import bootstrap_admin, create_app, load_sample_if_empty
-from helpline.cache.factory import build_cache
 from helpline.cache.service import CacheUnavailable
 from helpline.cli_cache import cache_cli, eval_cli
 from helpline.config import ConfigError, Settings
@@ -90,6 +89,16 @@ def serve(
 ) -> None:
     """Serve the HTTP API (migrates and loads the sample knowledge base on first start)."""
     settings = load_settings()  # logging configured: _prepare logs too
+    if workers > 1 and not settings.redis_url:
+        # Without Redis each worker keeps its own cache and its own limits: an admin purge or a document change
+        # reaches the worker that took the request and the others go on serving the old answers, and every limit
+        # (per IP, per user, the global cap) is multiplied by the number of workers.
+        err.print(
+            f"[red]--workers {workers} needs HELPLINE_REDIS_URL:[/red] without it every worker keeps its own "
+            "answer cache and rate limits (a purge would reach one worker, limits would multiply). Set "
+            "HELPLINE_REDIS_URL, or serve with one worker."
+        )
+        raise typer.Exit(2)
     asyncio.run(_prepare(settings))
     prepare_multiprocess(workers)  # several workers: a fresh PROMETHEUS_MULTIPROC_DIR they all write to
     uvicorn.run(
@@ -178,12 +187,16 @@ async def _ingest(settings: Settings, documents: list[Any], *, show_progress: bo
 async def _invalidate_changed(settings: Settings, versions: dict[str, str]) -> None:
     """The cached answers drawn from another version of the changed documents go, in the shared store: running
     replicas would also find the change on their next knowledge poll, but one started after this ingest loads the
-    new versions and never sees a change, and would serve the old answers until they expire."""
-    cache = build_cache(settings)
-    try:
-        await cache.invalidate(list(versions), current=versions)
-    finally:
-        await cache.close()
+    new versions and never sees a change, and would serve the old answers until they expire.
+
+    The popular ones among them are then asked again here, from the new text, as an admin PUT does: the first
+    shoppers after a price change would otherwise all wait for a provider. The service is started in this process
+    for it (its knowledge, read after the ingest, holds the new versions) and the command waits for the re-warm."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        invalidator = app.state.services.invalidator
+        await invalidator.invalidate(list(versions), current=versions)
+        await invalidator.settled()
 
 
 @keys_cli.command("create")

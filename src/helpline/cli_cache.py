@@ -60,7 +60,10 @@ def cache_warm(
         warmed = 0
         async with app.router.lifespan_context(app):
             services = app.state.services
-            questions = [p.metadata["question"] for p in services.knowledge.passages() if p.kind == "faq"]
+            # A generic-form document of kind faq ({"kind": "faq", "title", "text"}) asks its title.
+            questions = [
+                str(p.metadata.get("question", p.title)) for p in services.knowledge.passages() if p.kind == "faq"
+            ]
             with _progress(as_json) as progress:
                 task = progress.add_task("warming", total=len(questions))
                 for question in questions:

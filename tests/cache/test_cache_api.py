@@ -175,12 +175,15 @@ async def test_cut_stream_is_not_cached_and_a_hit_replays_as_a_stream(cached: tu
     cut = parse_sse((await api.client.post("/v1/chat", json={"message": "How long does delivery take?",
                                                                "stream": True})).text)  # fmt: skip
     assert cut[-1][0] == "error"
-    fresh = parse_sse((await api.client.post("/v1/chat", json={"message": "How long does delivery take?",
-                                                                 "stream": True})).text)  # fmt: skip
+    streamed = {"message": "How long does delivery take?", "stream": True}
+    fresh_response = await api.client.post("/v1/chat", json=streamed)
+    fresh = parse_sse(fresh_response.text)
     assert fresh[-1][0] == "done"
     assert fresh[-1][1]["cache"] == "miss"
-    replay = parse_sse((await api.client.post("/v1/chat", json={"message": "How long does delivery take?",
-                                                                  "stream": True})).text)  # fmt: skip
+    assert fresh_response.headers["x-cache"] == "MISS"
+    replay_response = await api.client.post("/v1/chat", json=streamed)
+    assert replay_response.headers["x-cache"] == "HIT-EXACT"  # the header agrees with the replayed stream
+    replay = parse_sse(replay_response.text)
     assert next(kind for kind, _ in replay) == "meta"
     assert replay[-1][1]["cache"] == "exact"
     text = "".join(str(data["text"]) for kind, data in replay if kind == "delta")

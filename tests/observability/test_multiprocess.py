@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helpline.observability import metrics
 from tests.deploy.server import child_pids, serving
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 CHATS = 12
 
@@ -38,7 +43,8 @@ def multiproc_dir(server_pid: int) -> Path:
 
 
 def test_two_workers_share_one_fresh_metrics_directory_and_scrapes_merge_them(tmp_path: Path) -> None:
-    with serving(tmp_path, "--workers", "2") as (base, process):
+    shared = {"HELPLINE_REDIS_URL": REDIS_URL, "HELPLINE_TENANT": "t" + secrets.token_hex(6)}
+    with serving(tmp_path, "--workers", "2", env=shared) as (base, process):
         directory = multiproc_dir(process.pid)
         assert directory.name.startswith("helpline-metrics-")
 
@@ -59,6 +65,19 @@ def test_two_workers_share_one_fresh_metrics_directory_and_scrapes_merge_them(tm
     parsed = [orjson.loads(line) for line in lines if line not in printed_once]
     assert any(entry["event"] == "Application startup complete." for entry in parsed)
     assert sum(entry["event"] == "request" and entry["route"] == "/v1/chat" for entry in parsed) == CHATS
+
+
+def test_several_workers_without_redis_are_refused(tmp_path: Path) -> None:
+    """Each worker would keep its own cache and limits: a purge would reach one worker, limits would multiply."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HELPLINE_", "PROMETHEUS_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "helpline", "serve", "--port", "9", "--workers", "2"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--workers 2 needs HELPLINE_REDIS_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "var").exists()  # refused before creating the database
 
 
 def test_one_worker_needs_no_directory(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -141,7 +141,10 @@ async def chat(request: Request) -> Response:
     }
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):
         prepared = await caller.chat.prepare(body.message, **context)
-        return EventSourceResponse(sse_events(caller.chat.chat_stream(prepared)), headers={"X-Cache": "MISS"}, ping=15)
+        # A hit found while preparing is replayed as a stream and says so; a miss may still be landed by a peer
+        # mid-stream, which the stream's own events report (the header is sent before that is known).
+        x_cache = X_CACHE["miss" if prepared.hit is None else prepared.hit.tier]
+        return EventSourceResponse(sse_events(caller.chat.chat_stream(prepared)), headers={"X-Cache": x_cache}, ping=15)
     result = await caller.chat.chat(body.message, **context)
     # Rendered here with orjson: the body is the contract's shape by construction (ChatResult.body, tested against
     # the OpenAPI schema), so FastAPI's second validation of it through response_model is skipped on the hot path.
