@@ -52,7 +52,7 @@ async def hits(embedder: Embedder, guard: SemanticGuard, rows: list[dict[str, st
 async def test_no_near_miss_is_ever_served(embedder: Embedder, guard: SemanticGuard) -> None:
     rows = pairs("near_miss_pairs.jsonl")
     assert len(rows) >= 200
-    kinds = {"negation", "quantity", "product", "order_id", "opposite", "time", "condition"}
+    kinds = {"negation", "quantity", "product", "order_id", "opposite", "time", "condition", "language"}
     assert {row["kind"] for row in rows} >= kinds
     assert await hits(embedder, guard, rows) == []
 
