@@ -145,15 +145,17 @@ def kb_ingest(
         err.print(f"[red]cannot ingest:[/red] {error}")
         raise typer.Exit(1) from error
     report = asyncio.run(_ingest(settings, documents, show_progress=not as_json))
-    if settings.redis_url and report.updated:
+    if settings.redis_url and (report.updated or report.added):
         updated = set(report.updated)
         versions = {doc.id: doc.content_hash() for doc in documents if doc.id in updated}
         try:
-            asyncio.run(_invalidate_changed(settings, versions))
+            asyncio.run(_invalidate_changed(settings, versions, report.added))
         except CacheUnavailable as error:
+            changed = ", ".join(sorted(versions))
+            advice = f"; run `helpline cache invalidate --tag ID` for: {changed}" if versions else ""
             err.print(
-                f"[red]{error.message}[/red]: the documents are stored, but answers drawn from their old text may "
-                f"still be served; run `helpline cache invalidate --tag ID` for: {', '.join(sorted(versions))}"
+                f"[red]{error.message}[/red]: the documents are stored, but answers given from the knowledge as it "
+                f"was may still be served until they expire{advice}"
             )
             raise typer.Exit(1) from error
     emit(
@@ -184,18 +186,23 @@ async def _ingest(settings: Settings, documents: list[Any], *, show_progress: bo
         await engine.dispose()
 
 
-async def _invalidate_changed(settings: Settings, versions: dict[str, str]) -> None:
+async def _invalidate_changed(settings: Settings, versions: dict[str, str], added: list[str]) -> None:
     """The cached answers drawn from another version of the changed documents go, in the shared store: running
     replicas would also find the change on their next knowledge poll, but one started after this ingest loads the
     new versions and never sees a change, and would serve the old answers until they expire.
 
     The popular ones among them are then asked again here, from the new text, as an admin PUT does: the first
     shoppers after a price change would otherwise all wait for a provider. The service is started in this process
-    for it (its knowledge, read after the ingest, holds the new versions) and the command waits for the re-warm."""
+    for it (its knowledge, read after the ingest, holds the new versions) and the command waits for the re-warm.
+
+    Answers given without an added or changed document that retrieval now gives their question go too (no tag
+    reaches them: "we don't sell kombucha" after kombucha was added)."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         invalidator = app.state.services.invalidator
-        await invalidator.invalidate(list(versions), current=versions)
+        if versions:
+            await invalidator.invalidate(list(versions), current=versions)
+        await invalidator.reach([*versions, *added])
         await invalidator.settled()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import numpy as np
@@ -386,3 +387,19 @@ async def test_tag_sets_shed_the_keys_of_expired_entries(cache_backend: CacheBac
     members = await cache_backend.tag_members("busy")
     assert set(new) <= set(members)
     assert len(members) < len(old) + len(new)  # writes dropped expired members (Redis samples a few per write)
+
+
+async def test_scope_ids_name_every_scope_with_entries(cache_backend: CacheBackend, keyspace: KeySpace) -> None:
+    """What an invalidation by retrieval walks: every scope of the tenant, and no other tenant's."""
+    scopes = [SCOPE, dataclasses.replace(SCOPE, locale="fr"), dataclasses.replace(SCOPE, owner="user:1:abc")]
+    for index, scope in enumerate(scopes):
+        await cache_backend.put(keyspace.entry(scope, f"q{index}"), b"v", ttl_s=60, tags=["doc-1"],
+                                scope_id=scope.id, question=f"q{index}", vector=b"\x00" * 1536)  # fmt: skip
+    if isinstance(cache_backend, RedisBackend):  # another tenant on the same store is not listed
+        neighbour = KeySpace("hl:test", keyspace.tenant + "x")
+        other = RedisBackend(cache_backend._redis, neighbour.prefix)
+        await other.put(neighbour.entry(SCOPE, "n"), b"v", ttl_s=60, tags=["doc-1"], scope_id="elsewhere",
+                        question="n", vector=b"\x00" * 1536)  # fmt: skip
+    assert sorted(await cache_backend.scope_ids()) == sorted(scope.id for scope in scopes)
+    await cache_backend.invalidate(["doc-1"])
+    assert await cache_backend.scope_ids() == []

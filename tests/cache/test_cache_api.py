@@ -810,3 +810,64 @@ async def test_a_document_saved_through_the_admin_api_keeps_its_ingest_tags(cach
     response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": ["account"]}, headers=ADMIN)
     assert response.status_code == 200, response.text
     assert response.json()["removed"] >= 1
+
+
+MATCHA = {"kind": "product", "title": "Organic matcha green tea powder",
+          "text": "Ceremonial-grade organic matcha green tea powder from Japan, 30 g tin, EUR 14.90."}  # fmt: skip
+
+
+async def test_an_added_document_removes_the_answers_given_without_it(cached: tuple[Api, FakeProvider]) -> None:
+    """An answer given before a document existed cites other documents, so no tag reaches it: "we don't sell
+    matcha" stayed cached for the whole TTL after matcha was added (found by a review, session 8). Adding the
+    document removes the answers whose question retrieval now gives it to, and only those."""
+    api, fake = cached
+    question, unrelated = "Do you sell matcha green tea powder?", "Which payment methods do you accept?"
+    fake.replies = [FakeReply(text="Sorry, matcha is not in our range."), FakeReply(text="Cards and PayPal.")]
+    for _ in range(3):  # popular: re-warmed once removed
+        await ask(api, question)
+    await ask(api, unrelated)
+    assert len(fake.requests) == 2
+    fake.default = FakeReply(text="Yes: organic matcha green tea powder, EUR 14.90 a tin.")
+    response = await api.client.put("/v1/admin/kb/documents/prod-matcha", json=MATCHA, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json()["removed"] == 1
+    assert api.services.invalidator is not None
+    await api.services.invalidator.settled()  # re-warmed in the background from the new catalogue
+    again = await ask(api, question)
+    assert (again["cache"], again["reply"]) == ("exact", "Yes: organic matcha green tea powder, EUR 14.90 a tin.")
+    citations = again["citations"]
+    assert isinstance(citations, list)
+    assert "prod-matcha" in {citation["id"] for citation in citations}
+    other = await ask(api, unrelated)
+    assert (other["cache"], other["reply"]) == ("exact", "Cards and PayPal.")  # it never retrieves matcha
+    assert len(fake.requests) == 3
+    # A second replica polling the same addition keeps the answer drawn on the document.
+    await api.services.invalidator.reach(["prod-matcha"])
+    assert (await ask(api, question))["cache"] == "exact"
+
+
+async def test_a_document_added_by_another_process_reaches_every_replica_on_its_poll(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """`helpline kb ingest` or another replica adds the document: each replica, on its next knowledge poll, removes
+    from the shared store the answers it gave without it (a replica that had not polled yet may have cached one
+    after the first replica's poll)."""
+    tenant = "t" + secrets.token_hex(6)
+    settings = make_settings(sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant=tenant, kb_refresh_s=3600,
+                             **UNLIMITED)  # fmt: skip
+    question = "Do you sell matcha green tea powder?"
+    fake = FakeProvider(name="gemini", model="m", default=FakeReply(text="Sorry, matcha is not in our range."))
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        assert (await ask(api, question))["cache"] == "miss"
+        assert (await ask(api, question))["cache"] == "exact"
+        other = KnowledgeBase(KnowledgeRepository(api.services.sessions), embedder)
+        await other.load()
+        await other.upsert(SourceDocument("prod-matcha", "product", MATCHA["title"], MATCHA["text"], {}, [], "test"))
+        assert (await ask(api, question))["cache"] == "exact"  # not polled yet
+        assert api.services.invalidator is not None
+        fake.default = FakeReply(text="Yes, we sell organic matcha.")
+        await api.services.invalidator.poll()
+        await api.services.invalidator.settled()  # asked three times: popular, re-warmed from the new catalogue
+        again = await ask(api, question)
+    assert (again["cache"], again["reply"]) == ("exact", "Yes, we sell organic matcha.")
+    assert len(fake.requests) == 2

@@ -64,6 +64,10 @@ class CacheBackend(Protocol):
 
     async def semantic_entries(self, scope_id: str) -> list[IndexedQuestion]: ...
 
+    async def scope_ids(self) -> list[str]:
+        """Every scope with a semantic index (each cached entry is in its scope's index)."""
+        ...
+
     async def forget(self, key: str) -> None: ...
 
     async def invalidate(
@@ -218,6 +222,9 @@ class MemoryBackend:
     async def semantic_entries(self, scope_id: str) -> list[IndexedQuestion]:
         scope = self._scopes.get(scope_id)
         return list(scope.entries.values()) if scope else []
+
+    async def scope_ids(self) -> list[str]:
+        return list(self._scopes)
 
     async def forget(self, key: str) -> None:
         self._drop(key)

@@ -29,6 +29,8 @@ class Invalidator:
         # Tags whose invalidation the store did not confirm, retried by :meth:`watch` until it does: with the
         # document version to keep, or None for a whole tag.
         self.pending: dict[str, str | None] = {}
+        # Documents whose invalidation by retrieval (:meth:`reach`) the store did not confirm, retried likewise.
+        self.unreached: set[str] = set()
         self._polling = asyncio.Lock()
 
     async def invalidate(
@@ -49,16 +51,39 @@ class Invalidator:
                 self.pending[tag] = None if whole else current.get(tag)
             raise
         if rewarm and popular:
-            task = asyncio.create_task(self._rewarm(popular), name="cache-rewarm")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start_rewarm(popular)
         return removed
+
+    async def reach(self, documents: Sequence[str]) -> int:
+        """Drop the answers given without these added or changed documents whose question retrieval now gives
+        them to (see :meth:`AnswerCache.invalidate_reached`: no tag reaches them), and re-warm the popular ones.
+        Raises CacheUnavailable when the store does not confirm it; :meth:`watch` retries until it does."""
+        if self._cache is None:
+            return 0
+        present = [doc for doc in dict.fromkeys([*self.unreached, *documents]) if self._knowledge.get(doc)]
+        self.unreached.clear()
+        if not present:
+            return 0
+        try:
+            removed, popular = await self._cache.invalidate_reached(present, self._chat.retrieves)
+        except CacheUnavailable:
+            self.unreached.update(present)
+            raise
+        if popular:
+            self._start_rewarm(popular)
+        return removed
+
+    def _start_rewarm(self, popular: list[tuple[str, str]]) -> None:
+        task = asyncio.create_task(self._rewarm(popular), name="cache-rewarm")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def upsert_document(self, document: SourceDocument) -> int:
         """Store the new version, then drop the answers that used the old one (and its ingest tags)."""
         await self._knowledge.upsert(document)
         self._learn_products()
         removed = await self.invalidate([document.id], current=self._current([document.id]))
+        removed += await self.reach([document.id])
         await self.poll()  # another process may have saved the document again meanwhile (see poll)
         return removed
 
@@ -119,13 +144,15 @@ class Invalidator:
         whole = [tag for tag, version in retry.items() if version is None]
         versioned = [tag for tag in dict.fromkeys([*retry, *changed]) if tag not in whole]
         tags: dict[str, str | None] = {**self._current(versioned), **dict.fromkeys(whole)}
-        if not tags:
+        if not tags and not self.unreached:
             return False
         current = {tag: version for tag, version in tags.items() if version is not None}
+        self.unreached.update(changed)  # a document added or rewritten: the answers given without it (below)
         try:
             await self.invalidate(list(tags), current=current)
+            await self.reach(())
         except CacheUnavailable:
-            log.warning("cache_invalidation_pending", tags=len(self.pending))
+            log.warning("cache_invalidation_pending", tags=len(self.pending), documents=len(self.unreached))
             return False
         except Exception:  # keep the tags for the next round, keep watching (logged with its traceback)
             self.pending = {**tags, **self.pending}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -202,6 +203,14 @@ class RedisBackend:
         if dead:
             await self._prune(keys=[index], args=dead)
         return entries
+
+    @_gated
+    async def scope_ids(self) -> list[str]:
+        """All keys of a tenant share its hash tag, so on a Cluster they live on one node; SCAN visits each."""
+        start = len(f"{self._prefix}:s:")
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._prefix) + ":s:*"  # the tenant's name matched as written
+        found = [key async for key in self._redis.scan_iter(match=pattern, count=1000)]
+        return sorted({(key.decode() if isinstance(key, bytes) else str(key))[start:] for key in found})
 
     @_gated
     async def forget(self, key: str) -> None:

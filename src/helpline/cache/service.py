@@ -15,7 +15,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -36,6 +36,9 @@ T = TypeVar("T")
 POPULARITY_FLUSH_S = 1.0
 POPULARITY_BATCH = 1000  # distinct keys: sent sooner rather than held in memory
 POPULARITY_READS = 8  # store reads at once while ranking answers to re-warm (a slice of the 64-connection pool)
+SCAN_YIELD_EVERY = 64  # questions retrieved again between two yields to the event loop (about 5 ms of work)
+# The tag an invalidation by retrieval names: no answer carries it, so it only moves the store's generation on.
+REACHED_TAG = "~reached"
 PEER_POLL_S = 0.02  # a replica waiting for another's answer looks for it after this, then 1.5 times later each time
 PEER_POLL_MAX_S = 0.25
 Vector = npt.NDArray[np.float32]
@@ -346,6 +349,60 @@ class AnswerCache:
             self.invalidations += 1
         log.info("cache_invalidated", tags=list(tags)[:20], removed=len(removed), popular=len(popular))
         return len(removed), popular
+
+    async def invalidate_reached(
+        self, documents: Sequence[str], retrieves: Callable[[str, Vector], Collection[str]], min_hits: int = 2
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """Remove the answers that did not draw on ``documents`` but whose question now retrieves one of them: a
+        document added ("we now sell kombucha") or rewritten to cover something new leaves the answers given
+        without it ("we don't sell kombucha") cited nowhere, so no tag reaches them. ``retrieves(question,
+        vector)``: the ids of the documents retrieval gives that question now.
+
+        First the generation moves on, so an answer being computed from the knowledge as it was is not written
+        after the scan; then every scope's index is read and each question that did not draw on ``documents`` is
+        retrieved again (yielding to the event loop as it goes). Returns (how many were removed, the (question,
+        locale) of the popular ones). Raises :class:`CacheUnavailable` when the store does not answer."""
+        wanted = set(documents)
+        stale: list[str] = []
+        try:
+            async with asyncio.timeout(self.settings.invalidate_timeout_s):
+                await self.backend.invalidate([REACHED_TAG])  # a tag no answer carries: the generation moves on
+                drew: set[str] = set()
+                for document in wanted:
+                    drew.update(await self.backend.tag_members(document))
+                scope_ids = await self.backend.scope_ids()
+            for scope_id in scope_ids:
+                async with asyncio.timeout(self.settings.invalidate_timeout_s):
+                    entries = await self.backend.semantic_entries(scope_id)
+                for done, entry in enumerate(entries, 1):
+                    if entry.key not in drew and wanted & set(retrieves(entry.question, from_bytes(entry.vector))):
+                        stale.append(entry.key)
+                    if done % SCAN_YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+            popular: list[CachedAnswer] = []
+            slots = asyncio.Semaphore(POPULARITY_READS)
+
+            async def drop(key: str, hits: int) -> None:
+                async with slots:
+                    found = await self.backend.get(key) if hits >= min_hits else None
+                    await self.backend.forget(key)
+                answer = await self._readable(key, found)
+                if answer is not None:
+                    popular.append(answer)
+
+            async with asyncio.timeout(self.settings.invalidate_timeout_s):
+                await self.flush_popularity()
+                counts = await self.backend.popularity(stale) if stale else {}
+                await asyncio.gather(*(drop(key, counts.get(key, 0)) for key in stale))
+        except Exception as error:
+            log.warning("cache_invalidation_failed", documents=sorted(wanted)[:20], error=type(error).__name__)
+            self._on_event("store_error", "invalidate")
+            raise CacheUnavailable("cached answers could not be removed: the cache store did not answer") from error
+        finally:
+            self._mirrors.clear()
+            self.invalidations += 1
+        log.info("cache_invalidated_by_retrieval", documents=sorted(wanted)[:20], removed=len(stale))
+        return len(stale), list(dict.fromkeys((found.question, found.locale) for found in popular))
 
     # -- popularity (which answers to re-warm after an invalidation) ---------------------------------------------
 

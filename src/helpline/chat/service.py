@@ -323,6 +323,10 @@ class ChatService:
         log.warning("reply_blocked", reason="quoted the system prompt")
         return ParsedReply(BLOCKED_REPLY, "handoff", (), True, False, blocked=True)
 
+    def retrieves(self, question: str, vector: Vectors) -> set[str]:
+        """The documents a question (as the cache holds it: masked, with its vector) is given now."""
+        return {p.id for p in self._knowledge.search_vector(vector, self._settings.retrieval_top_k, question)}
+
     async def _retrieve(self, prepared: Prepared) -> None:
         if self._cache is not None:  # before the knowledge is read: see Prepared.generation
             prepared.generation = await self._cache.generation()
