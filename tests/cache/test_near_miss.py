@@ -52,7 +52,9 @@ async def hits(embedder: Embedder, guard: SemanticGuard, rows: list[dict[str, st
 async def test_no_near_miss_is_ever_served(embedder: Embedder, guard: SemanticGuard) -> None:
     rows = pairs("near_miss_pairs.jsonl")
     assert len(rows) >= 200
-    kinds = {"negation", "quantity", "product", "order_id", "opposite", "time", "condition", "language"}
+    kinds = {"negation", "quantity", "product", "order_id", "opposite", "time", "condition", "language",
+             "question_word", "tense", "modality", "and_or", "direction", "owner", "qualifier",
+             "superlative"}  # fmt: skip
     assert {row["kind"] for row in rows} >= kinds
     assert await hits(embedder, guard, rows) == []
 
@@ -65,5 +67,5 @@ async def test_paraphrases_hit(embedder: Embedder, guard: SemanticGuard) -> None
     assert rate >= PARAPHRASE_FLOOR
 
 
-# Measured with the calibrated defaults (18 of 137 = 0.131); a drop below this floor is a regression.
-PARAPHRASE_FLOOR = 0.12
+# Measured with the calibrated defaults (34 of 227 = 0.150); a drop below this floor is a regression.
+PARAPHRASE_FLOOR = 0.14

@@ -155,8 +155,11 @@ class SemanticGuard:
             return "product"
         if {fold(w) for w in sa} & TIME_WORDS != {fold(w) for w in sb} & TIME_WORDS:
             return "time"
-        ca, cb = content(wa), content(wb)  # the content words, for the last two guards
-        return _opposite(sa, sb) or _negated_form(sa, sb) or _condition(sa, sb, ca, cb) or _substitution(ca, cb)
+        ca, cb = content(wa), content(wb)  # the content words, for the last three guards
+        return (
+            _opposite(sa, sb) or _negated_form(sa, sb) or _frame(wa, wb, ca, cb) or _condition(sa, sb, ca, cb)
+            or _substitution(ca, cb)
+        )  # fmt: skip
 
 
 # The languages a shop's questions come in (py3langid's codes). Fewer candidates than its 97 keep short questions
@@ -234,6 +237,49 @@ def _substitution(ca: list[str], cb: list[str]) -> str | None:
     changed = [(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]
     if matcher.ratio() >= 0.5 and all(left <= 2 and right <= 2 for left, right in changed):
         return "substitution"
+    return None
+
+
+# What a question asks, carried by words the other guards read as function words: two questions with the same
+# content words that differ in one of these ask different things ("When does my membership renew?" / "How does my
+# membership renew?", "Did you charge me for delivery?" / "Will you …", "Can I pay by PayPal?" / "Do I have to …",
+# "a gift card and PayPal" / "… or PayPal", "points to my partner" / "… from my partner"). Each entry maps a word
+# to its class; a question's frame is the set of classes of its words, per kind.
+_FRAMES: dict[str, dict[str, str]] = {
+    "question": {"what": "what", "which": "what", "how": "how", "when": "when", "where": "where", "who": "who",
+                 "whom": "who", "whose": "whose", "why": "why"},
+    "tense": {"did": "past", "didn't": "past", "didnt": "past", "was": "past", "wasn't": "past", "were": "past",
+              "weren't": "past", "had": "past"},
+    "modality": {"can": "may", "could": "may", "may": "may", "allowed": "may", "must": "must", "should": "must",
+                 "shall": "must", "required": "must", "ought": "must", "mandatory": "must", "compulsory": "must"},
+    "conjunction": {"and": "and", "or": "or", "both": "and", "either": "or", "plus": "and"},
+    "direction": {"to": "to", "into": "to", "onto": "to", "towards": "to", "from": "from", "out": "from"},
+}  # fmt: skip
+_OBLIGED = re.compile(r"\b(?:have|has|had|need|needs)\s+to\b")
+_FRAME_WORDS = frozenset(word for table in _FRAMES.values() for word in table) | {"need", "needs", "required"}
+
+
+def _frame_of(tokens: list[str], text: str) -> dict[str, frozenset[str]]:
+    frame = {kind: frozenset(table[w] for w in tokens if w in table) for kind, table in _FRAMES.items()}
+    if _OBLIGED.search(text):  # "do I have to", "do I need to": an obligation
+        frame["modality"] |= {"must"}
+    return frame
+
+
+def _frame(wa: list[str], wb: list[str], ca: list[str], cb: list[str]) -> str | None:
+    """The same content words asked in another frame (see ``_FRAMES``). Only a present question and a past one
+    differ in tense ("Do you deliver on Sundays?" / "Will you …" share an answer), and a modality or a direction
+    only against another (not against none: "How do I get a refund?" / "How can I …" share one)."""
+    if {w for w in ca if w not in _FRAME_WORDS} != {w for w in cb if w not in _FRAME_WORDS}:
+        return None
+    fa, fb = _frame_of(wa, " ".join(wa)), _frame_of(wb, " ".join(wb))
+    for kind in _FRAMES:
+        left, right = fa[kind], fb[kind]
+        if left == right:
+            continue
+        if kind in ("modality", "direction", "question") and not (left and right):
+            continue
+        return kind
     return None
 
 
