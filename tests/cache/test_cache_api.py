@@ -353,6 +353,33 @@ async def test_a_question_with_masked_details_hits_as_it_was_stored(cached: tupl
     assert "returns@greenbasket.example" not in fake.requests[0].message
 
 
+async def test_rewarming_stops_when_the_store_stops_answering(
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy
+) -> None:
+    """Re-warming with the store gone paid a provider call for every popular answer, none of which could be
+    written (found by a review, session 8): it stops once the cache is bypassed; shoppers refill the rest."""
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    settings = make_settings(
+        sqlite_url, redis_url=f"redis://127.0.0.1:{blackhole_redis.port}/0", cache_timeout_s=0.2,
+        tenant="t" + secrets.token_hex(6), **UNLIMITED,
+    )  # fmt: skip
+    popular = ["How long does delivery take?", "Do you deliver on Sundays?", "How much does delivery cost?"]
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        for question in popular:
+            for _ in range(3):
+                await ask(api, question)
+        assert len(fake.requests) == len(popular)
+        fake.default = FakeReply(text="Orders arrive within 2 hours.", first_token_delay_s=0.3)
+        response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": ["delivery"]}, headers=ADMIN)
+        assert response.json()["removed"] == len(popular)
+        blackhole_redis.blackhole()  # gone while the first re-warmed answer is being computed
+        assert api.services.invalidator is not None
+        await asyncio.wait_for(api.services.invalidator.settled(), 10)
+        rewarmed = fake.requests[len(popular) :]
+        assert len(rewarmed) <= 1  # the one under way when the store went; none after
+        blackhole_redis.pass_through()
+
+
 async def test_an_invalidation_the_store_did_not_confirm_fails_loudly_and_is_retried(
     sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy
 ) -> None:

@@ -100,7 +100,13 @@ class Invalidator:
     async def _rewarm(self, questions: list[tuple[str, str]]) -> None:
         """Each in the locale it was asked in (a French answer is re-warmed in French, not as a locale-less one)."""
         warmed = 0
-        for question, locale in dict.fromkeys(questions):
+        unique = list(dict.fromkeys(questions))
+        for done, (question, locale) in enumerate(unique):
+            if self._cache is not None and not self._cache.available:
+                # The store stopped answering: each answer would cost a provider call and then not be written.
+                # The questions left are answered (and cached) by the next shoppers who ask them.
+                log.warning("cache_rewarm_stopped", reason="cache store unavailable", left=len(unique) - done)
+                break
             try:
                 warmed += await self._chat.warm(question, locale or None)
             except Exception as error:  # noqa: BLE001 - re-warming is best effort; the next shopper refills it
