@@ -898,3 +898,34 @@ async def test_a_document_added_by_another_process_reaches_every_replica_on_its_
         again = await ask(api, question)
     assert (again["cache"], again["reply"]) == ("exact", "Yes, we sell organic matcha.")
     assert len(fake.requests) == 2
+
+
+async def test_deleting_a_document_removes_it_and_the_answers_that_drew_on_it(
+    cached: tuple[Api, FakeProvider],
+) -> None:
+    """A discontinued product must leave the knowledge base and every cached answer about it."""
+    api, fake = cached
+    created = await api.client.put("/v1/admin/kb/documents/prod-matcha", json=MATCHA, headers=ADMIN)
+    assert created.status_code == 200, created.text
+    question, unrelated = "Do you sell matcha green tea powder?", "Which payment methods do you accept?"
+    fake.replies = [FakeReply(text="Yes: organic matcha, EUR 14.90 a tin."), FakeReply(text="Cards and PayPal.")]
+    first = await ask(api, question)
+    cited = first["citations"]
+    assert isinstance(cited, list)
+    assert "prod-matcha" in {citation["id"] for citation in cited}
+    await ask(api, unrelated)
+    assert (await api.client.delete("/v1/admin/kb/documents/prod-matcha")).status_code == 401
+    response = await api.client.delete("/v1/admin/kb/documents/prod-matcha", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"id": "prod-matcha", "removed": 1}
+    assert api.services.knowledge.get("prod-matcha") is None
+    assert await KnowledgeRepository(api.services.sessions).get("prod-matcha") is None
+    fake.default = FakeReply(text="Sorry, matcha is not in our range.")
+    again = await ask(api, question)
+    assert (again["cache"], again["reply"]) == ("miss", "Sorry, matcha is not in our range.")
+    assert "prod-matcha" not in {p.id for p in fake.requests[-1].passages}  # no longer retrieved
+    assert (await ask(api, unrelated))["cache"] == "exact"  # it never drew on the product
+    missing = await api.client.delete("/v1/admin/kb/documents/prod-matcha", headers=ADMIN)
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "document_not_found")
+    invalid = await api.client.delete("/v1/admin/kb/documents/bad%20id!", headers=ADMIN)
+    assert invalid.status_code == 422

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from helpline.api.deps import AdminDep, Services, ServicesDep, require_json
 from helpline.api.schemas import ErrorResponse
-from helpline.errors import InvalidInput
+from helpline.errors import InvalidInput, NotFound
 from helpline.knowledge.documents import DOC_ID_PATTERN, SourceDocument
 from helpline.store.repositories import KnowledgeRepository
 
@@ -86,6 +86,24 @@ async def save_document(services: Services, document_id: str, body: DocumentIn, 
     document = SourceDocument(document_id, body.kind, body.title.strip(), body.text.strip(), metadata, tags, source)
     removed = await services.invalidator.upsert_document(document)
     return DocumentOut(id=document_id, removed=removed, created=stored is None)
+
+
+class DeletedOut(BaseModel):
+    id: str
+    removed: int  # cached answers that drew on it
+
+
+@router.delete(
+    "/kb/documents/{document_id}", response_model=DeletedOut, responses={**ADMIN_ERRORS, 404: {"model": ErrorResponse}}
+)
+async def delete_document(document_id: str, _admin: AdminDep, services: ServicesDep) -> DeletedOut:
+    """Remove a knowledge document (a discontinued product, a withdrawn policy) and the answers that drew on it."""
+    check_document_id(document_id)
+    assert services.invalidator is not None  # noqa: S101 - built by the lifespan
+    removed = await services.invalidator.delete_document(document_id)
+    if removed is None:
+        raise NotFound(f"no knowledge document {document_id!r}", code="document_not_found")
+    return DeletedOut(id=document_id, removed=removed)
 
 
 @router.put(

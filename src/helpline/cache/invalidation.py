@@ -87,6 +87,17 @@ class Invalidator:
         await self.poll()  # another process may have saved the document again meanwhile (see poll)
         return removed
 
+    async def delete_document(self, document_id: str) -> int | None:
+        """Remove the document, then the answers that drew on it (None: there was no such document). Writes of
+        answers drawn on it are refused for a while, as after a change (its version is now DELETED), so a
+        replica that has not polled the deletion yet cannot cache a new one."""
+        if not await self._knowledge.delete(document_id):
+            return None
+        self._learn_products()
+        removed = await self.invalidate([document_id], current={document_id: DELETED}, rewarm=False)
+        await self.poll()
+        return removed
+
     def _current(self, documents: Sequence[str]) -> dict[str, str]:
         """The version of each document as this process now has it (DELETED for one that is gone)."""
         return {doc_id: self._knowledge.version(doc_id) or DELETED for doc_id in documents}

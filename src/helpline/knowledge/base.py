@@ -107,6 +107,18 @@ class KnowledgeBase:
         texts = document.chunks()
         await self._store(document, texts, await self._embedder.aembed(texts))
 
+    async def delete(self, document_id: str) -> bool:
+        """Remove a document from the database and from this process's index; whether it existed."""
+        existed = await self._repository.delete(document_id)
+        self._forget(document_id)
+        self._hashes.pop(document_id, None)
+        return existed
+
+    def _forget(self, document_id: str) -> None:
+        self._index.remove_document(document_id)
+        self._lexical.remove(document_id)
+        self._documents.pop(document_id, None)
+
     async def _store(self, document: SourceDocument, texts: list[str], vectors: Vectors) -> None:
         row = KnowledgeDocument(
             id=document.id,
@@ -154,9 +166,7 @@ class KnowledgeBase:
         changed = [doc_id for doc_id, digest in current.items() if self._hashes.get(doc_id) != digest]
         removed = [doc_id for doc_id in self._hashes if doc_id not in current]
         for doc_id in removed:
-            self._index.remove_document(doc_id)
-            self._lexical.remove(doc_id)
-            self._documents.pop(doc_id, None)
+            self._forget(doc_id)
         for row in await self._repository.documents(changed) if changed else []:
             chunks = await self._repository.chunks_for(row.id)
             self._index.replace_document(row.id, np.vstack([from_bytes(c.embedding) for c in chunks]))

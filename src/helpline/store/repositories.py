@@ -342,6 +342,13 @@ class KnowledgeRepository:
         async with self._sessions() as session:
             return await session.get(KnowledgeDocument, document_id)
 
+    async def delete(self, document_id: str) -> bool:
+        """Remove a document and its chunks in one transaction; whether it existed."""
+        async with self._sessions.begin() as session:
+            await session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.document_id == document_id))
+            result = await session.execute(delete(KnowledgeDocument).where(KnowledgeDocument.id == document_id))
+            return bool(getattr(result, "rowcount", 0))
+
     async def find(self, q: str = "", kind: str = "", limit: int = 500) -> list[tuple[str, str, str, datetime]]:
         """(id, kind, title, updated at) of the documents whose id, title or text contains ``q`` (any case, LIKE
         wildcards escaped) and of ``kind`` when given, by id; at most ``limit`` (the dashboard's document list)."""
