@@ -23,7 +23,7 @@ from helpline.api.openai_compat import router as openai_router
 from helpline.api.routes import direct_router, document_models, router
 from helpline.api.security import install_security
 from helpline.cache.factory import build_cache
-from helpline.cache.guards import SemanticGuard
+from helpline.cache.guards import SemanticGuard, language
 from helpline.cache.invalidation import Invalidator
 from helpline.chat.service import ChatService
 from helpline.config import Settings
@@ -171,6 +171,9 @@ def create_app(
         await limiter.warm_up()
         cache = build_cache(settings, SemanticGuard(knowledge.product_vocabulary()))
         await cache.connect()
+        # The language guard's model (half a second, once per process): read now, not in the first request that
+        # meets a semantic candidate.
+        await asyncio.to_thread(language, "")
         chat = ChatService(settings, conversations, knowledge, router_provider, cache)
         invalidator = Invalidator(cache, chat, knowledge)
         watch_task = asyncio.create_task(invalidator.watch(settings.kb_refresh_s), name="knowledge-watch")

@@ -146,16 +146,15 @@ def kb_ingest(
         raise typer.Exit(1) from error
     report = asyncio.run(_ingest(settings, documents, show_progress=not as_json))
     if settings.redis_url and (report.updated or report.added):
-        updated = set(report.updated)
-        versions = {doc.id: doc.content_hash() for doc in documents if doc.id in updated}
         try:
-            asyncio.run(_invalidate_changed(settings, versions, report.added))
-        except CacheUnavailable as error:
-            changed = ", ".join(sorted(versions))
-            advice = f"; run `helpline cache invalidate --tag ID` for: {changed}" if versions else ""
+            asyncio.run(_invalidate_changed(settings, [*report.updated, *report.added]))
+        except Exception as error:  # the documents are stored: say what is left to do, without a traceback
+            reason = error.message if isinstance(error, CacheUnavailable) else f"{type(error).__name__}: {error}"
+            updated = ", ".join(sorted(report.updated))
+            advice = f"; run `helpline cache invalidate --tag ID` for: {updated}" if updated else ""
             err.print(
-                f"[red]{error.message}[/red]: the documents are stored, but answers given from the knowledge as it "
-                f"was may still be served until they expire{advice}"
+                f"[red]{reason}[/red]: the documents are stored, but answers given from the knowledge as it was may "
+                f"still be served until they expire{advice}"
             )
             raise typer.Exit(1) from error
     emit(
@@ -186,23 +185,22 @@ async def _ingest(settings: Settings, documents: list[Any], *, show_progress: bo
         await engine.dispose()
 
 
-async def _invalidate_changed(settings: Settings, versions: dict[str, str], added: list[str]) -> None:
+async def _invalidate_changed(settings: Settings, changed: list[str]) -> None:
     """The cached answers drawn from another version of the changed documents go, in the shared store: running
     replicas would also find the change on their next knowledge poll, but one started after this ingest loads the
     new versions and never sees a change, and would serve the old answers until they expire.
 
     The popular ones among them are then asked again here, from the new text, as an admin PUT does: the first
     shoppers after a price change would otherwise all wait for a provider. The service is started in this process
-    for it (its knowledge, read after the ingest, holds the new versions) and the command waits for the re-warm.
+    for it (its knowledge, read after the ingest, holds the new versions) and the command waits for the re-warm,
+    which uses the providers of this command's environment: run it with the server's settings.
 
     Answers given without an added or changed document that retrieval now gives their question go too (no tag
     reaches them: "we don't sell kombucha" after kombucha was added)."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         invalidator = app.state.services.invalidator
-        if versions:
-            await invalidator.invalidate(list(versions), current=versions)
-        await invalidator.reach([*versions, *added])
+        await invalidator.documents_changed(changed)
         await invalidator.settled()
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from helpline.chat.service import ChatEvent, ChatService
 from helpline.knowledge.base import KnowledgeBase
@@ -372,12 +373,31 @@ async def test_rewarming_stops_when_the_store_stops_answering(
         fake.default = FakeReply(text="Orders arrive within 2 hours.", first_token_delay_s=0.3)
         response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": ["delivery"]}, headers=ADMIN)
         assert response.json()["removed"] == len(popular)
-        blackhole_redis.blackhole()  # gone while the first re-warmed answer is being computed
-        assert api.services.invalidator is not None
-        await asyncio.wait_for(api.services.invalidator.settled(), 10)
+        with capture_logs() as logs:
+            blackhole_redis.blackhole()  # gone while the first re-warmed answer is being computed
+            assert api.services.invalidator is not None
+            await asyncio.wait_for(api.services.invalidator.settled(), 10)
         rewarmed = fake.requests[len(popular) :]
         assert len(rewarmed) <= 1  # the one under way when the store went; none after
+        stopped = [entry for entry in logs if entry["event"] == "cache_rewarm_stopped"]
+        assert [entry["left"] for entry in stopped] == [len(popular) - 1]  # it started, then stopped
         blackhole_redis.pass_through()
+
+
+async def test_an_answer_computed_while_a_document_was_added_is_not_cached(cached: tuple[Api, FakeProvider]) -> None:
+    """No version check reaches an answer that could not see a document added while it was computed ("sorry,
+    matcha is not in our range" while matcha was being added): it is shown, not cached."""
+    api, fake = cached
+    question = "Do you sell matcha green tea powder?"
+    fake.replies = [FakeReply(text="Sorry, matcha is not in our range.", chunks=4, chunk_delay_s=0.3)]
+    asking = asyncio.create_task(ask(api, question))
+    await wait_for_provider_call(fake)
+    response = await api.client.put("/v1/admin/kb/documents/prod-matcha", json=MATCHA, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert (await asking)["reply"] == "Sorry, matcha is not in our range."
+    fake.default = FakeReply(text="Yes: organic matcha green tea powder, EUR 14.90 a tin.")
+    again = await ask(api, question)
+    assert (again["cache"], again["reply"]) == ("miss", "Yes: organic matcha green tea powder, EUR 14.90 a tin.")
 
 
 async def test_an_invalidation_the_store_did_not_confirm_fails_loudly_and_is_retried(

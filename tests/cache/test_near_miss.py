@@ -69,3 +69,23 @@ async def test_paraphrases_hit(embedder: Embedder, guard: SemanticGuard) -> None
 
 # Measured with the calibrated defaults (34 of 227 = 0.150); a drop below this floor is a regression.
 PARAPHRASE_FLOOR = 0.14
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "reason"),
+    [
+        ("When does my Plus membership renew?", "How does my Plus membership renew?", "question"),
+        ("Did you charge me for delivery?", "Will you charge me for delivery?", "tense"),
+        ("Can I pay by PayPal?", "Do I have to pay by PayPal?", "modality"),
+        ("Can I pay with a gift card and PayPal?", "Can I pay with a gift card or PayPal?", "conjunction"),
+        ("Can I transfer points to my partner?", "Can I transfer points from my partner?", "direction"),
+        ("Le tofu est-il bio ?", "Ist der Tofu bio?", "language"),
+        # Same frame, or a frame against none: these share an answer.
+        ("How do I get a refund?", "How can I get a refund?", None),
+        ("Do you deliver on Sundays?", "Will you deliver on Sundays?", None),
+        ("What payment methods do you accept?", "Which payment methods do you accept?", None),
+        ("How do I unsubscribe from the newsletter?", "How to unsubscribe from the newsletter?", None),
+    ],
+)
+def test_the_frame_and_language_guards_give_their_reason(a: str, b: str, reason: str | None) -> None:
+    assert SemanticGuard().conflict(a, b) == reason

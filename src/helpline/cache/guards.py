@@ -259,7 +259,16 @@ _OBLIGED = re.compile(r"\b(?:have|has|had|need|needs)\s+to\b")
 _FRAME_WORDS = frozenset(word for table in _FRAMES.values() for word in table) | {"need", "needs", "required"}
 
 
+# "to" after these opens an infinitive ("how to unsubscribe", "want to cancel"), not a direction.
+_INFINITIVE_AFTER = frozenset(
+    ["how", "what", "where", "when", "which", "whether", "want", "wants", "need", "needs", "have", "has", "had",
+     "able", "going", "like", "try", "trying", "possible", "allowed", "way", "ought", "used", "supposed", "plan",
+     "hope", "wish", "easy", "hard", "best", "better", "order", "is", "it"]
+)  # fmt: skip
+
+
 def _frame_of(tokens: list[str], text: str) -> dict[str, frozenset[str]]:
+    tokens = [w for i, w in enumerate(tokens) if not (w == "to" and i and tokens[i - 1] in _INFINITIVE_AFTER)]
     frame = {kind: frozenset(table[w] for w in tokens if w in table) for kind, table in _FRAMES.items()}
     if _OBLIGED.search(text):  # "do I have to", "do I need to": an obligation
         frame["modality"] |= {"must"}

@@ -16,6 +16,7 @@ from helpline.knowledge.documents import SourceDocument
 log = structlog.get_logger(__name__)
 SETTLE_ROUNDS = 3  # reads of the knowledge per poll while documents keep changing under it (the next poll goes on)
 DELETED = "-"  # the version of a document that no longer exists (no answer drew on it)
+Question = tuple[str, str]  # a popular question to re-warm, and the locale it was asked in
 
 
 class Invalidator:
@@ -40,50 +41,71 @@ class Invalidator:
         other than the one given (a document changed to that version). Raises CacheUnavailable when the store
         does not confirm it (the caller learns, and :meth:`watch` retries the tags every interval until it goes
         through)."""
+        removed, popular = await self._drop_tagged(tags, current or {})
+        if rewarm:
+            self._start_rewarm(popular)
+        return removed
+
+    async def _drop_tagged(self, tags: Sequence[str], current: Mapping[str, str]) -> tuple[int, list[Question]]:
         if self._cache is None or not tags:
-            return 0
-        current = dict(current or {})
+            return 0, []
         try:
-            removed, popular = await self._cache.invalidate(list(dict.fromkeys(tags)), current=current)
+            return await self._cache.invalidate(list(dict.fromkeys(tags)), current=current)
         except CacheUnavailable:
             for tag in tags:  # a whole-tag invalidation still pending stays whole
                 whole = tag in self.pending and self.pending[tag] is None
                 self.pending[tag] = None if whole else current.get(tag)
             raise
-        if rewarm and popular:
-            self._start_rewarm(popular)
-        return removed
 
     async def reach(self, documents: Sequence[str]) -> int:
         """Drop the answers given without these added or changed documents whose question retrieval now gives
         them to (see :meth:`AnswerCache.invalidate_reached`: no tag reaches them), and re-warm the popular ones.
         Raises CacheUnavailable when the store does not confirm it; :meth:`watch` retries until it does."""
-        if self._cache is None:
-            return 0
-        present = [doc for doc in dict.fromkeys([*self.unreached, *documents]) if self._knowledge.get(doc)]
-        self.unreached.clear()
-        if not present:
-            return 0
-        try:
-            removed, popular = await self._cache.invalidate_reached(present, self._chat.retrieves)
-        except CacheUnavailable:
-            self.unreached.update(present)
-            raise
-        if popular:
-            self._start_rewarm(popular)
+        removed, popular = await self._reach(documents)
+        self._start_rewarm(popular)
         return removed
 
-    def _start_rewarm(self, popular: list[tuple[str, str]]) -> None:
+    async def _reach(self, documents: Sequence[str]) -> tuple[int, list[Question]]:
+        """Also retries the documents earlier attempts left in :attr:`unreached`."""
+        if self._cache is None:
+            return 0, []
+        present = [doc for doc in dict.fromkeys([*self.unreached, *documents]) if self._knowledge.get(doc)]
+        self.unreached.difference_update(present)
+        if not present:
+            return 0, []
+        try:
+            return await self._cache.invalidate_reached(present, self._chat.retrieves)
+        except BaseException:  # unconfirmed, or cancelled: retried on the next poll
+            self.unreached.update(present)
+            raise
+
+    async def documents_changed(self, documents: Sequence[str]) -> int:
+        """Documents added or changed in the knowledge as this process now has it: the answers that drew on
+        another version of them go (their tags), then those given without them that retrieval now gives them to;
+        the popular ones of both are re-warmed once both are done (re-warmed earlier, an answer drawn on the new
+        text could be taken for one given without it). Until the store confirms, the documents stay pending."""
+        self.unreached.update(documents)  # reached below, or on a later poll if anything fails before
+        removed, popular = await self._drop_tagged(documents, self._current(documents))
+        reached, more = await self._reach(())
+        self._start_rewarm([*popular, *more])
+        return removed + reached
+
+    def _start_rewarm(self, popular: list[Question]) -> None:
+        if not popular:
+            return
         task = asyncio.create_task(self._rewarm(popular), name="cache-rewarm")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def upsert_document(self, document: SourceDocument) -> int:
         """Store the new version, then drop the answers that used the old one (and its ingest tags)."""
+        before = self._knowledge.version(document.id)
         await self._knowledge.upsert(document)
         self._learn_products()
-        removed = await self.invalidate([document.id], current=self._current([document.id]))
-        removed += await self.reach([document.id])
+        if self._knowledge.version(document.id) == before:  # saved again unchanged: nothing to invalidate
+            removed = 0
+        else:
+            removed = await self.documents_changed([document.id])
         await self.poll()  # another process may have saved the document again meanwhile (see poll)
         return removed
 
@@ -166,8 +188,9 @@ class Invalidator:
         current = {tag: version for tag, version in tags.items() if version is not None}
         self.unreached.update(changed)  # a document added or rewritten: the answers given without it (below)
         try:
-            await self.invalidate(list(tags), current=current)
-            await self.reach(())
+            _, popular = await self._drop_tagged(list(tags), current)
+            _, more = await self._reach(())
+            self._start_rewarm([*popular, *more])  # once both are done (see documents_changed)
         except CacheUnavailable:
             log.warning("cache_invalidation_pending", tags=len(self.pending), documents=len(self.unreached))
             return False

@@ -98,6 +98,9 @@ class Prepared:
     # whole-tag invalidation came in between (None: not read, or the store could not say; then it is not cached).
     # A document change is checked by version instead (see versions_of).
     generation: int | None = None
+    # This process's knowledge epoch when retrieval read it: an answer finished under another epoch is not cached
+    # (a document added meanwhile reaches no version check; see KnowledgeBase.epoch).
+    knowledge_epoch: int = -1
     # Set when this request makes the call for identical ones: its text is published here as it streams.
     relay: Flight | None = None
     answered: bool = False  # a streamed request following another's flight has finished its own reply
@@ -330,6 +333,7 @@ class ChatService:
     async def _retrieve(self, prepared: Prepared) -> None:
         if self._cache is not None:  # before the knowledge is read: see Prepared.generation
             prepared.generation = await self._cache.generation()
+        prepared.knowledge_epoch = self._knowledge.epoch
         if prepared.vector is None:
             (prepared.vector,) = await self._knowledge.embedder.aembed([prepared.message])
         passages = self._knowledge.search_vector(prepared.vector, self._settings.retrieval_top_k, prepared.message)
@@ -570,14 +574,22 @@ class ChatService:
         if answer is not None:
             landed = CacheHit(answer, "exact", 1.0, prepared.message)
             if prepared.vector is not None and prepared.generation is not None:
-                stored = await self._cache.store(
+                stored = self._current(prepared) and await self._cache.store(
                     prepared.message, prepared.vector, prepared.scope, answer, generation=prepared.generation,
                     versions=versions_of(prepared.passages),
                 )  # fmt: skip
-                if not stored and self._cache.available:  # refused: drawn from a document that changed meanwhile
+                if not stored and self._cache.available:  # refused: drawn from knowledge that changed meanwhile
                     landed = SharedReply(reply, Usage(usage.provider, usage.model), stale=True)
         if prepared.relay is not None:  # only into the flight this request leads (never a later one for the key)
             prepared.relay.land(landed)
+
+    def _current(self, prepared: Prepared) -> bool:
+        """Whether this process's knowledge is still the one the answer was retrieved from: a document added
+        meanwhile reaches no version check (see KnowledgeBase.epoch), so such an answer is not written."""
+        if prepared.knowledge_epoch != self._knowledge.epoch:
+            log.info("cache_write_skipped", reason="knowledge changed while answering")
+            return False
+        return True
 
     async def warm(self, question: str, locale: str | None = None) -> bool:
         """Answer ``question`` as a first message from nobody in particular and cache it (no conversation)."""
@@ -590,11 +602,13 @@ class ChatService:
             return False
         prepared = Prepared(message, "warm", ANONYMOUS, "warm", locale, (), vector, scope)
         await self._retrieve(prepared)
+        if prepared.generation is None:  # the store is not answering: the answer could not be written
+            return False
         completion = await self._router.complete(prepared.request)
         usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
         # The same leak check as a shopper's answer: a warmed answer would be served to everyone.
         answer = self._worth_caching(prepared, self._checked(parse_reply(completion.text, prepared.passages)), usage)
-        if answer is None or prepared.generation is None:
+        if answer is None or not self._current(prepared):
             return False
         return await self._cache.store(
             message, vector, scope, answer, generation=prepared.generation, versions=versions_of(prepared.passages)

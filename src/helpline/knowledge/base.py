@@ -58,6 +58,10 @@ class KnowledgeBase:
         self._documents: dict[str, Passage] = {}
         self._lexical = LexicalScorer()
         self._hashes: dict[str, str] = {}
+        # Moves on with every change this process makes to its copy of the knowledge. An answer retrieved under
+        # one epoch and finished under another may have missed a document added meanwhile (no version reaches
+        # that): it is not cached (see ChatService).
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self._documents)
@@ -79,6 +83,7 @@ class KnowledgeBase:
             else np.zeros((0, self._embedder.dimensions))
         )
         self._index.load([IndexEntry(c.document_id, c.ordinal) for c in chunks], vectors.astype(np.float32))
+        self.epoch += 1
 
     async def ingest(self, documents: Sequence[SourceDocument], progress: ProgressFn | None = None) -> IngestReport:
         """Store new and changed documents with their embeddings; unchanged ones cost nothing.
@@ -115,6 +120,7 @@ class KnowledgeBase:
         return existed
 
     def _forget(self, document_id: str) -> None:
+        self.epoch += 1
         self._index.remove_document(document_id)
         self._lexical.remove(document_id)
         self._documents.pop(document_id, None)
@@ -136,6 +142,7 @@ class KnowledgeBase:
             for ordinal, (text, vector) in enumerate(zip(texts, vectors, strict=True))
         ]
         await self._repository.upsert(row, chunks, self._embedder.model_id)
+        self.epoch += 1
         self._index.replace_document(document.id, vectors)
         passage = _passage(row)
         self._documents[document.id] = passage
@@ -169,6 +176,7 @@ class KnowledgeBase:
             self._forget(doc_id)
         for row in await self._repository.documents(changed) if changed else []:
             chunks = await self._repository.chunks_for(row.id)
+            self.epoch += 1
             self._index.replace_document(row.id, np.vstack([from_bytes(c.embedding) for c in chunks]))
             passage = _passage(row)
             self._documents[row.id] = passage
