@@ -338,18 +338,24 @@ class AnswerCache:
         # Versions stay current (writes of older ones refused) for longer than any answer computed from an older
         # copy of the knowledge could still be arriving: a replica's poll interval and a provider's deadline.
         mark_ttl_s = 2 * self.settings.ttl_s
+        async with self._removing(tags=list(tags)[:20]), asyncio.timeout(self.settings.invalidate_timeout_s):
+            removed = await self.backend.invalidate(list(tags), current, mark_ttl_s)
+        log.info("cache_invalidated", tags=list(tags)[:20], removed=len(removed), popular=len(popular))
+        return len(removed), popular
+
+    @contextlib.asynccontextmanager
+    async def _removing(self, **what: object) -> AsyncIterator[None]:
+        """Around a removal from the store: any failure is :class:`CacheUnavailable` (logged and counted), and the
+        index copies are dropped and the invalidation counted whatever happened."""
         try:
-            async with asyncio.timeout(self.settings.invalidate_timeout_s):
-                removed = await self.backend.invalidate(list(tags), current, mark_ttl_s)
+            yield
         except Exception as error:
-            log.warning("cache_invalidation_failed", tags=list(tags)[:20], error=type(error).__name__)
+            log.warning("cache_invalidation_failed", **what, error=type(error).__name__)
             self._on_event("store_error", "invalidate")
             raise CacheUnavailable("cached answers could not be removed: the cache store did not answer") from error
         finally:
             self._mirrors.clear()
             self.invalidations += 1
-        log.info("cache_invalidated", tags=list(tags)[:20], removed=len(removed), popular=len(popular))
-        return len(removed), popular
 
     async def invalidate_reached(
         self, documents: Sequence[str], retrieves: Callable[[str, Vector], Collection[str]], min_hits: int = 2
@@ -366,7 +372,7 @@ class AnswerCache:
         locale) of the popular ones). Raises :class:`CacheUnavailable` when the store does not answer."""
         wanted = set(documents)
         found: list[str] = []
-        try:
+        async with self._removing(documents=sorted(wanted)[:20]):
             async with asyncio.timeout(SCAN_TIMEOUT_FACTOR * self.settings.invalidate_timeout_s):
                 scope_ids = await self.backend.scope_ids()  # a SCAN: on a shared Redis, of every tenant's keys
             for scope_id in scope_ids:
@@ -396,13 +402,6 @@ class AnswerCache:
                 await self.flush_popularity()
                 counts = await self.backend.popularity(stale) if stale else {}
                 await asyncio.gather(*(drop(key, counts.get(key, 0)) for key in stale))
-        except Exception as error:
-            log.warning("cache_invalidation_failed", documents=sorted(wanted)[:20], error=type(error).__name__)
-            self._on_event("store_error", "invalidate")
-            raise CacheUnavailable("cached answers could not be removed: the cache store did not answer") from error
-        finally:
-            self._mirrors.clear()
-            self.invalidations += 1
         log.info("cache_invalidated_by_retrieval", documents=sorted(wanted)[:20], removed=len(stale))
         return len(stale), list(dict.fromkeys((answer.question, answer.locale) for answer in popular))
 
