@@ -69,8 +69,9 @@ class Invalidator:
         """Also retries the documents earlier attempts left in :attr:`unreached`."""
         if self._cache is None:
             return 0, []
-        present = [doc for doc in dict.fromkeys([*self.unreached, *documents]) if self._knowledge.get(doc)]
-        self.unreached.difference_update(present)
+        candidates = list(dict.fromkeys([*self.unreached, *documents]))
+        self.unreached.difference_update(candidates)
+        present = [doc for doc in candidates if self._knowledge.get(doc)]  # one deleted since: nothing to reach
         if not present:
             return 0, []
         try:
