@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, ViewportSize, expect, sync_playwright
 
 from tests.test_serve import serving
 
@@ -314,6 +314,38 @@ def test_an_operator_creates_a_document_the_bot_then_answers_from(admin: Page, b
     admin.get_by_role("button", name="Save and invalidate cached answers").click()
     expect(admin.get_by_role("status").filter(has_text="Not saved")).to_contain_text("must be a JSON object")
     expect(admin.get_by_label("Metadata (JSON object)")).to_be_focused()
+
+
+def test_an_operator_deletes_a_discontinued_product_and_its_cached_answers_go(admin: Page, base_url: str) -> None:
+    product = {"kind": "product", "title": "Yuzu sparkling water",
+               "text": "Sparkling water with Japanese yuzu juice, 330 ml can, EUR 1.80."}  # fmt: skip
+    response = httpx.put(f"{base_url}/v1/admin/kb/documents/prod-yuzu", json=product,
+                         headers={"authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+    assert response.status_code == 200, response.text
+    question = "Do you sell yuzu sparkling water?"
+    first, second = chat(base_url, question), chat(base_url, question)
+    assert "prod-yuzu" in [citation["id"] for citation in first["citations"]]
+    assert second["cache"] == "exact"
+    open_document(admin, "prod-yuzu")
+    dialogs: list[str] = []
+
+    def confirm(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    admin.once("dialog", confirm)
+    admin.get_by_role("button", name="Delete document").click()
+    expect(admin.get_by_role("status").filter(has_text="prod-yuzu")).to_have_text(
+        "Deleted prod-yuzu: removed 1 cached answer that drew on it."
+    )
+    assert dialogs == ["Delete prod-yuzu? The bot stops using it and every cached answer that drew on it goes."]
+    expect(admin.locator("#doc-editor")).to_be_hidden()
+    expect(admin.locator("#documents").get_by_role("button", name="prod-yuzu", exact=True)).to_have_count(0)
+    third = chat(base_url, question)
+    assert third["cache"] == "miss"
+    assert "prod-yuzu" not in [citation["id"] for citation in third["citations"]]
+    admin.get_by_role("button", name="New document").click()
+    expect(admin.get_by_role("button", name="Delete document")).to_be_hidden()  # nothing to delete yet
 
 
 def test_markup_in_a_document_renders_as_text_in_the_editor(admin: Page, base_url: str) -> None:

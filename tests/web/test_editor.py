@@ -57,6 +57,7 @@ async def test_the_editor_endpoints_need_the_admin_cookie(web: Api) -> None:
         ("GET", "/admin/api/documents"),
         ("GET", f"/admin/api/documents/{DELIVERY}"),
         ("PUT", f"/admin/api/documents/{DELIVERY}"),
+        ("DELETE", f"/admin/api/documents/{DELIVERY}"),
     ]:
         response = await web.client.request(method, path, json=NEW_DELIVERY, headers=ORIGIN)
         assert response.status_code == 401, (method, path)
@@ -203,3 +204,26 @@ async def test_find_matches_in_any_case_and_escapes_wildcards_on_every_backend(a
         assert len(rows) < len(api.services.knowledge)  # a literal character, not a LIKE wildcard
     else:
         assert rows
+
+
+async def test_deleting_from_the_dashboard_needs_the_csrf_token_and_removes_the_answers(web: Api) -> None:
+    first = await ask(web, "How long does delivery take?")
+    assert DELIVERY in [citation["id"] for citation in first["citations"]]
+    await ask(web, "Which payment methods do you accept?")
+    headers = await signed_in(web.client)
+    path = f"/admin/api/documents/{DELIVERY}"
+    missing = await web.client.delete(path, headers=ORIGIN)
+    assert (missing.status_code, missing.json()["error"]["code"]) == (403, "csrf_failed")
+    cross_site = await web.client.delete(path, headers={**headers, "origin": "https://evil.example"})
+    assert cross_site.status_code == 403
+    assert await KnowledgeRepository(web.services.sessions).get(DELIVERY) is not None  # nothing was deleted
+    deleted = await web.client.delete(path, headers=headers)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {"id": DELIVERY, "removed": 1}
+    assert await KnowledgeRepository(web.services.sessions).get(DELIVERY) is None
+    again = await ask(web, "How long does delivery take?")
+    assert again["cache"] == "miss"
+    assert DELIVERY not in [citation["id"] for citation in again["citations"]]
+    assert (await ask(web, "Which payment methods do you accept?"))["cache"] == "exact"
+    gone = await web.client.delete(path, headers=headers)
+    assert (gone.status_code, gone.json()["error"]["code"]) == (404, "document_not_found")

@@ -98,6 +98,11 @@ class DeletedOut(BaseModel):
 )
 async def delete_document(document_id: str, _admin: AdminDep, services: ServicesDep) -> DeletedOut:
     """Remove a knowledge document (a discontinued product, a withdrawn policy) and the answers that drew on it."""
+    return await remove_document(services, document_id)
+
+
+async def remove_document(services: Services, document_id: str) -> DeletedOut:
+    """The one path for every remover of a document (this API and the dashboard)."""
     check_document_id(document_id)
     assert services.invalidator is not None  # noqa: S101 - built by the lifespan
     removed = await services.invalidator.delete_document(document_id)

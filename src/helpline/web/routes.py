@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 
-from helpline.api.admin import DocumentIn, save_document
+from helpline.api.admin import DocumentIn, remove_document, save_document
 from helpline.api.deps import ServicesDep, conversations_of, require_admin, require_json
 from helpline.api.routes import operator_counts
 from helpline.api.security import same_secret
@@ -233,3 +233,11 @@ async def admin_api_save_document(document_id: str, body: DocumentIn, services: 
     """Save through the admin API's own path (``PUT /v1/admin/kb/documents/{id}``): re-index, then remove the cached
     answers that drew on the document. The stored document's ingest tags are kept (the editor does not show them)."""
     return (await save_document(services, document_id, body, source="admin-dashboard")).model_dump()
+
+
+@router.delete(
+    "/admin/api/documents/{document_id}", dependencies=[Depends(require_admin_cookie), Depends(require_csrf_header)]
+)
+async def admin_api_delete_document(document_id: str, services: ServicesDep) -> dict[str, Any]:
+    """Delete through the admin API's own path (``DELETE /v1/admin/kb/documents/{id}``)."""
+    return (await remove_document(services, document_id)).model_dump()

@@ -328,6 +328,7 @@
     field("editor-title").textContent = heading;
     field("doc-id").value = values.id;
     field("doc-id").readOnly = !isNew;
+    field("doc-delete").hidden = isNew;
     field("doc-kind").value = values.kind;
     field("doc-title").value = values.title;
     field("doc-text").value = values.text;
@@ -370,12 +371,17 @@
   }
 
   async function putDocument(id, payload) {
-    var response = await fetch("/admin/api/documents/" + encodeURIComponent(id), {
+    return writeDocument(id, {
       method: "PUT",
-      credentials: "same-origin",
-      headers: { "content-type": "application/json", accept: "application/json", "x-csrf-token": csrfToken() },
+      headers: { "content-type": "application/json" },
       body: JSON.stringify(payload),
     });
+  }
+
+  async function writeDocument(id, init) {
+    init.credentials = "same-origin";
+    init.headers = Object.assign({ accept: "application/json", "x-csrf-token": csrfToken() }, init.headers || {});
+    var response = await fetch("/admin/api/documents/" + encodeURIComponent(id), init);
     if (response.status === 401) {
       window.location.assign("/admin");
       throw new Error("signed out");
@@ -411,6 +417,23 @@
     }
   }
 
+  async function deleteDocument() {
+    var id = field("doc-id").value.trim();
+    if (!window.confirm("Delete " + id + "? The bot stops using it and every cached answer that drew on it goes.")) {
+      return;
+    }
+    editorStatus("Deleting " + id + "…");
+    try {
+      var deleted = await writeDocument(id, { method: "DELETE" });
+      field("doc-editor").hidden = true;
+      editorStatus("Deleted " + deleted.id + ": removed " + plural(deleted.removed, "cached answer") + " that drew on it.");
+      await loadDocuments();
+      field("doc-new").focus();
+    } catch (error) {
+      editorStatus("Not deleted: " + error.message);
+    }
+  }
+
   function startEditor() {
     document.getElementById("doc-filters").addEventListener("submit", function (event) {
       event.preventDefault();
@@ -418,6 +441,7 @@
     });
     field("doc-new").addEventListener("click", newDocument);
     field("doc-cancel").addEventListener("click", closeEditor);
+    field("doc-delete").addEventListener("click", deleteDocument);
     field("doc-editor").addEventListener("submit", function (event) {
       event.preventDefault();
       saveDocument();
