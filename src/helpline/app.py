@@ -138,9 +138,12 @@ def create_app(
     embedder: Embedder | None = None,
     providers: Sequence[Provider] | None = None,
     freeze_heap: bool = False,
+    bootstrap: bool = True,
 ) -> FastAPI:
     """Build the ASGI app. Tests pass a shared ``embedder`` and scripted ``providers``; the server process passes
-    ``freeze_heap`` (see :func:`freeze_startup_heap`)."""
+    ``freeze_heap`` (see :func:`freeze_startup_heap`). A CLI command that starts the service for a moment (`kb
+    ingest`, `cache warm`) passes ``bootstrap=False``: the one-time admin token is printed by `helpline serve`,
+    not into the output of a batch job, where nobody looks for it and its logs may keep it."""
     settings.check_can_start()
     configure_logging(
         settings.log_level,
@@ -157,7 +160,8 @@ def create_app(
         await knowledge.load()
         await load_sample_if_empty(settings, knowledge)
         api_keys = ApiKeyRepository(sessions)
-        await bootstrap_admin(settings, api_keys, StateRepository(sessions))
+        if bootstrap:
+            await bootstrap_admin(settings, api_keys, StateRepository(sessions))
         router_provider = FallbackRouter(
             list(providers) if providers is not None else build_providers(settings), router_timings(settings)
         )

@@ -197,7 +197,7 @@ async def _invalidate_changed(settings: Settings, changed: list[str]) -> None:
 
     Answers given without an added or changed document that retrieval now gives their question go too (no tag
     reaches them: "we don't sell kombucha" after kombucha was added)."""
-    app = create_app(settings)
+    app = create_app(settings, bootstrap=False)
     async with app.router.lifespan_context(app):
         invalidator = app.state.services.invalidator
         await invalidator.documents_changed(changed)

@@ -56,7 +56,7 @@ def cache_warm(
     _needs_redis(settings, "cache warm")
 
     async def run() -> tuple[int, int]:
-        app = create_app(settings)
+        app = create_app(settings, bootstrap=False)
         warmed = 0
         async with app.router.lifespan_context(app):
             services = app.state.services
@@ -87,7 +87,7 @@ def cache_invalidate(
     _needs_redis(settings, "cache invalidate")
 
     async def run() -> int:
-        app = create_app(settings)
+        app = create_app(settings, bootstrap=False)
         async with app.router.lifespan_context(app):
             removed: int = await app.state.services.invalidator.invalidate(tags, rewarm=False)
         return removed
