@@ -392,8 +392,7 @@ async def test_an_answer_computed_while_a_document_was_added_is_not_cached(cache
     fake.replies = [FakeReply(text="Sorry, matcha is not in our range.", chunks=4, chunk_delay_s=0.3)]
     asking = asyncio.create_task(ask(api, question))
     await wait_for_provider_call(fake)
-    response = await api.client.put("/v1/admin/kb/documents/prod-matcha", json=MATCHA, headers=ADMIN)
-    assert response.status_code == 200, response.text
+    await add_matcha(api)
     assert (await asking)["reply"] == "Sorry, matcha is not in our range."
     fake.default = FakeReply(text="Yes: organic matcha green tea powder, EUR 14.90 a tin.")
     again = await ask(api, question)
@@ -863,6 +862,14 @@ MATCHA = {"kind": "product", "title": "Organic matcha green tea powder",
           "text": "Ceremonial-grade organic matcha green tea powder from Japan, 30 g tin, EUR 14.90."}  # fmt: skip
 
 
+async def add_matcha(api: Api) -> int:
+    """Add the matcha product through the admin API; how many cached answers it removed."""
+    response = await api.client.put("/v1/admin/kb/documents/prod-matcha", json=MATCHA, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    removed: int = response.json()["removed"]
+    return removed
+
+
 async def test_an_added_document_removes_the_answers_given_without_it(cached: tuple[Api, FakeProvider]) -> None:
     """An answer given before a document existed cites other documents, so no tag reaches it: "we don't sell
     matcha" stayed cached for the whole TTL after matcha was added (found by a review, session 8). Adding the
@@ -875,9 +882,7 @@ async def test_an_added_document_removes_the_answers_given_without_it(cached: tu
     await ask(api, unrelated)
     assert len(fake.requests) == 2
     fake.default = FakeReply(text="Yes: organic matcha green tea powder, EUR 14.90 a tin.")
-    response = await api.client.put("/v1/admin/kb/documents/prod-matcha", json=MATCHA, headers=ADMIN)
-    assert response.status_code == 200, response.text
-    assert response.json()["removed"] == 1
+    assert await add_matcha(api) == 1
     assert api.services.invalidator is not None
     await api.services.invalidator.settled()  # re-warmed in the background from the new catalogue
     again = await ask(api, question)
@@ -925,8 +930,7 @@ async def test_deleting_a_document_removes_it_and_the_answers_that_drew_on_it(
 ) -> None:
     """A discontinued product must leave the knowledge base and every cached answer about it."""
     api, fake = cached
-    created = await api.client.put("/v1/admin/kb/documents/prod-matcha", json=MATCHA, headers=ADMIN)
-    assert created.status_code == 200, created.text
+    await add_matcha(api)
     question, unrelated = "Do you sell matcha green tea powder?", "Which payment methods do you accept?"
     fake.replies = [FakeReply(text="Yes: organic matcha, EUR 14.90 a tin."), FakeReply(text="Cards and PayPal.")]
     first = await ask(api, question)

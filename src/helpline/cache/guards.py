@@ -172,7 +172,7 @@ LANGUAGES = (
 
 @cache
 def _identifier() -> LanguageIdentifier:
-    """py3langid's model, read once per process (half a second) and only when a semantic candidate is checked."""
+    """py3langid's model, read once per process (half a second; the app reads it at start-up)."""
     identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
     identifier.set_languages(list(LANGUAGES))
     return identifier
@@ -256,7 +256,7 @@ _FRAMES: dict[str, dict[str, str]] = {
     "direction": {"to": "to", "into": "to", "onto": "to", "towards": "to", "from": "from", "out": "from"},
 }  # fmt: skip
 _OBLIGED = re.compile(r"\b(?:have|has|had|need|needs)\s+to\b")
-_FRAME_WORDS = frozenset(word for table in _FRAMES.values() for word in table) | {"need", "needs", "required"}
+_FRAME_WORDS = frozenset(word for table in _FRAMES.values() for word in table) | {"need", "needs"}
 
 
 # "to" after these opens an infinitive ("how to unsubscribe", "want to cancel"), not a direction.
@@ -267,10 +267,11 @@ _INFINITIVE_AFTER = frozenset(
 )  # fmt: skip
 
 
-def _frame_of(tokens: list[str], text: str) -> dict[str, frozenset[str]]:
+def _frame_of(tokens: list[str]) -> dict[str, frozenset[str]]:
+    obliged = _OBLIGED.search(" ".join(tokens)) is not None  # "do I have to", "do I need to": an obligation
     tokens = [w for i, w in enumerate(tokens) if not (w == "to" and i and tokens[i - 1] in _INFINITIVE_AFTER)]
     frame = {kind: frozenset(table[w] for w in tokens if w in table) for kind, table in _FRAMES.items()}
-    if _OBLIGED.search(text):  # "do I have to", "do I need to": an obligation
+    if obliged:
         frame["modality"] |= {"must"}
     return frame
 
@@ -281,7 +282,7 @@ def _frame(wa: list[str], wb: list[str], ca: list[str], cb: list[str]) -> str | 
     only against another (not against none: "How do I get a refund?" / "How can I …" share one)."""
     if {w for w in ca if w not in _FRAME_WORDS} != {w for w in cb if w not in _FRAME_WORDS}:
         return None
-    fa, fb = _frame_of(wa, " ".join(wa)), _frame_of(wb, " ".join(wb))
+    fa, fb = _frame_of(wa), _frame_of(wb)
     for kind in _FRAMES:
         left, right = fa[kind], fb[kind]
         if left == right:

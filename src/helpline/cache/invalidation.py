@@ -85,8 +85,13 @@ class Invalidator:
         another version of them go (their tags), then those given without them that retrieval now gives them to;
         the popular ones of both are re-warmed once both are done (re-warmed earlier, an answer drawn on the new
         text could be taken for one given without it). Until the store confirms, the documents stay pending."""
+        return await self._drop_and_reach(documents, self._current(documents), documents)
+
+    async def _drop_and_reach(self, tags: Sequence[str], current: Mapping[str, str], documents: Sequence[str]) -> int:
+        """Drop ``tags`` (see :meth:`invalidate`), then reach ``documents`` and those left from before; the popular
+        answers of both are re-warmed once both are done."""
         self.unreached.update(documents)  # reached below, or on a later poll if anything fails before
-        removed, popular = await self._drop_tagged(documents, self._current(documents))
+        removed, popular = await self._drop_tagged(tags, current)
         reached, more = await self._reach(())
         self._start_rewarm([*popular, *more])
         return removed + reached
@@ -187,11 +192,8 @@ class Invalidator:
         if not tags and not self.unreached:
             return False
         current = {tag: version for tag, version in tags.items() if version is not None}
-        self.unreached.update(changed)  # a document added or rewritten: the answers given without it (below)
-        try:
-            _, popular = await self._drop_tagged(list(tags), current)
-            _, more = await self._reach(())
-            self._start_rewarm([*popular, *more])  # once both are done (see documents_changed)
+        try:  # a document added or rewritten: also the answers given without it
+            await self._drop_and_reach(list(tags), current, changed)
         except CacheUnavailable:
             log.warning("cache_invalidation_pending", tags=len(self.pending), documents=len(self.unreached))
             return False

@@ -116,14 +116,23 @@ class KnowledgeBase:
         """Remove a document from the database and from this process's index; whether it existed."""
         existed = await self._repository.delete(document_id)
         self._forget(document_id)
-        self._hashes.pop(document_id, None)
         return existed
+
+    def _remember(self, row: KnowledgeDocument, vectors: Vectors) -> None:
+        """A document's new version into this process's copy (index, passages, lexical scores, versions)."""
+        self.epoch += 1
+        self._index.replace_document(row.id, vectors)
+        passage = _passage(row)
+        self._documents[row.id] = passage
+        self._lexical.replace(row.id, _lexical_text(passage))
+        self._hashes[row.id] = row.content_hash
 
     def _forget(self, document_id: str) -> None:
         self.epoch += 1
         self._index.remove_document(document_id)
         self._lexical.remove(document_id)
         self._documents.pop(document_id, None)
+        self._hashes.pop(document_id, None)
 
     async def _store(self, document: SourceDocument, texts: list[str], vectors: Vectors) -> None:
         row = KnowledgeDocument(
@@ -142,12 +151,7 @@ class KnowledgeBase:
             for ordinal, (text, vector) in enumerate(zip(texts, vectors, strict=True))
         ]
         await self._repository.upsert(row, chunks, self._embedder.model_id)
-        self.epoch += 1
-        self._index.replace_document(document.id, vectors)
-        passage = _passage(row)
-        self._documents[document.id] = passage
-        self._lexical.replace(document.id, _lexical_text(passage))
-        self._hashes[document.id] = row.content_hash
+        self._remember(row, vectors)
 
     async def search(self, query: str, k: int) -> list[Passage]:
         """The ``k`` best passages for a question, scored by meaning and by the rare words they share."""
@@ -176,11 +180,7 @@ class KnowledgeBase:
             self._forget(doc_id)
         for row in await self._repository.documents(changed) if changed else []:
             chunks = await self._repository.chunks_for(row.id)
-            self.epoch += 1
-            self._index.replace_document(row.id, np.vstack([from_bytes(c.embedding) for c in chunks]))
-            passage = _passage(row)
-            self._documents[row.id] = passage
-            self._lexical.replace(row.id, _lexical_text(passage))
+            self._remember(row, np.vstack([from_bytes(c.embedding) for c in chunks]))
         self._hashes = current
         return changed + removed
 
