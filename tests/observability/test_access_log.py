@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import structlog
 from fastapi import FastAPI
 
 from helpline.api.errors import install_error_handlers
 from helpline.api.middleware import RequestIdMiddleware
 from helpline.observability.access import AccessLogMiddleware
 from helpline.observability.context import annotate, request_fields, request_scope
-from helpline.observability.logging import configure_logging
+from helpline.observability.logging import configure_logging, log_line
 from tests.conftest import Api
 
 
@@ -154,3 +157,34 @@ def test_annotate_outside_a_request_is_a_no_op() -> None:
         assert request_fields() == {"provider": "gemini", "tokens_in": 5}
     assert fields == {"provider": "gemini", "tokens_in": 5}
     assert request_fields() == {}
+
+
+def test_the_summary_path_writes_the_line_structlog_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    """log_line (the summary's lean path) and structlog's chain: the same keys, order, values and redaction."""
+    capture_logs(capsys)
+    logger = structlog.get_logger("helpline.access")
+    fields = {
+        "method": "POST", "route": "/v1/chat", "status": 200, "latency_ms": 1.5, "request_id": "req-1",
+        "cache": "exact", "note": "mail jane.doe@example.com", "api_key": "sk-live-1", "tokens_in": 3,
+        "odd": Path("/x"),
+    }  # fmt: skip
+    log_line(logger, "info", "request", dict(fields))
+    logger.info("request", **fields)
+    log_line(logger, "debug", "request", dict(fields))  # below INFO: nothing
+    lean, chain = json_lines(capsys.readouterr().err)  # exactly two lines
+    for line in (lean, chain):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", line.pop("timestamp"))
+    assert list(lean.items()) == list(chain.items())
+    assert (lean["note"], lean["api_key"], lean["level"]) == ("mail [email]", "[redacted]", "info")
+
+
+def test_the_summary_path_hands_over_to_structlog_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("DEBUG", json_logs=False)
+    try:
+        capsys.readouterr()
+        log_line(structlog.get_logger("helpline.access"), "debug", "request", {"route": "/healthz", "status": 200})
+        err = capsys.readouterr().err
+        assert "route=/healthz" in err
+        assert not err.startswith("{")
+    finally:
+        configure_logging("INFO", json_logs=True)

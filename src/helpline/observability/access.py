@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helpline.observability import metrics
 from helpline.observability.context import request_scope
+from helpline.observability.logging import log_line
 
 log = structlog.get_logger("helpline.access")
 UNMATCHED = "unmatched"
@@ -100,12 +101,8 @@ def _log_summary(scope: Scope, route: str, status: int, seconds: float, fields: 
         "request_id": request_id,
         **extra,
     }
-    if status >= 500:
-        log.error("request", **line)
-    elif route in QUIET_ROUTES and status < 400:
-        log.debug("request", **line)
-    else:
-        log.info("request", **line)
+    method = "error" if status >= 500 else "debug" if route in QUIET_ROUTES and status < 400 else "info"
+    log_line(log, method, "request", line)
 
 
 class AccessLogMiddleware:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import sys
@@ -61,6 +62,40 @@ def _orjson_dumps(data: Any, default: Any) -> str:
     return orjson.dumps(data, default=default).decode()
 
 
+_LEVELS = logging.getLevelNamesMapping()
+_STDERR = _CurrentStderr()
+
+
+class _Output:
+    """What :func:`configure_logging` last set: the lowest level written, and whether lines are JSON."""
+
+    level = logging.INFO
+    json = True
+
+
+def _utc_now_iso() -> str:
+    """The timestamp structlog's ``TimeStamper(fmt="iso", utc=True)`` writes."""
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def log_line(logger: Any, method: str, event: str, fields: dict[str, Any]) -> None:
+    """``logger.<method>(event, **fields)``, rendered without structlog's generic chain when lines are JSON.
+
+    For the one line every request writes (the access summary): through structlog's proxy, processors and
+    renderer it cost about 20 µs, a tenth of a cached answer's CPU in process; this writes the same line (the
+    same keys in the same order, redacted alike, the same timestamp format, one write) in about 4. It merges no
+    bound context variables: the summary carries its request id (the only one we bind) among its fields. On a
+    terminal (key=value lines) it hands over to structlog."""
+    if _LEVELS[method.upper()] < _Output.level:
+        return
+    if not _Output.json:
+        getattr(logger, method)(event, **fields)
+        return
+    line = {**fields, "event": event, "level": method, "timestamp": _utc_now_iso()}
+    _redact(None, method, line)
+    _STDERR.write(orjson.dumps(line, default=repr).decode() + "\n")
+
+
 def _renderer(json_logs: bool) -> structlog.typing.Processor:
     if json_logs:
         return structlog.processors.JSONRenderer(serializer=_orjson_dumps)
@@ -82,6 +117,8 @@ def configure_logging(level: str = "INFO", json_logs: bool | None = None) -> Non
         json_logs = not sys.stderr.isatty()
     shared = _shared_processors()
     renderer = _renderer(json_logs)
+    _Output.level = _LEVELS.get(level.upper(), logging.INFO)
+    _Output.json = json_logs
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level.upper(), 20)),
