@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # ... and the lead the best match needs over any cached question with a different answer (same calibration).
     cache_semantic_margin: float = Field(default=0.16, ge=0.0, le=1.0)
     cache_timeout_s: float = Field(default=0.15, gt=0)  # a slower cache store is bypassed, never waited on
+    # With Redis: a replica reuses an answer it read for this long, and each removal waits as long (cache/near.py).
+    cache_near_ms: int = Field(default=200, ge=0, le=5000)
     cache_fallback_answers: bool = False  # cache answers of the last-resort provider when models are configured
     tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     prompt_variant: str = Field(default="a", pattern=r"^[A-Za-z0-9_.-]{1,20}$")

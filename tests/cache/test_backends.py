@@ -403,3 +403,22 @@ async def test_scope_ids_name_every_scope_with_entries(cache_backend: CacheBacke
     assert sorted(await cache_backend.scope_ids()) == sorted(scope.id for scope in scopes)
     await cache_backend.invalidate(["doc-1"])
     assert await cache_backend.scope_ids() == []
+
+
+async def test_scopes_leave_the_listing_when_their_index_is_emptied_or_expires(
+    cache_backend: CacheBackend, keyspace: KeySpace
+) -> None:
+    """The listing reads the tenant's scope set, not the keyspace: a scope whose last entry was forgotten, or whose
+    index expired, is not listed (and, on Redis, leaves the set, which itself expires)."""
+    kept, forgotten, brief = SCOPE, dataclasses.replace(SCOPE, locale="de"), dataclasses.replace(SCOPE, locale="fr")
+    for scope, ttl_s in ((kept, 60), (forgotten, 60), (brief, 1)):
+        await cache_backend.put(keyspace.entry(scope, "q"), b"v", ttl_s=ttl_s, tags=["doc-1"], scope_id=scope.id,
+                                question="q", vector=b"\x00" * 1536)  # fmt: skip
+    assert sorted(await cache_backend.scope_ids()) == sorted(scope.id for scope in (kept, forgotten, brief))
+    await cache_backend.forget(keyspace.entry(forgotten, "q"))
+    await asyncio.sleep(2.2)  # the brief scope's index lives twice its entry's TTL
+    assert await cache_backend.scope_ids() == [kept.id]
+    if isinstance(cache_backend, RedisBackend):
+        client = cache_backend._redis
+        assert await client.zrange(f"{keyspace.prefix}:scopes", 0, -1) == [kept.id.encode()]
+        assert 0 < await client.ttl(f"{keyspace.prefix}:scopes") <= 120

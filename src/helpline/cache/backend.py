@@ -224,6 +224,11 @@ class MemoryBackend:
         return list(scope.entries.values()) if scope else []
 
     async def scope_ids(self) -> list[str]:
+        """Scopes with an entry still alive (expired ones are dropped here: only a lookup or a put drops them
+        otherwise). Called on a document change, not per request."""
+        now = self._clock()
+        for key in [key for key, (_value, until) in self._values.items() if until <= now]:
+            self._drop(key)
         return list(self._scopes)
 
     async def forget(self, key: str) -> None:

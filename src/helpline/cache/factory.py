@@ -11,7 +11,7 @@ from helpline.config import Settings
 from helpline.observability.metrics import record_redis_fallback
 from helpline.redisconn import create_redis
 
-NAMESPACE = "hl:c3"  # bump when the stored format changes (c3: tag hashes carry the document version)
+NAMESPACE = "hl:c4"  # bump when the stored format changes (c3: tag hashes carry the document version; c4: a scope set)
 
 
 def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> AnswerCache:
@@ -31,6 +31,7 @@ def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> Answe
         # first-token deadline (then the router hedges to the next provider) plus a whole reply's. A reply cut and
         # continued by another provider can take longer; the waiter then answers for itself.
         lock_wait_s=settings.first_token_timeout_s + settings.provider_timeout_s,
+        near_s=settings.cache_near_ms / 1000 if settings.redis_url else 0.0,
     )
     return AnswerCache(backend, keys, cache_settings, guard, on_event=_on_event)
 

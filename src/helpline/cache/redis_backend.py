@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -50,16 +49,17 @@ if whole then redis.call('INCR', ARGV[1] .. ':gen') end
 return removed
 """
 TAG_SAMPLE = 4  # members of each tag hash a write checks for expired entries
-# KEYS: entry, semantic index, index version, invalidation generation, n tag hashes, their n current-version marks.
-# ARGV: value, TTL in seconds, packed index field, the generation the answer was computed under ('' = unchecked),
-# then per tag the version of it the answer drew on ('' = unversioned).
+# KEYS: entry, semantic index, index version, invalidation generation, the tenant's scope set, n tag hashes, their
+# n current-version marks. ARGV: value, TTL in seconds, packed index field, the generation the answer was computed
+# under ('' = unchecked), the scope id, until when its index lives (Unix seconds), then per tag the version of it
+# the answer drew on ('' = unversioned).
 PUT = """
 if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return 0 end
-local n = (#KEYS - 4) / 2
+local n = (#KEYS - 5) / 2
 for i = 1, n do
-  local version = ARGV[4 + i]
+  local version = ARGV[6 + i]
   if version ~= '' then
-    local current = redis.call('GET', KEYS[4 + n + i])
+    local current = redis.call('GET', KEYS[5 + n + i])
     if current and current ~= version then return 0 end
   end
 end
@@ -70,9 +70,14 @@ redis.call('INCR', KEYS[3])
 -- The index outlives no entry by long: it expires with the newest entry (fields cannot expire on 7.0).
 redis.call('EXPIRE', KEYS[2], ttl * 2)
 redis.call('EXPIRE', KEYS[3], ttl * 2)
+-- The scopes of the tenant, each until its index expires: what an invalidation by retrieval walks, without a SCAN
+-- of a shared Redis's whole keyspace.
+redis.call('ZADD', KEYS[5], 'GT', ARGV[6], ARGV[5])
+redis.call('EXPIRE', KEYS[5], ttl * 2, 'GT')
+redis.call('EXPIRE', KEYS[5], ttl * 2, 'NX')
 for i = 1, n do
-  local tag = KEYS[4 + i]
-  redis.call('HSET', tag, KEYS[1], ARGV[4 + i])
+  local tag = KEYS[5 + i]
+  redis.call('HSET', tag, KEYS[1], ARGV[6 + i])
   redis.call('EXPIRE', tag, ttl * 2)
   -- A busy tag's hash never expires and keeps the keys of expired entries, which makes its invalidation (one
   -- script, blocking Redis while it runs) ever longer: each write checks a few random members and drops the gone.
@@ -134,6 +139,7 @@ class RedisBackend:
     def __init__(self, client: Any, prefix: str, max_in_flight: int | None = None) -> None:
         self._redis = client
         self._prefix = prefix
+        self._scopes = f"{prefix}:scopes"
         self._gate = asyncio.Semaphore(max_in_flight or pool_size(client) or 64)
         self._invalidate = client.register_script(INVALIDATE)
         self._put = client.register_script(PUT)
@@ -162,12 +168,14 @@ class RedisBackend:
         versions: Mapping[str, str] | None = None,
     ) -> bool:
         versions = versions or {}
-        expires = f"{time.time() + ttl_s:.3f}".encode()
+        now = time.time()
+        expires = f"{now + ttl_s:.3f}".encode()
         packed = VECTOR_SEPARATOR.join((question.encode("utf-8"), answer_key.encode(), expires, vector))
         keys = [key, f"{self._prefix}:s:{scope_id}", f"{self._prefix}:sv:{scope_id}", f"{self._prefix}:gen"]
-        keys += [self._tag(tag) for tag in tags] + [self._current(tag) for tag in tags]
+        keys += [self._scopes] + [self._tag(tag) for tag in tags] + [self._current(tag) for tag in tags]
         expected = "" if generation is None else str(generation)
-        args = [value, ttl_s, packed, expected, *(versions.get(tag, "") for tag in tags)]
+        index_until = f"{now + 2 * ttl_s:.3f}"
+        args = [value, ttl_s, packed, expected, scope_id, index_until, *(versions.get(tag, "") for tag in tags)]
         return bool(await self._put(keys=keys, args=args))
 
     def _tag(self, tag: str) -> str:
@@ -206,11 +214,25 @@ class RedisBackend:
 
     @_gated
     async def scope_ids(self) -> list[str]:
-        """All keys of a tenant share its hash tag, so on a Cluster they live on one node; SCAN visits each."""
-        start = len(f"{self._prefix}:s:")
-        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._prefix) + ":s:*"  # the tenant's name matched as written
-        found = [key async for key in self._redis.scan_iter(match=pattern, count=1000)]
-        return sorted({(key.decode() if isinstance(key, bytes) else str(key))[start:] for key in found})
+        """The tenant's scope set (written with each entry), less the scopes whose index has expired or been
+        emptied, which leave it here. Not a SCAN: on a Redis shared by many tenants that walked every key of
+        all of them, on every replica, for each changed document."""
+        now = f"{time.time():.3f}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(self._scopes, "-inf", now)
+            pipe.zrange(self._scopes, 0, -1)
+            _, members = await pipe.execute()
+        scope_ids = sorted(member.decode() if isinstance(member, bytes) else str(member) for member in members)
+        if not scope_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for scope_id in scope_ids:
+                pipe.exists(f"{self._prefix}:s:{scope_id}")
+            present = await pipe.execute()
+        gone = [scope_id for scope_id, exists in zip(scope_ids, present, strict=True) if not exists]
+        if gone:
+            await self._redis.zrem(self._scopes, *gone)
+        return [scope_id for scope_id, exists in zip(scope_ids, present, strict=True) if exists]
 
     @_gated
     async def forget(self, key: str) -> None:

@@ -28,6 +28,7 @@ import zstandard
 from helpline.cache.backend import CacheBackend
 from helpline.cache.guards import SemanticGuard
 from helpline.cache.keys import CacheScope, KeySpace, digest, normalize
+from helpline.cache.near import NearCache
 from helpline.errors import ServiceUnavailable
 from helpline.knowledge.embeddings import from_bytes, to_bytes
 
@@ -147,6 +148,9 @@ class CacheSettings:
     # Copies of semantic indexes kept in process, most recently used first out last. Every conversation context and
     # every personal owner is a scope of its own, so unbounded this grew with the traffic, on every replica.
     max_mirrors: int = 1024
+    # How long a replica reuses an answer it read from a shared store (cache/near.py); every removal waits as long
+    # before it reports success. 0: off (the in-process store needs no copy).
+    near_s: float = 0.0
 
 
 class AnswerCache:
@@ -163,6 +167,7 @@ class AnswerCache:
         self.settings = settings
         self.guard = guard or SemanticGuard()
         self._mirrors: OrderedDict[str, _Mirror] = OrderedDict()
+        self._near = NearCache(settings.near_s) if settings.near_s > 0 else None
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._decompressor = zstandard.ZstdDecompressor()
         self._bypass_until = 0.0
@@ -220,7 +225,7 @@ class AnswerCache:
     async def lookup_exact(self, question: str, scope: CacheScope) -> CacheHit | None:
         """The cheap tier: needs no embedding, so a repeated question costs one store round trip."""
         key = self.entry_key(question, scope)
-        found = await self._read(key)
+        found = await self._readable(key, await self._shared_read(key))
         if found is None:
             return None
         self._count_hit(key, scope)
@@ -247,7 +252,7 @@ class AnswerCache:
         return await self._fetch(mirror.keys[best], float(scores[best]), mirror.questions[best], scope)
 
     async def _fetch(self, key: str, similarity: float, matched: str, scope: CacheScope) -> CacheHit | None:
-        raw = await self._guarded("get", lambda: self.backend.get(key), None)
+        raw = await self._shared_read(key)
         if raw is None:  # expired: drop it from the index
             await self._guarded("forget", lambda: self.backend.forget(key), None)
             return None
@@ -256,6 +261,19 @@ class AnswerCache:
             return None
         self._count_hit(key, scope)
         return CacheHit(found, "semantic", similarity, matched)
+
+    async def _shared_read(self, key: str) -> bytes | None:
+        """The stored value of a lookup: this process's near copy while it is fresh, else the store's."""
+        near = self._near
+        if near is None:
+            return await self._guarded("get", lambda: self.backend.get(key), None)
+        raw = near.get(key)
+        if raw is None:
+            sent_at = near.clock()  # before the read goes out: see cache/near.py
+            raw = await self._guarded("get", lambda: self.backend.get(key), None)
+            if raw is not None:
+                near.put(key, raw, sent_at)
+        return raw
 
     async def _mirror(self, scope_id: str) -> _Mirror | None:
         version = await self._guarded("version", lambda: self.backend.semantic_version(scope_id), None)
@@ -346,7 +364,8 @@ class AnswerCache:
     @contextlib.asynccontextmanager
     async def _removing(self, **what: object) -> AsyncIterator[None]:
         """Around a removal from the store: any failure is :class:`CacheUnavailable` (logged and counted), and the
-        index copies are dropped and the invalidation counted whatever happened."""
+        index and near copies are dropped and the invalidation counted whatever happened. Once the store confirmed
+        it, waits out other replicas' near copies (cache/near.py) before the caller hears it is done."""
         try:
             yield
         except Exception as error:
@@ -355,7 +374,11 @@ class AnswerCache:
             raise CacheUnavailable("cached answers could not be removed: the cache store did not answer") from error
         finally:
             self._mirrors.clear()
+            if self._near is not None:
+                self._near.clear()
             self.invalidations += 1
+        if self._near is not None:
+            await asyncio.sleep(self._near.ttl_s)
 
     async def invalidate_reached(
         self, documents: Sequence[str], retrieves: Callable[[str, Vector], Collection[str]], min_hits: int = 2
@@ -374,7 +397,7 @@ class AnswerCache:
         found: list[str] = []
         async with self._removing(documents=sorted(wanted)[:20]):
             async with asyncio.timeout(SCAN_TIMEOUT_FACTOR * self.settings.invalidate_timeout_s):
-                scope_ids = await self.backend.scope_ids()  # a SCAN: on a shared Redis, of every tenant's keys
+                scope_ids = await self.backend.scope_ids()
             for scope_id in scope_ids:
                 async with asyncio.timeout(self.settings.invalidate_timeout_s):
                     entries = await self.backend.semantic_entries(scope_id)
@@ -594,6 +617,8 @@ class AnswerCache:
             return self._decode(raw)
         except Exception as error:  # noqa: BLE001 - zstd, JSON or field errors alike: the entry is unusable
             log.warning("cache_entry_unreadable", error=type(error).__name__)
+            if self._near is not None:
+                self._near.drop(key)
             self._on_event("unreadable", "get")
             await self._guarded("forget", lambda: self.backend.forget(key), None)
             return None
