@@ -834,7 +834,7 @@ async def test_an_invalidation_on_a_slow_store_is_bounded(
         took = time.perf_counter() - started
         assert response.status_code == 200, response.text
         assert response.json()["removed"] >= 1
-    assert took < 2.0, f"the invalidation took {took:.1f} s"
+    assert took < 2.0 + settings.cache_near_ms / 1000, f"the invalidation took {took:.1f} s"  # + peers' near copies
 
 
 async def test_a_document_saved_through_the_admin_api_keeps_its_ingest_tags(cached: tuple[Api, FakeProvider]) -> None:

@@ -79,12 +79,19 @@ PARAPHRASE_FLOOR = 0.14
         ("Can I pay by PayPal?", "Do I have to pay by PayPal?", "modality"),
         ("Can I pay with a gift card and PayPal?", "Can I pay with a gift card or PayPal?", "conjunction"),
         ("Can I transfer points to my partner?", "Can I transfer points from my partner?", "direction"),
+        # The same directions in another order: what moves where is read from the word after each.
+        (
+            "Can I move credit from my gift card into my account?",
+            "Can I move credit out of my account onto a gift card?",
+            "direction",
+        ),
         ("Le tofu est-il bio ?", "Ist der Tofu bio?", "language"),
         # Same frame, or a frame against none: these share an answer.
         ("How do I get a refund?", "How can I get a refund?", None),
         ("Do you deliver on Sundays?", "Will you deliver on Sundays?", None),
         ("What payment methods do you accept?", "Which payment methods do you accept?", None),
         ("How do I unsubscribe from the newsletter?", "How to unsubscribe from the newsletter?", None),
+        ("How do I send money to my friend?", "How can I send money to a friend?", None),
     ],
 )
 def test_the_frame_and_language_guards_give_their_reason(a: str, b: str, reason: str | None) -> None:

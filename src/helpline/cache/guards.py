@@ -273,7 +273,21 @@ def _frame_of(tokens: list[str]) -> dict[str, frozenset[str]]:
     frame = {kind: frozenset(table[w] for w in tokens if w in table) for kind, table in _FRAMES.items()}
     if obliged:
         frame["modality"] |= {"must"}
+    frame["direction"] = _directions(tokens)
     return frame
+
+
+def _directions(tokens: list[str]) -> frozenset[str]:
+    """Each direction with the first content word after it, its source or its goal: "move credit from my gift card
+    into my account" is {from:gift, to:account}, and "… out of my account onto a gift card", the same words and
+    the same two directions in another order, is {from:account, to:gift}."""
+    table = _FRAMES["direction"]
+    found = set()
+    for index, word in enumerate(tokens):
+        if word in table:
+            after = (w for w in tokens[index + 1 : index + 5] if w not in FUNCTION_WORDS and w not in _FRAME_WORDS)
+            found.add(f"{table[word]}:{stem(next(after, ''))}")
+    return frozenset(found)
 
 
 def _frame(wa: list[str], wb: list[str], ca: list[str], cb: list[str]) -> str | None:

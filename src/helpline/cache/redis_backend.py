@@ -51,13 +51,13 @@ return removed
 TAG_SAMPLE = 4  # members of each tag hash a write checks for expired entries
 # KEYS: entry, semantic index, index version, invalidation generation, the tenant's scope set, n tag hashes, their
 # n current-version marks. ARGV: value, TTL in seconds, packed index field, the generation the answer was computed
-# under ('' = unchecked), the scope id, until when its index lives (Unix seconds), then per tag the version of it
-# the answer drew on ('' = unversioned).
+# under ('' = unchecked), the scope id, until when its index lives and now (Unix seconds), then per tag the version
+# of it the answer drew on ('' = unversioned).
 PUT = """
 if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return 0 end
 local n = (#KEYS - 5) / 2
 for i = 1, n do
-  local version = ARGV[6 + i]
+  local version = ARGV[7 + i]
   if version ~= '' then
     local current = redis.call('GET', KEYS[5 + n + i])
     if current and current ~= version then return 0 end
@@ -71,13 +71,14 @@ redis.call('INCR', KEYS[3])
 redis.call('EXPIRE', KEYS[2], ttl * 2)
 redis.call('EXPIRE', KEYS[3], ttl * 2)
 -- The scopes of the tenant, each until its index expires: what an invalidation by retrieval walks, without a SCAN
--- of a shared Redis's whole keyspace.
+-- of a shared Redis's whole keyspace. Scopes whose index expired leave it here (a busy tenant's set never expires,
+-- and every follow-up context and personal owner is a scope of its own).
 redis.call('ZADD', KEYS[5], 'GT', ARGV[6], ARGV[5])
-redis.call('EXPIRE', KEYS[5], ttl * 2, 'GT')
-redis.call('EXPIRE', KEYS[5], ttl * 2, 'NX')
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[7])
+if redis.call('TTL', KEYS[5]) < ttl * 2 then redis.call('EXPIRE', KEYS[5], ttl * 2) end
 for i = 1, n do
   local tag = KEYS[5 + i]
-  redis.call('HSET', tag, KEYS[1], ARGV[6 + i])
+  redis.call('HSET', tag, KEYS[1], ARGV[7 + i])
   redis.call('EXPIRE', tag, ttl * 2)
   -- A busy tag's hash never expires and keeps the keys of expired entries, which makes its invalidation (one
   -- script, blocking Redis while it runs) ever longer: each write checks a few random members and drops the gone.
@@ -87,6 +88,20 @@ for i = 1, n do
 end
 return 1
 """.replace("TAG_SAMPLE", str(TAG_SAMPLE))
+# The tenant's scopes whose index still exists; the others leave the set, in the same step (a write between a
+# check and a removal would recreate a scope that is then lost). KEYS: the scope set; ARGV: the key prefix, now.
+LIST_SCOPES = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local live = {}
+for _, scope in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', ARGV[1] .. ':s:' .. scope) == 1 then
+    table.insert(live, scope)
+  else
+    redis.call('ZREM', KEYS[1], scope)
+  end
+end
+return live
+"""
 # Index fields whose entry expired, removed only if unchanged since they were read (a replica may have just
 # rewritten one with a new expiry). KEYS: the index; ARGV: field, value seen, field, value seen, ...
 PRUNE = """
@@ -146,6 +161,7 @@ class RedisBackend:
         self._unlock = client.register_script(UNLOCK)
         self._extend = client.register_script(EXTEND)
         self._prune = client.register_script(PRUNE)
+        self._list_scopes = client.register_script(LIST_SCOPES)
 
     @_gated
     async def get(self, key: str) -> bytes | None:
@@ -174,8 +190,8 @@ class RedisBackend:
         keys = [key, f"{self._prefix}:s:{scope_id}", f"{self._prefix}:sv:{scope_id}", f"{self._prefix}:gen"]
         keys += [self._scopes] + [self._tag(tag) for tag in tags] + [self._current(tag) for tag in tags]
         expected = "" if generation is None else str(generation)
-        index_until = f"{now + 2 * ttl_s:.3f}"
-        args = [value, ttl_s, packed, expected, scope_id, index_until, *(versions.get(tag, "") for tag in tags)]
+        index_until, stamp = f"{now + 2 * ttl_s:.3f}", f"{now:.3f}"
+        args = [value, ttl_s, packed, expected, scope_id, index_until, stamp, *(versions.get(tag, "") for tag in tags)]
         return bool(await self._put(keys=keys, args=args))
 
     def _tag(self, tag: str) -> str:
@@ -217,22 +233,8 @@ class RedisBackend:
         """The tenant's scope set (written with each entry), less the scopes whose index has expired or been
         emptied, which leave it here. Not a SCAN: on a Redis shared by many tenants that walked every key of
         all of them, on every replica, for each changed document."""
-        now = f"{time.time():.3f}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(self._scopes, "-inf", now)
-            pipe.zrange(self._scopes, 0, -1)
-            _, members = await pipe.execute()
-        scope_ids = sorted(member.decode() if isinstance(member, bytes) else str(member) for member in members)
-        if not scope_ids:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for scope_id in scope_ids:
-                pipe.exists(f"{self._prefix}:s:{scope_id}")
-            present = await pipe.execute()
-        gone = [scope_id for scope_id, exists in zip(scope_ids, present, strict=True) if not exists]
-        if gone:
-            await self._redis.zrem(self._scopes, *gone)
-        return [scope_id for scope_id, exists in zip(scope_ids, present, strict=True) if exists]
+        live = await self._list_scopes(keys=[self._scopes], args=[self._prefix, f"{time.time():.3f}"])
+        return sorted(scope.decode() if isinstance(scope, bytes) else str(scope) for scope in live)
 
     @_gated
     async def forget(self, key: str) -> None:
