@@ -422,3 +422,21 @@ async def test_scopes_leave_the_listing_when_their_index_is_emptied_or_expires(
         client = cache_backend._redis
         assert await client.zrange(f"{keyspace.prefix}:scopes", 0, -1) == [kept.id.encode()]
         assert 0 < await client.ttl(f"{keyspace.prefix}:scopes") <= 120
+
+
+async def test_a_write_prunes_expired_scopes_from_the_set(keyspace: KeySpace) -> None:
+    """Listing happens only on a document change; between two, every follow-up context and personal owner adds a
+    scope, so each write drops the scopes whose index has expired (the set itself never expires while busy)."""
+    cache_backend = RedisBackend(create_redis(REDIS_URL, timeout_s=1.0), keyspace.prefix)
+    brief, later = dataclasses.replace(SCOPE, locale="fr"), dataclasses.replace(SCOPE, locale="de")
+    await cache_backend.put(keyspace.entry(brief, "q"), b"v", ttl_s=1, tags=["doc-1"], scope_id=brief.id,
+                            question="q", vector=b"\x00" * 1536)  # fmt: skip
+    await asyncio.sleep(2.2)  # past the brief scope's index (twice its entry's TTL)
+    await cache_backend.put(keyspace.entry(later, "q"), b"v", ttl_s=60, tags=["doc-1"], scope_id=later.id,
+                            question="q", vector=b"\x00" * 1536)  # fmt: skip
+    try:
+        assert await cache_backend._redis.zrange(f"{keyspace.prefix}:scopes", 0, -1) == [later.id.encode()]
+    finally:
+        await cache_backend._redis.delete(*(f"{keyspace.prefix}:{suffix}" for suffix in ("scopes", "gen")))
+        await cache_backend.invalidate(["doc-1"])
+        await cache_backend.close()
