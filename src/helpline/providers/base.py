@@ -13,7 +13,7 @@ ProviderError
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -133,7 +133,7 @@ class Provider(Protocol):
 
     async def complete(self, request: CompletionRequest) -> Completion: ...
 
-    def stream(self, request: CompletionRequest) -> AsyncIterator[StreamChunk]: ...
+    def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamChunk, None]: ...
 
     async def health(self) -> bool: ...
 

@@ -6,7 +6,7 @@ hands off to a person when nothing in the knowledge base matches confidently.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from helpline.knowledge.base import Passage
 from helpline.providers.base import Completion, CompletionRequest, StreamChunk, control_line
@@ -42,7 +42,7 @@ class ExtractiveProvider:
         text = self.answer(request)
         return Completion(text, self.name, self.model, self.count_tokens(request.message), self.count_tokens(text))
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamChunk, None]:
         completion = await self.complete(request)
         yield StreamChunk(completion.text)
         yield StreamChunk(done=True, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from helpline.providers.base import (
@@ -55,7 +55,7 @@ class FakeProvider:
         text = "".join([chunk.text async for chunk in self.stream(request)])
         return Completion(text, self.name, self.model, self.count_tokens(request.message), self.count_tokens(text))
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamChunk, None]:
         self.requests.append(request)
         reply = self._next()
         try:

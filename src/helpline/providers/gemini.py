@@ -6,8 +6,7 @@ kind, blocked prompts and SAFETY/RECITATION finishes to SafetyRefusal, and a MAX
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from google import genai
@@ -28,7 +27,7 @@ from helpline.providers.base import (
     StreamCut,
     Unavailable,
 )
-from helpline.providers.transport import map_transport_error, parse_retry_after
+from helpline.providers.transport import ended, map_transport_error, parse_retry_after
 
 SAFETY_FINISHES = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
 HISTORY_BUDGET_TOKENS = 4000
@@ -77,7 +76,7 @@ class GeminiProvider:
         tokens_in, tokens_out = usage(response)
         return Completion(text, self.name, self.model, tokens_in, tokens_out)
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamChunk, None]:
         contents, config = self._contents(request)
         finished = False
         tokens: tuple[int, int] = (0, 0)
@@ -85,8 +84,7 @@ class GeminiProvider:
             responses = await self._client.aio.models.generate_content_stream(
                 model=self.model, contents=contents, config=config
             )
-            # aclosing: a cancelled stream closes the HTTP response now, not in a garbage-collector finaliser.
-            async with contextlib.aclosing(responses):  # type: ignore[type-var]
+            async with ended(responses):  # the SDK's whole stream ends here, on the loop (see transport.ended)
                 async for response in responses:
                     text, finished = self._read(response)
                     tokens = usage(response) if response.usage_metadata else tokens

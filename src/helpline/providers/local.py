@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ class LocalProvider:
             tokens_in, tokens_out = chunk.tokens_in or tokens_in, chunk.tokens_out or tokens_out
         return Completion(text, self.name, self.model, tokens_in, tokens_out)
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamChunk, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()

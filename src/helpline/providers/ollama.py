@@ -7,8 +7,7 @@ the whole-reply deadline is the router's.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -26,7 +25,7 @@ from helpline.providers.base import (
     StreamCut,
     Unavailable,
 )
-from helpline.providers.transport import map_transport_error
+from helpline.providers.transport import ended, map_transport_error
 
 HISTORY_BUDGET_TOKENS = 1500
 
@@ -62,10 +61,10 @@ class OllamaProvider:
             response.eval_count or 0,
         )
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamChunk, None]:
         try:
             parts = await self._client.chat(self.model, self._messages(request), stream=True, options=self._options)
-            async with contextlib.aclosing(parts):  # type: ignore[type-var]
+            async with ended(parts):  # the client's whole stream ends here, on the loop (see transport.ended)
                 async for part in parts:
                     if part.message.content:
                         yield StreamChunk(part.message.content)

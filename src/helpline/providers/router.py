@@ -105,15 +105,18 @@ class Attempt:
     async def _forward(self) -> ProviderError | None:
         """Queue the provider's chunks; the error that ended the stream early, if any."""
         text = ""
-        async for chunk in self.slot.provider.stream(self.request):
-            text += chunk.text
-            if chunk.done and not strip_control(text).strip():
-                return BadResponse("empty reply", provider=self.name)
-            await self.queue.put(chunk)
-            if (chunk.text or chunk.done) and not self.first.done():
-                self.first.set_result(None)
-            if chunk.done:
-                return None
+        # aclosing: an attempt cancelled between two chunks closes its stream here, on the loop, instead of leaving
+        # it (and the vendor's generators inside it) to a garbage collector in another thread (transport.ended).
+        async with contextlib.aclosing(self.slot.provider.stream(self.request)) as stream:
+            async for chunk in stream:
+                text += chunk.text
+                if chunk.done and not strip_control(text).strip():
+                    return BadResponse("empty reply", provider=self.name)
+                await self.queue.put(chunk)
+                if (chunk.text or chunk.done) and not self.first.done():
+                    self.first.set_result(None)
+                if chunk.done:
+                    return None
         return StreamCut("the stream ended before its final chunk", provider=self.name)
 
     def _fail(self, error: ProviderError) -> None:

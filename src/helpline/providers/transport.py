@@ -1,8 +1,13 @@
-"""Mapping transport-level failures (httpx and httpx2, which google-genai uses) into our error tree."""
+"""Mapping transport-level failures (httpx and httpx2, which google-genai uses) into our error tree, and ending a
+vendor SDK's reply stream on the event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import httpx2
@@ -33,6 +38,39 @@ def map_transport_error(error: BaseException, provider: str) -> ProviderError | 
     if isinstance(error, DECODE_ERRORS):
         return BadResponse(detail, provider=provider)
     return None
+
+
+# After its finishing chunk a stream gets this long to end by itself (its connection then goes back to the pool);
+# then its read is cancelled, which also ends it. A stream left early is cancelled at once.
+DRAIN_S = 0.1
+
+
+@contextlib.asynccontextmanager
+async def ended(stream: Any, drain_s: float = DRAIN_S) -> AsyncIterator[None]:
+    """Leave a vendor SDK's reply stream only once every generator in it has finished, on the event loop.
+
+    Closing the SDK's generator (``aclosing``) closes only the outermost one: the chain inside it (google-genai's
+    ``HttpResponse.async_segments`` … httpx2's ``AsyncResponseStream.__aiter__``; ollama's … httpx's) stays
+    suspended, in a reference cycle, until the cyclic garbage collector frees it, in whatever thread runs the
+    collection (aiosqlite's worker, say), racing the loop as it closes the same generators ("async generator
+    already executing", seen as a rare test failure), and holding the HTTP connection until then. Reading on to
+    the end finishes them all (after the finishing chunk nothing more comes); a tail slower than ``drain_s``, or
+    any tail of a stream left early (a refusal, a reader gone), is cancelled, and a cancellation passes through
+    every frame of the chain, where a close does not. An error in a tail we no longer want is not this reply's; a
+    cancellation of the caller is never swallowed."""
+    try:
+        yield
+    except BaseException:
+        drain_s = 0.0
+        raise
+    finally:
+        try:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(drain_s):
+                    async for _ in stream:
+                        pass
+        finally:
+            await stream.aclose()
 
 
 _SECONDS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*s?\s*$")
