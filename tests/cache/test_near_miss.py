@@ -92,6 +92,9 @@ PARAPHRASE_FLOOR = 0.14
         ("What payment methods do you accept?", "Which payment methods do you accept?", None),
         ("How do I unsubscribe from the newsletter?", "How to unsubscribe from the newsletter?", None),
         ("How do I send money to my friend?", "How can I send money to a friend?", None),
+        # A direction only one side reads ("to send": an infinitive) or a pronoun goal: nothing reversed.
+        ("Is there a fee to send money to a friend?", "Is there a fee for sending money to a friend?", None),
+        ("Can I send the parcel to you by post?", "Can I send the parcel by post to you?", None),
     ],
 )
 def test_the_frame_and_language_guards_give_their_reason(a: str, b: str, reason: str | None) -> None:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
-from collections.abc import Iterator
+import time
+import types
+from collections.abc import AsyncGenerator, Iterator
 
 import pytest
 
 from helpline.providers.base import CompletionRequest, Provider, ProviderError
 from helpline.providers.gemini import GeminiProvider
 from helpline.providers.ollama import OllamaProvider
+from helpline.providers.transport import DRAIN_S, ended
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.servers import Fault
@@ -88,3 +91,36 @@ async def test_nothing_of_a_stream_is_left_to_the_garbage_collector(
         if isinstance(provider, GeminiProvider):
             await provider.aclose()
     assert left == []
+
+
+async def slow_tail() -> AsyncGenerator[str, None]:
+    """A vendor stream whose HTTP response ends long after its finishing chunk."""
+    yield "reply"
+    await asyncio.sleep(5)
+
+
+async def reader(stream: AsyncGenerator[str, None], *, finish: bool) -> AsyncGenerator[str, None]:
+    async with ended(stream) as end:
+        async for piece in stream:
+            end.finished = finish
+            yield piece  # the done chunk, in a provider
+            return
+
+
+@pytest.mark.parametrize(("finish", "closing_s"), [(True, DRAIN_S), (False, 0.0)])
+async def test_a_finished_reply_is_handed_over_at_once_and_its_tail_drained_only_on_close(
+    finish: bool, closing_s: float
+) -> None:
+    """The reader gets the finishing chunk without waiting for the stream's end; closing then drains the tail for
+    at most DRAIN_S (a finished reply: its connection may go back to the pool) or cancels it at once (a reply left
+    early), and either way the vendor's generator has finished."""
+    stream = slow_tail()
+    provider = reader(stream, finish=finish)
+    started = time.monotonic()
+    assert await anext(provider) == "reply"
+    assert time.monotonic() - started < 0.05
+    started = time.monotonic()
+    await provider.aclose()
+    assert closing_s <= time.monotonic() - started < closing_s + 0.5
+    assert isinstance(stream, types.AsyncGeneratorType)
+    assert stream.ag_frame is None  # finished

@@ -303,8 +303,27 @@ def _frame(wa: list[str], wb: list[str], ca: list[str], cb: list[str]) -> str | 
             continue
         if kind in ("modality", "direction", "question") and not (left and right):
             continue
+        if kind == "direction" and not _reversed(left, right):
+            continue
         return kind
     return None
+
+
+def _reversed(left: frozenset[str], right: frozenset[str]) -> bool:
+    """A word that is a source on one side and a goal on the other (or has a direction only on one side of
+    two that both name it): "from my gift card into my account" / "out of my account onto a gift card". Labels
+    only one side has say nothing: "a fee to send money to a friend" reads "to send" as a direction, "a fee for
+    sending money to a friend" does not, and both send it to the friend."""
+
+    def roles(labels: frozenset[str]) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for label in labels:
+            kind, _, word = label.partition(":")
+            found.setdefault(word, set()).add(kind)
+        return found
+
+    ra, rb = roles(left), roles(right)
+    return any(ra[word] != rb[word] for word in ra.keys() & rb.keys())
 
 
 def _condition(sa: set[str], sb: set[str], ca: list[str], cb: list[str]) -> str | None:

@@ -84,21 +84,21 @@ class GeminiProvider:
             responses = await self._client.aio.models.generate_content_stream(
                 model=self.model, contents=contents, config=config
             )
-            async with ended(responses):  # the SDK's whole stream ends here, on the loop (see transport.ended)
+            async with ended(responses) as end:  # the SDK's whole stream ends here, on the loop (transport.ended)
                 async for response in responses:
                     text, finished = self._read(response)
                     tokens = usage(response) if response.usage_metadata else tokens
                     if text:
                         yield StreamChunk(text)
                     if finished:
-                        break
+                        end.finished = True
+                        yield StreamChunk(done=True, tokens_in=tokens[0], tokens_out=tokens[1])
+                        return
         except ProviderError:
             raise
         except Exception as error:
             raise self._map(error) from error
-        if not finished:
-            raise StreamCut("the stream ended without a finish reason", provider=self.name)
-        yield StreamChunk(done=True, tokens_in=tokens[0], tokens_out=tokens[1])
+        raise StreamCut("the stream ended without a finish reason", provider=self.name)
 
     def _read(self, response: types.GenerateContentResponse) -> tuple[str, bool]:
         """(text of this response, whether it carries a normal finish). Refusals and truncation raise."""

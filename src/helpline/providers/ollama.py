@@ -64,12 +64,13 @@ class OllamaProvider:
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamChunk, None]:
         try:
             parts = await self._client.chat(self.model, self._messages(request), stream=True, options=self._options)
-            async with ended(parts):  # the client's whole stream ends here, on the loop (see transport.ended)
+            async with ended(parts) as end:  # the client's whole stream ends here, on the loop (transport.ended)
                 async for part in parts:
                     if part.message.content:
                         yield StreamChunk(part.message.content)
                     if part.done:
                         self._check_finish(part)
+                        end.finished = True
                         yield StreamChunk(
                             done=True, tokens_in=part.prompt_eval_count or 0, tokens_out=part.eval_count or 0
                         )

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -45,8 +46,15 @@ def map_transport_error(error: BaseException, provider: str) -> ProviderError | 
 DRAIN_S = 0.1
 
 
+@dataclass(slots=True)
+class StreamEnd:
+    """Set ``finished`` once the reply's finishing chunk has been read: the tail is then drained, not cut."""
+
+    finished: bool = False
+
+
 @contextlib.asynccontextmanager
-async def ended(stream: Any, drain_s: float = DRAIN_S) -> AsyncIterator[None]:
+async def ended(stream: Any, drain_s: float = DRAIN_S) -> AsyncIterator[StreamEnd]:
     """Leave a vendor SDK's reply stream only once every generator in it has finished, on the event loop.
 
     Closing the SDK's generator (``aclosing``) closes only the outermost one: the chain inside it (google-genai's
@@ -55,13 +63,18 @@ async def ended(stream: Any, drain_s: float = DRAIN_S) -> AsyncIterator[None]:
     collection (aiosqlite's worker, say), racing the loop as it closes the same generators ("async generator
     already executing", seen as a rare test failure), and holding the HTTP connection until then. Reading on to
     the end finishes them all (after the finishing chunk nothing more comes); a tail slower than ``drain_s``, or
-    any tail of a stream left early (a refusal, a reader gone), is cancelled, and a cancellation passes through
-    every frame of the chain, where a close does not. An error in a tail we no longer want is not this reply's; a
-    cancellation of the caller is never swallowed."""
+    any tail of a stream left before it finished (a refusal, a reader gone), is cancelled, and a cancellation
+    passes through every frame of the chain, where a close does not. An error in a tail we no longer want is not
+    this reply's; a cancellation of the caller is never swallowed.
+
+    Yield the ``done`` chunk inside the block, after setting ``finished``: its reader gets it at once, and the
+    drain runs when the reader closes the stream (the router does, in the attempt's own task), not before it."""
+    end = StreamEnd()
     try:
-        yield
+        yield end
     except BaseException:
-        drain_s = 0.0
+        if not end.finished:
+            drain_s = 0.0
         raise
     finally:
         try:
