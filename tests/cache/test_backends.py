@@ -440,3 +440,22 @@ async def test_a_write_prunes_expired_scopes_from_the_set(keyspace: KeySpace) ->
         await cache_backend._redis.delete(*(f"{keyspace.prefix}:{suffix}" for suffix in ("scopes", "gen")))
         await cache_backend.invalidate(["doc-1"])
         await cache_backend.close()
+
+
+async def test_a_scope_is_dropped_from_the_set_only_if_its_index_is_still_gone(keyspace: KeySpace) -> None:
+    """Listing checks the indexes with pipelined reads, then drops the scopes it found without one; a write in
+    between recreates an index, and that scope must stay (it would be missed by every later listing)."""
+    backend = RedisBackend(create_redis(REDIS_URL, timeout_s=1.0), keyspace.prefix)
+    scopes = f"{keyspace.prefix}:scopes"
+    try:
+        await backend.put(keyspace.entry(SCOPE, "q"), b"v", ttl_s=60, tags=["doc-1"], scope_id=SCOPE.id,
+                          question="q", vector=b"\x00" * 1536)  # fmt: skip
+        await backend._redis.zadd(scopes, {"ghost": time.time() + 60})
+        # Both were "found without an index" by a listing; since then SCOPE's index was (re)written.
+        assert await backend._drop_scopes(keys=[scopes], args=[keyspace.prefix, "ghost", SCOPE.id]) == 1
+        assert await backend._redis.zrange(scopes, 0, -1) == [SCOPE.id.encode()]
+        assert await backend.scope_ids() == [SCOPE.id]
+    finally:
+        await backend.invalidate(["doc-1"])
+        await backend._redis.delete(scopes)
+        await backend.close()

@@ -88,20 +88,18 @@ for i = 1, n do
 end
 return 1
 """.replace("TAG_SAMPLE", str(TAG_SAMPLE))
-# The tenant's scopes whose index still exists; the others leave the set, in the same step (a write between a
-# check and a removal would recreate a scope that is then lost). KEYS: the scope set; ARGV: the key prefix, now.
-LIST_SCOPES = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-local live = {}
-for _, scope in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if redis.call('EXISTS', ARGV[1] .. ':s:' .. scope) == 1 then
-    table.insert(live, scope)
-  else
-    redis.call('ZREM', KEYS[1], scope)
+# Scopes found without an index leave the set, each only if its index is still absent now (a write since the
+# check recreated it: the scope stays). KEYS: the scope set; ARGV: the key prefix, then the scope ids.
+DROP_SCOPES = """
+local dropped = 0
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ':s:' .. ARGV[i]) == 0 then
+    dropped = dropped + redis.call('ZREM', KEYS[1], ARGV[i])
   end
 end
-return live
+return dropped
 """
+SCOPE_BATCH = 1000  # scopes checked per round trip when listing
 # Index fields whose entry expired, removed only if unchanged since they were read (a replica may have just
 # rewritten one with a new expiry). KEYS: the index; ARGV: field, value seen, field, value seen, ...
 PRUNE = """
@@ -161,7 +159,7 @@ class RedisBackend:
         self._unlock = client.register_script(UNLOCK)
         self._extend = client.register_script(EXTEND)
         self._prune = client.register_script(PRUNE)
-        self._list_scopes = client.register_script(LIST_SCOPES)
+        self._drop_scopes = client.register_script(DROP_SCOPES)
 
     @_gated
     async def get(self, key: str) -> bytes | None:
@@ -232,9 +230,28 @@ class RedisBackend:
     async def scope_ids(self) -> list[str]:
         """The tenant's scope set (written with each entry), less the scopes whose index has expired or been
         emptied, which leave it here. Not a SCAN: on a Redis shared by many tenants that walked every key of
-        all of them, on every replica, for each changed document."""
-        live = await self._list_scopes(keys=[self._scopes], args=[self._prefix, f"{time.time():.3f}"])
-        return sorted(scope.decode() if isinstance(scope, bytes) else str(scope) for scope in live)
+        all of them, on every replica, for each changed document.
+
+        The checks are pipelined reads, a thousand at a time, not one script: a tenant with many follow-up
+        contexts and personal owners would hold the shared Redis for all of them at once. Only the scopes found
+        without an index are removed, each in one script that checks it again (a write in between keeps it)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(self._scopes, "-inf", f"{time.time():.3f}")
+            pipe.zrange(self._scopes, 0, -1)
+            _, members = await pipe.execute()
+        scope_ids = sorted(member.decode() if isinstance(member, bytes) else str(member) for member in members)
+        live: list[str] = []
+        for start in range(0, len(scope_ids), SCOPE_BATCH):
+            batch = scope_ids[start : start + SCOPE_BATCH]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for scope_id in batch:
+                    pipe.exists(f"{self._prefix}:s:{scope_id}")
+                present = await pipe.execute()
+            live += [scope_id for scope_id, exists in zip(batch, present, strict=True) if exists]
+            gone = [scope_id for scope_id, exists in zip(batch, present, strict=True) if not exists]
+            if gone:
+                await self._drop_scopes(keys=[self._scopes], args=[self._prefix, *gone])
+        return live
 
     @_gated
     async def forget(self, key: str) -> None:
