@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import AsyncGenerator
 
 import pytest
 
@@ -16,9 +17,10 @@ from helpline.providers.base import (
     StreamCut,
     Unavailable,
 )
+from helpline.providers.breaker import CircuitBreaker
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
-from helpline.providers.router import APOLOGY_REPLY, FallbackRouter, RouterTimings
+from helpline.providers.router import APOLOGY_REPLY, Attempt, FallbackRouter, RouterTimings, Slot
 
 FAST = RouterTimings(first_token_s=0.2, reply_s=2.0, health_interval_s=0.3, breaker_failures=2, breaker_window_s=30)
 REQUEST = CompletionRequest("How long does delivery take?")
@@ -196,3 +198,31 @@ async def test_a_consumer_that_goes_away_cancels_the_provider_call() -> None:
     await stream.aclose()  # ... and closed the page: the provider's stream is cancelled, not left running
     await asyncio.sleep(0.05)
     assert primary.cancelled == 1
+
+
+class SlowToStop(FakeProvider):
+    """Streams one piece, then waits; once cancelled it takes a while to stop (a slow clean-up, like a drain)."""
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamChunk, None]:
+        yield StreamChunk("Standard delivery ")
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.shield(asyncio.sleep(0.5))
+
+
+async def test_a_deadline_that_fires_while_an_attempt_stops_is_not_lost() -> None:
+    """Attempt.cancel waits for the attempt's task to end; a cancellation of its caller meanwhile (a deadline) used
+    to be swallowed with the attempt's own, so the caller went on as if nothing had happened."""
+    slot = Slot(SlowToStop(name="slow"), CircuitBreaker(5, 30.0, 30.0))
+    attempt = Attempt(slot, CompletionRequest("How long does delivery take?"), RouterTimings(), time.monotonic)
+    attempt.start()
+    await asyncio.wait_for(asyncio.shield(attempt.first), 5)  # streaming: its first piece is in
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await attempt.cancel()
+    assert time.monotonic() - started < 0.4  # the deadline, not the attempt's clean-up
+    assert attempt.task is not None
+    await asyncio.wait([attempt.task], timeout=5)  # it still stops, in its own time
+    assert attempt.task.cancelled()

@@ -135,14 +135,22 @@ class Attempt:
                 return
 
     async def cancel(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        if self.first.done() and not self.first.cancelled():
-            self.first.exception()  # mark retrieved: a lost race is not an unhandled error
-        elif not self.first.done():
-            self.first.cancel()
+        try:
+            if self.task is not None and not self.task.done():
+                self.task.cancel()
+                try:
+                    await self.task
+                except asyncio.CancelledError:
+                    # The attempt's own end is expected. A cancellation of the caller while it waited for that end
+                    # (its deadline, a shopper gone) is not, and goes on: swallowed, a deadline was simply lost.
+                    caller = asyncio.current_task()
+                    if caller is not None and caller.cancelling():
+                        raise
+        finally:
+            if self.first.done() and not self.first.cancelled():
+                self.first.exception()  # mark retrieved: a lost race is not an unhandled error
+            elif not self.first.done():
+                self.first.cancel()
 
 
 class FallbackRouter:
