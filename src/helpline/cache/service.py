@@ -223,7 +223,8 @@ class AnswerCache:
         return await self.lookup_exact(question, scope) or await self.lookup_semantic(question, vector, scope)
 
     async def lookup_exact(self, question: str, scope: CacheScope) -> CacheHit | None:
-        """The cheap tier: needs no embedding, so a repeated question costs one store round trip."""
+        """The cheap tier: needs no embedding, so a repeated question costs one store round trip at most (none while
+        this process holds a near copy of its answer)."""
         key = self.entry_key(question, scope)
         found = await self._readable(key, await self._shared_read(key))
         if found is None:
