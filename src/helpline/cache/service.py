@@ -40,7 +40,7 @@ POPULARITY_READS = 8  # store reads at once while ranking answers to re-warm (a 
 # Questions retrieved again between two yields to the event loop (a retrieval is 0.1 ms on the sample store, about
 # 1 ms on a catalogue of thousands of documents).
 SCAN_YIELD_EVERY = 8
-SCAN_TIMEOUT_FACTOR = 5  # listing the scopes walks the store's keys: longer than one invalidation may take
+SCAN_TIMEOUT_FACTOR = 5  # listing the scopes checks each scope's index: longer than one invalidation may take
 PEER_POLL_S = 0.02  # a replica waiting for another's answer looks for it after this, then 1.5 times later each time
 PEER_POLL_MAX_S = 0.25
 Vector = npt.NDArray[np.float32]
