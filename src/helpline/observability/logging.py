@@ -121,7 +121,7 @@ def configure_logging(level: str = "INFO", json_logs: bool | None = None) -> Non
     _Output.json = json_logs
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level.upper(), 20)),
+        wrapper_class=structlog.make_filtering_bound_logger(_Output.level),
         # WriteLogger writes each line and its newline in ONE write; PrintLogger's print() wrote them apart, and two
         # workers sharing one stderr then interleaved two JSON lines on one line (seen in CI).
         logger_factory=structlog.WriteLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]

@@ -78,7 +78,6 @@ class GeminiProvider:
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamChunk, None]:
         contents, config = self._contents(request)
-        finished = False
         tokens: tuple[int, int] = (0, 0)
         try:
             responses = await self._client.aio.models.generate_content_stream(
