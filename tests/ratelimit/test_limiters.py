@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from redis.crc import key_slot
@@ -161,3 +162,38 @@ async def test_redis_keys_of_one_evaluation_share_a_slot(make_limiter: MakeLimit
     assert (await limiter.acquire(tiers)).allowed  # on the cluster, a CROSSSLOT error would raise here
     keys = [limiter.lease_key, *map(limiter.key, tiers)]
     assert len({key_slot(key.encode()) for key in keys}) == 1
+
+
+async def test_requests_decided_in_one_batch_are_each_all_or_nothing_in_arrival_order(
+    make_limiter: MakeLimiter,
+) -> None:
+    limiter = await make_limiter()
+    await limiter.acquire([], lease=False)  # connected (a cluster is discovered) before the burst
+    tight = session("tight", Rate(1, 60))
+    calls = [limiter.acquire([ip(), tight], lease=False) for _ in range(2)]
+    calls += [limiter.acquire([ip(), session(f"other-{n}", PER_MINUTE_5)], lease=False) for n in range(5)]
+    decisions = await asyncio.gather(*calls)
+    assert [decision.allowed for decision in decisions] == [True, False, True, True, True, True, False]
+    assert [decision.refused_by for decision in decisions] == [None, "session", None, None, None, None, "ip"]
+    # The refusal by the session tier charged the IP nothing: 1 + 4 admitted of its 5.
+    assert [state.remaining for state in decisions[5].tiers] == [0, 4]
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+async def test_a_burst_of_admissions_costs_one_script_call(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter()
+    assert isinstance(limiter, RedisLimiter)
+    await limiter.acquire([], lease=False)
+    script = limiter._acquire_script
+    calls = 0
+
+    async def counted(**kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await script(**kwargs)
+
+    limiter._acquire_script = counted  # type: ignore[assignment]
+    decisions = await asyncio.gather(*(limiter.acquire([ip()]) for _ in range(60)))
+    assert sum(decision.allowed for decision in decisions) == 5
+    assert calls == 1
+    assert await limiter.in_flight() == 5

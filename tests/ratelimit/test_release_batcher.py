@@ -1,4 +1,5 @@
-"""Lease releases go out together (group commit), and each release still returns only once its slot is free."""
+"""Calls of concurrent requests go out together (group commit): lease releases, each returning only once its slot
+is free, and the generic GroupCommit the admissions use."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from helpline.ratelimit.base import ReleaseBatcher
+from helpline.ratelimit.base import GroupCommit, ReleaseBatcher
 from helpline.ratelimit.redis import RedisLimiter
 from tests.ratelimit.conftest import MakeLimiter
 
@@ -122,3 +123,87 @@ async def test_callers_of_a_batch_still_waiting_for_its_turn_hear_of_a_shutdown(
     for caller in (first, second):
         with pytest.raises(RuntimeError, match="interrupted"):
             await asyncio.wait_for(caller, timeout=2)
+
+
+class Doubler:
+    """A store that answers each item of a batch with twice its value; ``gate`` holds a send until let go."""
+
+    def __init__(self) -> None:
+        self.sends: list[list[int]] = []
+        self.gates: list[asyncio.Event] = []
+        self.hold = False
+        self.sent = asyncio.Condition()
+
+    async def send(self, items: list[int]) -> list[int]:
+        self.sends.append(list(items))
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        async with self.sent:
+            self.sent.notify_all()
+        if not self.hold:
+            gate.set()
+        await gate.wait()
+        return [item * 2 for item in items]
+
+
+async def test_each_caller_gets_its_own_items_result_from_the_shared_call() -> None:
+    store = Doubler()
+    commit: GroupCommit[int, int] = GroupCommit(store.send)
+    results = await asyncio.gather(*(commit.submit(n) for n in range(30)))
+    assert results == [n * 2 for n in range(30)]
+    assert store.sends == [list(range(30))]
+    await commit.aclose()
+
+
+async def test_a_full_batch_starts_the_next_one() -> None:
+    store = Doubler()
+    commit: GroupCommit[int, int] = GroupCommit(store.send, max_items=4)
+    results = await asyncio.gather(*(commit.submit(n) for n in range(10)))
+    assert results == [n * 2 for n in range(10)]
+    assert store.sends == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+async def test_a_stalled_batch_holds_the_next_one_back_only_for_stall_s() -> None:
+    store = Doubler()
+    store.hold = True
+    commit: GroupCommit[int, int] = GroupCommit(store.send, stall_s=0.05)
+    stuck = asyncio.create_task(commit.submit(1))
+    await asyncio.sleep(0.01)
+    assert store.sends == [[1]]
+    started = asyncio.get_running_loop().time()
+    later = asyncio.create_task(commit.submit(2))
+    async with store.sent:
+        await store.sent.wait_for(lambda: len(store.sends) == 2)
+    waited = asyncio.get_running_loop().time() - started
+    assert 0.04 <= waited < 1.0  # it waited for the stuck batch, then went beside it
+    store.gates[1].set()
+    assert await later == 4
+    assert not stuck.done()
+    store.gates[0].set()
+    assert await stuck == 2
+
+
+async def test_without_stall_s_the_next_batch_waits_for_the_one_before() -> None:
+    store = Doubler()
+    store.hold = True
+    commit: GroupCommit[int, int] = GroupCommit(store.send)
+    first = asyncio.create_task(commit.submit(1))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(commit.submit(2))
+    await asyncio.sleep(0.1)
+    assert store.sends == [[1]]
+    store.gates[0].set()
+    assert await first == 2
+    async with store.sent:
+        await store.sent.wait_for(lambda: len(store.gates) == 2)
+    store.gates[1].set()
+    assert await second == 4
+
+
+async def test_a_store_answering_the_wrong_number_of_results_fails_every_caller() -> None:
+    async def short(items: list[int]) -> list[int]:
+        return items[:-1]
+
+    commit: GroupCommit[int, int] = GroupCommit(short)
+    results = await asyncio.gather(*(commit.submit(n) for n in range(3)), return_exceptions=True)
+    assert all(isinstance(result, RuntimeError) and "2 results for 3 calls" in str(result) for result in results)

@@ -22,13 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from helpline.ratelimit.base import CONCURRENCY, Decision, Lease, LeaseKeeper, ReleaseBatcher, TierState
+from helpline.ids import random_hex
+from helpline.ratelimit.base import (
+    CONCURRENCY,
+    Decision,
+    GroupCommit,
+    Lease,
+    LeaseKeeper,
+    ReleaseBatcher,
+    TierState,
+)
 from helpline.ratelimit.policies import Tier
 from helpline.redisconn import AnyRedis, connect, pool_size, prewarm
 
@@ -36,52 +45,72 @@ DEFAULT_PREFIX = "hl:rl:{default:rl}:"
 _HASH_TAG = re.compile(r"\{[^{}]+\}")
 
 ACQUIRE_LUA = """
--- KEYS[1]: lease set (token -> expiry ms). KEYS[2..]: one sliding-window log per tier (token -> admitted at, ms).
--- ARGV: cap (0 = take no lease), lease ttl ms, token, then limit and window ms for each tier.
--- Returns {allowed, refused (0 none, -1 concurrency, i = i-th tier), retry ms, in flight, count_i, reset ms_i...}.
+-- Admits a batch of requests, one after another, each all or nothing (see GroupCommit: concurrent requests share
+-- one call). KEYS[1]: lease set (token -> expiry ms). KEYS[2..]: the sliding-window logs (token -> admitted at, ms)
+-- of every request's tiers, request after request. ARGV[1]: lease ttl ms; then per request: cap (0 = take no
+-- lease), token, tier count n, then limit and window ms for each of its n tiers.
+-- Returns per request {allowed, refused (0 none, -1 concurrency, i = i-th tier), retry ms, in flight,
+-- count_i, reset ms_i...}, one request after another.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local cap, ttl, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local allowed, refused, retry = 1, 0, 0
+local ttl = tonumber(ARGV[1])
+local a, k = 2, 2
 local out = {}
-for i = 2, #KEYS do
-  local limit, window = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-  local count = redis.call('ZCARD', KEYS[i])
-  local reset = 0
-  if count > 0 then
-    reset = tonumber(redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2]) + window - now
+local leases_pruned = false
+while a <= #ARGV do
+  local cap, token, n = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
+  local first_key, first_arg = k, a + 3
+  a, k = a + 3 + 2 * n, k + n
+  local allowed, refused, retry = 1, 0, 0
+  local states = {}
+  for i = 0, n - 1 do
+    local key = KEYS[first_key + i]
+    local limit, window = tonumber(ARGV[first_arg + 2 * i]), tonumber(ARGV[first_arg + 2 * i + 1])
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local count = redis.call('ZCARD', key)
+    local reset = 0
+    if count > 0 then
+      reset = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) + window - now
+    end
+    if count >= limit then
+      allowed = 0
+      if refused == 0 then refused = i + 1 end
+      if reset > retry then retry = reset end
+    end
+    states[#states + 1] = count
+    states[#states + 1] = reset
   end
-  if count >= limit then
-    allowed = 0
-    if refused == 0 then refused = i - 1 end
-    if reset > retry then retry = reset end
-  end
-  out[#out + 1] = count
-  out[#out + 1] = reset
-end
-local in_flight = 0
-if cap > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  in_flight = redis.call('ZCARD', KEYS[1])
-  if in_flight >= cap then
-    allowed = 0
-    if refused == 0 then refused = -1 end
-    if retry < 1000 then retry = 1000 end
-  end
-end
-if allowed == 1 then
-  for i = 2, #KEYS do
-    redis.call('ZADD', KEYS[i], now, token)
-    redis.call('PEXPIRE', KEYS[i], ARGV[2 * i + 1])
-  end
+  local in_flight = 0
   if cap > 0 then
-    redis.call('ZADD', KEYS[1], now + ttl, token)
-    if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-    in_flight = in_flight + 1
+    if not leases_pruned then
+      redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+      leases_pruned = true
+    end
+    in_flight = redis.call('ZCARD', KEYS[1])
+    if in_flight >= cap then
+      allowed = 0
+      if refused == 0 then refused = -1 end
+      if retry < 1000 then retry = 1000 end
+    end
   end
+  if allowed == 1 then
+    for i = 0, n - 1 do
+      redis.call('ZADD', KEYS[first_key + i], now, token)
+      redis.call('PEXPIRE', KEYS[first_key + i], ARGV[first_arg + 2 * i + 1])
+    end
+    if cap > 0 then
+      redis.call('ZADD', KEYS[1], now + ttl, token)
+      if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+      in_flight = in_flight + 1
+    end
+  end
+  out[#out + 1] = allowed
+  out[#out + 1] = refused
+  out[#out + 1] = retry
+  out[#out + 1] = in_flight
+  for i = 1, #states do out[#out + 1] = states[i] end
 end
-return {allowed, refused, retry, in_flight, unpack(out)}
+return out
 """
 
 RENEW_LUA = """
@@ -99,6 +128,15 @@ return renewed
 
 ORPHAN_RELEASE_DELAY_S = 1.0  # a lease a given-up call may have taken is removed this long after (see below)
 RENEW_BATCH = 500  # tokens per renew call: keeps Lua's argument stack far from its limit
+ADMISSION_BATCH = 128  # requests per admission call (a few thousand arguments at most)
+ADMISSION_STALL_S = 0.02  # a batch goes beside the one before it once that one has taken this long (GroupCommit)
+
+
+@dataclass(frozen=True, slots=True)
+class _Admission:
+    token: str
+    cap: int  # 0: take no lease
+    tiers: tuple[Tier, ...]
 
 
 class RedisLimiter:
@@ -126,6 +164,9 @@ class RedisLimiter:
         self._renew_script = client.register_script(RENEW_LUA)
         self.keeper = LeaseKeeper(self._renew, lease_ttl_s)
         self._releases = ReleaseBatcher(self._remove_leases)
+        self._admissions: GroupCommit[_Admission, list[int]] = GroupCommit(
+            self._admit, stall_s=ADMISSION_STALL_S, max_items=ADMISSION_BATCH, name="ratelimit-admit"
+        )
         self._orphans: set[asyncio.Task[None]] = set()
         # The cluster client fails at once (MaxConnectionsError) when its per-node pool is exhausted instead of
         # waiting; a burst of a thousand requests must queue briefly here instead of falling back.
@@ -148,19 +189,36 @@ class RedisLimiter:
 
     async def acquire(self, tiers: Sequence[Tier], *, lease: bool = True) -> Decision:
         await self._ensure_ready()
-        token = secrets.token_hex(8)
-        keys = [self.lease_key, *(self.key(tier) for tier in tiers)]
-        args: list[int | str] = [self._max_concurrent if lease else 0, self._lease_ttl_ms, token]
-        for tier in tiers:
-            args += [tier.rate.limit, tier.rate.window_ms]
+        token = random_hex(8)
+        request = _Admission(token, self._max_concurrent if lease else 0, tuple(tiers))
         try:
-            async with self._gate:
-                raw: list[Any] = await self._acquire_script(keys=keys, args=args)
+            raw = await self._admissions.submit(request)
         except BaseException:
             if lease:
                 self._give_back_later(token)
             raise
-        return self._decision([int(value) for value in raw], tiers, token, lease=lease)
+        return self._decision(raw, tiers, token, lease=lease)
+
+    async def _admit(self, requests: list[_Admission]) -> list[list[int]]:
+        """One script call for the requests of a batch; each one's answer, in order."""
+        keys = [self.lease_key]
+        args: list[int | str] = [self._lease_ttl_ms]
+        for request in requests:
+            args += [request.cap, request.token, len(request.tiers)]
+            for tier in request.tiers:
+                keys.append(self.key(tier))
+                args += [tier.rate.limit, tier.rate.window_ms]
+        async with self._gate:
+            raw: list[Any] = await self._acquire_script(keys=keys, args=args)
+        answers: list[list[int]] = []
+        at = 0
+        for request in requests:
+            size = 4 + 2 * len(request.tiers)
+            answers.append([int(value) for value in raw[at : at + size]])
+            at += size
+        if at != len(raw):
+            raise RuntimeError(f"the admission script answered {len(raw)} values, expected {at}")
+        return answers
 
     def _give_back_later(self, token: str) -> None:
         """A call given up on (timed out, cancelled, failed) may still have run in Redis, slow rather than silent,
@@ -220,6 +278,7 @@ class RedisLimiter:
         for task in self._orphans:
             task.cancel()  # shutting down: the lease TTL reclaims what they would have given back
         await self.keeper.stop()
+        await self._admissions.aclose()
         await self._releases.aclose()
         await self.client.aclose()
 
