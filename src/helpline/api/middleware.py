@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
+import secrets
 from contextvars import ContextVar
 
 import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from helpline.ids import random_hex
 
 REQUEST_ID_HEADER = b"x-request-id"
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
@@ -22,7 +21,7 @@ def current_request_id() -> str:
 
 
 def new_request_id() -> str:
-    return random_hex(12)
+    return secrets.token_hex(12)
 
 
 class RequestIdMiddleware:

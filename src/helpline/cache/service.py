@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
@@ -29,7 +30,6 @@ from helpline.cache.guards import SemanticGuard
 from helpline.cache.keys import CacheScope, KeySpace, digest, normalize
 from helpline.cache.near import NearCache
 from helpline.errors import ServiceUnavailable
-from helpline.ids import random_hex
 from helpline.knowledge.embeddings import from_bytes, to_bytes
 
 log = structlog.get_logger(__name__)
@@ -525,7 +525,7 @@ class AnswerCache:
         ``lock_wait_s``) at the latest. With the store down this yields None at once: nobody to wait for."""
         key = self.entry_key(question, scope)
         lock_key = self.keys.lock(key)
-        token = random_hex(8)
+        token = secrets.token_hex(8)
         ttl = self.settings.lock_ttl_s
         taken = await self._guarded("lock", lambda: self.backend.lock(lock_key, ttl, token), None)
         if taken is None:  # the store is not answering: nobody to wait for, no lock to keep

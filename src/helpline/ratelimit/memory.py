@@ -6,11 +6,11 @@ threads touch it). Same sliding-window-log and lease semantics as the Redis scri
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from helpline.ids import random_hex
 from helpline.ratelimit.base import CONCURRENCY, Decision, Lease, LeaseKeeper, TierState
 from helpline.ratelimit.policies import Tier
 
@@ -90,7 +90,7 @@ class MemoryLimiter:
         return len(self._leases)
 
     def _lease(self, now: float) -> Lease:
-        token = random_hex(8)
+        token = secrets.token_hex(8)
         self._leases[token] = now + self._lease_ttl_s
         self.keeper.hold(token)
         return Lease(token, self._release)

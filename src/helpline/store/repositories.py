@@ -12,7 +12,6 @@ from typing import Any, cast
 from sqlalchemy import Table, delete, func, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from helpline.ids import random_hex
 from helpline.store.models import (
     ApiKey,
     ChatSession,
@@ -39,7 +38,7 @@ def new_session_id() -> str:
 
 
 def new_message_id() -> str:
-    return random_hex(16)
+    return secrets.token_hex(16)
 
 
 @dataclass(frozen=True, slots=True)
