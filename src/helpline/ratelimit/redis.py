@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from helpline.ids import random_hex
 from helpline.ratelimit.base import (
     CONCURRENCY,
     Decision,
@@ -189,7 +189,7 @@ class RedisLimiter:
 
     async def acquire(self, tiers: Sequence[Tier], *, lease: bool = True) -> Decision:
         await self._ensure_ready()
-        token = random_hex(8)
+        token = secrets.token_hex(8)
         request = _Admission(token, self._max_concurrent if lease else 0, tuple(tiers))
         try:
             raw = await self._admissions.submit(request)
