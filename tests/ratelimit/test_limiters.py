@@ -10,7 +10,7 @@ from redis.crc import key_slot
 
 from helpline.ratelimit.base import CONCURRENCY
 from helpline.ratelimit.policies import Rate, Tier
-from helpline.ratelimit.redis import RedisLimiter
+from helpline.ratelimit.redis import RedisLimiter, _Admission
 from tests.ratelimit.conftest import MakeLimiter
 
 PER_MINUTE_5 = Rate(5, 60)
@@ -193,7 +193,36 @@ async def test_a_burst_of_admissions_costs_one_script_call(make_limiter: MakeLim
         return await script(**kwargs)
 
     limiter._acquire_script = counted  # type: ignore[assignment]
-    decisions = await asyncio.gather(*(limiter.acquire([ip()]) for _ in range(60)))
-    assert sum(decision.allowed for decision in decisions) == 5
+    leased = [limiter.acquire([ip()]) for _ in range(60)]
+    bare = [limiter.acquire([], lease=False) for _ in range(10)]  # no tier, no lease
+    other = [limiter.acquire([ip("198.51.100.7"), session("x", Rate(3, 60))], lease=False) for _ in range(10)]
+    decisions = await asyncio.gather(*leased, *bare, *other)
     assert calls == 1
-    assert await limiter.in_flight() == 5
+    assert sum(decision.allowed for decision in decisions[:60]) == 5
+    assert all(decision.allowed for decision in decisions[60:70])
+    assert [decision.allowed for decision in decisions[70:]] == [True] * 3 + [False] * 7
+    assert {decision.refused_by for decision in decisions[73:]} == {"session"}
+    assert await limiter.in_flight() == 5  # leases only for the admitted requests that asked for one
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+async def test_a_retried_admission_call_is_answered_as_the_first_run_was(make_limiter: MakeLimiter) -> None:
+    """redis-py retries a script call whose reply it lost; the script may have run. The second run must not count
+    each request against itself: it would be refused, charged, and its lease left to nobody."""
+    limiter = await make_limiter(max_concurrent=10)
+    assert isinstance(limiter, RedisLimiter)
+    tight = ip(rate=Rate(1, 60))
+    batch = [
+        _Admission("tok-lease", 10, (tight,)),
+        _Admission("tok-nolease", 0, (session("s", Rate(1, 60)),)),
+        _Admission("tok-bare", 10, ()),
+    ]
+    first = await limiter._admit(batch)
+    again = await limiter._admit(batch)
+    assert [answer[0] for answer in first] == [1, 1, 1]  # allowed
+    assert [answer[0] for answer in again] == [1, 1, 1]  # still: not refused by its own first charge
+    assert [answer[4:5] for answer in again] == [answer[4:5] for answer in first]  # the tier counted as before
+    assert await limiter.in_flight() == 2  # one lease each for the two that asked, taken once
+    assert await limiter.client.zcard(limiter.key(tight)) == 1
+    other = await limiter.acquire([tight])
+    assert not other.allowed  # a new token still meets the limit the first run used up

@@ -4,6 +4,8 @@ is free, and the generic GroupCommit the admissions use."""
 from __future__ import annotations
 
 import asyncio
+import traceback
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -207,3 +209,49 @@ async def test_a_store_answering_the_wrong_number_of_results_fails_every_caller(
     commit: GroupCommit[int, int] = GroupCommit(short)
     results = await asyncio.gather(*(commit.submit(n) for n in range(3)), return_exceptions=True)
     assert all(isinstance(result, RuntimeError) and "2 results for 3 calls" in str(result) for result in results)
+
+
+async def test_a_flush_cancelled_before_its_first_step_fails_its_callers_and_later_calls_start_afresh() -> None:
+    store = Doubler()
+    commit: GroupCommit[int, int] = GroupCommit(store.send, name="flush-under-test")
+    caller = asyncio.create_task(commit.submit(1))
+    await asyncio.sleep(0)  # the caller has opened a batch; its flush has not run yet
+    flushes = [task for task in asyncio.all_tasks() if task.get_name() == "flush-under-test"]
+    assert len(flushes) == 1
+    flushes[0].cancel()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        await asyncio.wait_for(caller, timeout=2)
+    assert await asyncio.wait_for(commit.submit(2), timeout=2) == 4  # not stuck behind the dead batch
+    assert store.sends == [[2]]
+
+
+async def test_releases_arriving_behind_a_slow_batch_all_go_in_the_next_send() -> None:
+    store = Store()
+    store.gate.clear()
+    batcher = ReleaseBatcher(store.send)
+    first = asyncio.create_task(batcher.release("first"))
+    await store.sending.wait()
+    tokens = [f"t{n}" for n in range(1000)]
+    later = [asyncio.create_task(batcher.release(token)) for token in tokens]
+    await asyncio.sleep(0.01)
+    store.gate.set()
+    await asyncio.gather(first, *later)
+    assert store.sends == [["first"], tokens]  # one round trip for the thousand, not a chain of capped batches
+
+
+async def test_every_caller_of_a_failed_batch_gets_a_short_traceback() -> None:
+    store = Store(error=ConnectionError("redis is down"))
+    commit: GroupCommit[str, None] = GroupCommit(_forward(store.send))
+    results = await asyncio.gather(*(commit.submit(f"t{n}") for n in range(100)), return_exceptions=True)
+    assert all(isinstance(result, ConnectionError) for result in results)
+    last = results[-1]
+    assert isinstance(last, ConnectionError)
+    assert len(traceback.extract_tb(last.__traceback__)) < 10  # not the frames of the 99 callers before it
+
+
+def _forward(send: Callable[[list[str]], Awaitable[None]]) -> Callable[[list[str]], Awaitable[list[None]]]:
+    async def forward(items: list[str]) -> list[None]:
+        await send(items)
+        return [None] * len(items)
+
+    return forward

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
 import structlog
@@ -147,6 +149,7 @@ class LeaseKeeper:
 class _Batch(Generic[ItemT, ResultT]):
     items: list[ItemT]
     sent: asyncio.Future[list[ResultT] | BaseException]
+    traceback: TracebackType | None = None
 
 
 class GroupCommit(Generic[ItemT, ResultT]):
@@ -161,14 +164,14 @@ class GroupCommit(Generic[ItemT, ResultT]):
     ``stall_s``: how long a batch waits for the one before it. ``None`` waits for it to be answered; a number lets
     the next batch go beside a batch that is taking that long (a slow or silent Redis then delays no caller by
     more than ``stall_s`` beyond its own round trip, so a caller's own deadline still measures Redis, not the queue).
-    ``max_items`` caps a batch; the rest start the next one."""
+    ``max_items`` caps a batch (``None``: no cap); the rest start the next one."""
 
     def __init__(
         self,
         send: Callable[[list[ItemT]], Awaitable[list[ResultT]]],
         *,
         stall_s: float | None = None,
-        max_items: int = 256,
+        max_items: int | None = None,
         name: str = "group-commit",
     ) -> None:
         self._send = send
@@ -181,22 +184,23 @@ class GroupCommit(Generic[ItemT, ResultT]):
 
     async def submit(self, item: ItemT) -> ResultT:
         batch = self._open
-        if batch is None or len(batch.items) >= self._max_items:
+        if batch is None or (self._max_items is not None and len(batch.items) >= self._max_items):
             batch = self._open = _Batch([], asyncio.get_running_loop().create_future())
             task = asyncio.create_task(self._flush(batch), name=self._name)
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._finished, batch))
         index = len(batch.items)
         batch.items.append(item)
         outcome = await asyncio.shield(batch.sent)  # a cancelled caller does not cancel the others' call
         if isinstance(outcome, BaseException):
-            raise outcome
+            # Each caller raises the one error with the batch's traceback, not with its predecessors' frames.
+            raise outcome.with_traceback(batch.traceback)
         return outcome[index]
 
     async def _flush(self, batch: _Batch[ItemT, ResultT]) -> None:
         # Every caller of the batch hears the outcome, whatever happens here: a failure is handed to them, and so
         # is a flush cancelled by shutdown, even while it waited for the batch before it.
-        outcome: list[ResultT] | BaseException = RuntimeError("the call was interrupted")
+        outcome: list[ResultT] | BaseException = _interrupted()
         try:
             before = self._on_its_way
             self._on_its_way = batch.sent
@@ -208,9 +212,20 @@ class GroupCommit(Generic[ItemT, ResultT]):
             outcome = results if len(results) == len(batch.items) else self._miscounted(results, batch.items)
         except Exception as error:  # noqa: BLE001 - see above
             outcome = error
+            batch.traceback = error.__traceback__
         finally:
-            if self._open is batch:
-                self._open = None
+            self._settle(batch, outcome)
+
+    def _finished(self, batch: _Batch[ItemT, ResultT], task: asyncio.Task[None]) -> None:
+        """Also when the flush was cancelled before its first step, and its own ``finally`` never ran: its callers
+        hear of it, and later calls start a new batch instead of joining one that will never be sent."""
+        self._tasks.discard(task)
+        self._settle(batch, _interrupted())
+
+    def _settle(self, batch: _Batch[ItemT, ResultT], outcome: list[ResultT] | BaseException) -> None:
+        if self._open is batch:
+            self._open = None
+        if not batch.sent.done():
             batch.sent.set_result(outcome)
 
     def _miscounted(self, results: list[ResultT], items: list[ItemT]) -> RuntimeError:
@@ -220,6 +235,10 @@ class GroupCommit(Generic[ItemT, ResultT]):
         """Let calls on their way finish (shutdown)."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _interrupted() -> RuntimeError:
+    return RuntimeError("the call was interrupted")
 
 
 class ReleaseBatcher:

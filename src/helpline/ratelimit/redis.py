@@ -51,6 +51,9 @@ ACQUIRE_LUA = """
 -- lease), token, tier count n, then limit and window ms for each of its n tiers.
 -- Returns per request {allowed, refused (0 none, -1 concurrency, i = i-th tier), retry ms, in flight,
 -- count_i, reset ms_i...}, one request after another.
+-- A token already logged was admitted by an earlier run of this same call (the client retried it after losing
+-- the reply): it is answered as admitted again, without a second charge; otherwise a retry would count each
+-- request against itself, refuse it, and leave its first lease to nobody.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local ttl = tonumber(ARGV[1])
@@ -62,6 +65,12 @@ while a <= #ARGV do
   local first_key, first_arg = k, a + 3
   a, k = a + 3 + 2 * n, k + n
   local allowed, refused, retry = 1, 0, 0
+  local seen = false
+  if cap > 0 then
+    seen = redis.call('ZSCORE', KEYS[1], token) ~= false
+  elseif n > 0 then
+    seen = redis.call('ZSCORE', KEYS[first_key], token) ~= false
+  end
   local states = {}
   for i = 0, n - 1 do
     local key = KEYS[first_key + i]
@@ -72,7 +81,9 @@ while a <= #ARGV do
     if count > 0 then
       reset = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) + window - now
     end
-    if count >= limit then
+    if seen then
+      count = count - 1  -- as the first run reported it, before its own charge
+    elseif count >= limit then
       allowed = 0
       if refused == 0 then refused = i + 1 end
       if reset > retry then retry = reset end
@@ -87,13 +98,15 @@ while a <= #ARGV do
       leases_pruned = true
     end
     in_flight = redis.call('ZCARD', KEYS[1])
-    if in_flight >= cap then
+    if seen then
+      in_flight = in_flight - 1
+    elseif in_flight >= cap then
       allowed = 0
       if refused == 0 then refused = -1 end
       if retry < 1000 then retry = 1000 end
     end
   end
-  if allowed == 1 then
+  if allowed == 1 and not seen then
     for i = 0, n - 1 do
       redis.call('ZADD', KEYS[first_key + i], now, token)
       redis.call('PEXPIRE', KEYS[first_key + i], ARGV[first_arg + 2 * i + 1])
@@ -101,9 +114,9 @@ while a <= #ARGV do
     if cap > 0 then
       redis.call('ZADD', KEYS[1], now + ttl, token)
       if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-      in_flight = in_flight + 1
     end
   end
+  if allowed == 1 and cap > 0 then in_flight = in_flight + 1 end
   out[#out + 1] = allowed
   out[#out + 1] = refused
   out[#out + 1] = retry
@@ -275,10 +288,10 @@ class RedisLimiter:
         await prewarm(self.client, pool_size(self.client), self._prefix)  # a burst then opens none
 
     async def aclose(self) -> None:
+        await self._admissions.aclose()  # first: a caller given up on meanwhile leaves an orphan to cancel below
         for task in self._orphans:
             task.cancel()  # shutting down: the lease TTL reclaims what they would have given back
         await self.keeper.stop()
-        await self._admissions.aclose()
         await self._releases.aclose()
         await self.client.aclose()
 
