@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
+from helpline.ratelimit import redis as redis_limiter
 from helpline.ratelimit.base import CONCURRENCY
 from helpline.ratelimit.policies import Rate, Tier
 from helpline.ratelimit.redis import RedisLimiter, _Admission
@@ -226,3 +227,29 @@ async def test_a_retried_admission_call_is_answered_as_the_first_run_was(make_li
     assert await limiter.client.zcard(limiter.key(tight)) == 1
     other = await limiter.acquire([tight])
     assert not other.allowed  # a new token still meets the limit the first run used up
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_the_lease_of_a_caller_given_up_on_is_given_back_after_its_batch_ran(
+    make_limiter: MakeLimiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller gives up while its batch still waits to be sent: the batch is sent anyway (the others in it need
+    their answers) and takes the lease. The give-back must come after that, not race ahead of it."""
+    limiter = await make_limiter(max_concurrent=10)
+    assert isinstance(limiter, RedisLimiter)
+    await limiter.acquire([], lease=False)
+    monkeypatch.setattr(redis_limiter, "ORPHAN_RELEASE_DELAY_S", 0.1)
+    script = limiter._acquire_script
+
+    async def late(**kwargs: Any) -> Any:
+        await asyncio.sleep(0.6)  # e.g. waiting for a free connection
+        return await script(**kwargs)
+
+    limiter._acquire_script = late  # type: ignore[assignment]
+    caller = asyncio.create_task(limiter.acquire([]))
+    await asyncio.sleep(0.05)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.sleep(1.2)  # the batch ran at ~0.6 s; a give-back racing ahead would have run at ~0.15 s
+    assert await limiter.in_flight() == 0

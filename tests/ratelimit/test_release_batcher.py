@@ -255,3 +255,23 @@ def _forward(send: Callable[[list[str]], Awaitable[None]]) -> Callable[[list[str
         return [None] * len(items)
 
     return forward
+
+
+async def test_settled_returns_once_the_batches_open_or_on_their_way_are_answered() -> None:
+    store = Doubler()
+    store.hold = True
+    commit: GroupCommit[int, int] = GroupCommit(store.send, stall_s=0.01)
+    first = asyncio.create_task(commit.submit(1))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(commit.submit(2))  # goes beside the held first batch after 10 ms
+    settled = asyncio.create_task(commit.settled())
+    await asyncio.sleep(0.05)
+    assert not settled.done()
+    store.gates[0].set()
+    await first
+    await asyncio.sleep(0.01)
+    assert not settled.done()  # the second batch is still on its way
+    store.gates[1].set()
+    await asyncio.wait_for(settled, timeout=2)
+    assert await second == 4
+    await asyncio.wait_for(commit.settled(), timeout=2)  # nothing pending: returns at once

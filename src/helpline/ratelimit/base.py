@@ -180,12 +180,14 @@ class GroupCommit(Generic[ItemT, ResultT]):
         self._name = name
         self._open: _Batch[ItemT, ResultT] | None = None
         self._on_its_way: asyncio.Future[list[ResultT] | BaseException] | None = None
+        self._unsettled: set[asyncio.Future[list[ResultT] | BaseException]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: ItemT) -> ResultT:
         batch = self._open
         if batch is None or (self._max_items is not None and len(batch.items) >= self._max_items):
             batch = self._open = _Batch([], asyncio.get_running_loop().create_future())
+            self._unsettled.add(batch.sent)
             task = asyncio.create_task(self._flush(batch), name=self._name)
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._finished, batch))
@@ -227,6 +229,14 @@ class GroupCommit(Generic[ItemT, ResultT]):
             self._open = None
         if not batch.sent.done():
             batch.sent.set_result(outcome)
+        self._unsettled.discard(batch.sent)
+
+    async def settled(self) -> None:
+        """Returns once every batch open or on its way now has been answered (or has failed): after it, nothing
+        submitted before the call can still reach the store."""
+        pending = list(self._unsettled)
+        if pending:
+            await asyncio.wait(pending)
 
     def _miscounted(self, results: list[ResultT], items: list[ItemT]) -> RuntimeError:
         return RuntimeError(f"{self._name}: {len(results)} results for {len(items)} calls")

@@ -241,6 +241,9 @@ class RedisLimiter:
 
         async def give_back() -> None:
             await asyncio.sleep(ORPHAN_RELEASE_DELAY_S)
+            # Its admission may share a batch still waiting for a connection: removing the token before that
+            # batch's script runs would leave the lease it then takes to the TTL.
+            await self._admissions.settled()
             await Lease(token, self._release).release()  # never raises: a failure is logged, the TTL reclaims it
 
         task = asyncio.get_running_loop().create_task(give_back(), name="ratelimit-orphan-lease")
