@@ -95,6 +95,17 @@ PARAPHRASE_FLOOR = 0.14
         # A direction only one side reads ("to send": an infinitive) or a pronoun goal: nothing reversed.
         ("Is there a fee to send money to a friend?", "Is there a fee for sending money to a friend?", None),
         ("Can I send the parcel to you by post?", "Can I send the parcel by post to you?", None),
+        # The same things, owned by someone else: the points change hands (the head of each phrase is the thing).
+        (
+            "Can I transfer my Basket Points to another shop's loyalty card?",
+            "Can I transfer another shop's loyalty points to my Basket Points?",
+            "owner",
+        ),
+        ("Can I add my card to your app?", "Can I add your card to my app?", "owner"),
+        ("Will you refund my friend's order to my card?", "Will you refund my order to my friend's card?", "owner"),
+        # An owner on one side only, or the same owner: nothing changes hands.
+        ("Can I use my gift card?", "Can I use a gift card?", None),
+        ("What are our delivery options?", "What are my delivery options?", None),
     ],
 )
 def test_the_frame_and_language_guards_give_their_reason(a: str, b: str, reason: str | None) -> None:

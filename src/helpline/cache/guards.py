@@ -157,8 +157,8 @@ class SemanticGuard:
             return "time"
         ca, cb = content(wa), content(wb)  # the content words, for the last three guards
         return (
-            _opposite(sa, sb) or _negated_form(sa, sb) or _frame(wa, wb, ca, cb) or _condition(sa, sb, ca, cb)
-            or _substitution(ca, cb)
+            _opposite(sa, sb) or _negated_form(sa, sb) or _owner(wa, wb) or _frame(wa, wb, ca, cb)
+            or _condition(sa, sb, ca, cb) or _substitution(ca, cb)
         )  # fmt: skip
 
 
@@ -324,6 +324,43 @@ def _reversed(left: frozenset[str], right: frozenset[str]) -> bool:
 
     ra, rb = roles(left), roles(right)
     return any(ra[word] != rb[word] for word in ra.keys() & rb.keys())
+
+
+# Whose thing a question is about: "my" and "our" are the shopper's, "your" the shop's (the one addressed),
+# "his"/"her"/"their" a third person's; "X's" is X's.
+_POSSESSORS = {"my": "self", "our": "self", "your": "you", "his": "other", "her": "other", "their": "other"}
+
+
+def _owners(tokens: list[str]) -> dict[str, str]:
+    """Each possessed thing (the head, last, word of the phrase after its possessor, stemmed) with its owner:
+    "transfer my Basket Points to another shop's loyalty card" is {point: self, card: shop}, "my friend's order"
+    {friend: self, order: friend}."""
+    found: dict[str, str] = {}
+    for index, word in enumerate(tokens):
+        if word in _POSSESSORS:
+            owner = _POSSESSORS[word]
+        elif word.endswith("'s") and len(word) > 3:
+            owner = stem(word[:-2])
+        else:
+            continue
+        phrase: list[str] = []
+        for following in tokens[index + 1 : index + 5]:
+            if following in FUNCTION_WORDS or following in _FRAME_WORDS or following in CONDITIONS:
+                break
+            phrase.append(following.removesuffix("'s"))
+            if following.endswith("'s"):
+                break  # "my friend's order": the friend is mine, the order is the friend's
+        if phrase:
+            found.setdefault(stem(phrase[-1]), owner)
+    return found
+
+
+def _owner(wa: list[str], wb: list[str]) -> str | None:
+    """The same thing owned by someone else on the other side: "transfer my points to another shop's card" /
+    "transfer another shop's points to mine" (the same words, the points change hands). A thing with an owner on
+    one side only says nothing ("my order" / "the order")."""
+    oa, ob = _owners(wa), _owners(wb)
+    return "owner" if any(oa[thing] != ob[thing] for thing in oa.keys() & ob.keys()) else None
 
 
 def _condition(sa: set[str], sb: set[str], ca: list[str], cb: list[str]) -> str | None:
