@@ -328,6 +328,7 @@ def _reversed(left: frozenset[str], right: frozenset[str]) -> bool:
 
 # Whose thing a question is about: "my" and "our" are the shopper's, "your" the shop's (the one addressed),
 # "his"/"her"/"their" a third person's; "X's" is X's.
+_SOMEONE_ELSE = frozenset(["else", "else's"])  # "someone else", "anybody else's": a third person, not the asker
 _POSSESSORS = {"my": "self", "our": "self", "your": "you", "his": "other", "her": "other", "their": "other"}
 
 
@@ -356,9 +357,12 @@ def _owners(tokens: list[str]) -> dict[str, str]:
 
 
 def _owner(wa: list[str], wb: list[str]) -> str | None:
-    """The same thing owned by someone else on the other side: "transfer my points to another shop's card" /
-    "transfer another shop's points to mine" (the same words, the points change hands). A thing with an owner on
-    one side only says nothing ("my order" / "the order")."""
+    """Someone else on one side only ("Can I return my item?" / "… an item someone else ordered for me?"), or the
+    same thing owned by someone else on the other side: "transfer my points to another shop's card" / "transfer
+    another shop's points to mine" (the same words, the points change hands). A thing with an owner on one side
+    only says nothing ("my order" / "the order")."""
+    if any(word in _SOMEONE_ELSE for word in wa) != any(word in _SOMEONE_ELSE for word in wb):
+        return "owner"
     oa, ob = _owners(wa), _owners(wb)
     return "owner" if any(oa[thing] != ob[thing] for thing in oa.keys() & ob.keys()) else None
 
