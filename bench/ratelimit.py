@@ -3,7 +3,9 @@
 Run: `.venv/bin/python -m bench.ratelimit` (needs Redis on 127.0.0.1:6379, or HELPLINE_BENCH_REDIS_URL).
 
 1. Limiter cost: sequential evaluations of a shopper's two tiers (IP + conversation) plus the concurrency lease,
-   then the release, on the in-process limiter and on Redis (one Lua round trip to acquire, one to release).
+   then the release, on the in-process limiter and on Redis (one Lua round trip to acquire, one to release); and
+   the CPU an acquire + release costs this thread, sequentially and with 32 concurrent callers, whose admissions
+   and releases share Redis round trips (GroupCommit).
 2. HTTP: `helpline serve` (one worker, sample knowledge) answering the same question from 16 clients, so after the
    first request every answer is an exact cache hit and the limiter is a visible share of the work. Limits "off"
    means every tier set to ``off`` (only the in-process concurrency lease remains); "on" means tiers checked and
@@ -35,6 +37,8 @@ from helpline.redisconn import create_redis
 
 REDIS_URL = os.environ.get("HELPLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 EVALUATIONS = 3000
+CALLERS = 32  # concurrent callers for the CPU figure
+CPU_ROUNDS = 5
 CONCURRENCY = 16
 ROUNDS = 5
 ROUND_S = 2.0
@@ -66,6 +70,23 @@ async def time_limiter(limiter: Limiter) -> tuple[list[float], list[float]]:
     return acquire_us, release_us
 
 
+async def concurrent_cpu(limiter: Limiter) -> float:
+    """µs of this thread's CPU per acquire + release, CALLERS callers at a time (as in a busy worker, where the Redis
+    limiter's concurrent admissions and releases share round trips)."""
+    per_caller = EVALUATIONS // CALLERS
+
+    async def caller(offset: int) -> None:
+        for n in range(per_caller):
+            decision = await limiter.acquire(tiers(offset + n))
+            assert decision.allowed
+            assert decision.lease is not None
+            await decision.lease.release()
+
+    started = time.thread_time()
+    await asyncio.gather(*(caller(index * per_caller) for index in range(CALLERS)))
+    return (time.thread_time() - started) / (per_caller * CALLERS) * 1e6
+
+
 async def limiter_rows() -> list[str]:
     prefix = "{bench" + secrets.token_hex(4) + ":rl}:"
     built: list[tuple[str, Callable[[], Limiter]]] = [
@@ -85,13 +106,18 @@ async def limiter_rows() -> list[str]:
         try:
             await limiter.warm_up()
             await time_limiter(limiter)  # warm-up pass: connections, script cache, allocator
+            cpu_started = time.thread_time()
             acquire_us, release_us = await time_limiter(limiter)
+            one_caller_cpu = (time.thread_time() - cpu_started) / EVALUATIONS * 1e6
+            await concurrent_cpu(limiter)  # warm-up pass
+            many_callers_cpu = statistics.median([await concurrent_cpu(limiter) for _ in range(CPU_ROUNDS)])
         finally:
             await _delete(limiter, prefix)
             await limiter.aclose()
         rows.append(
             f"| {name} | {percentile(acquire_us, 50):.0f} | {percentile(acquire_us, 99):.0f} "
-            f"| {percentile(release_us, 50):.0f} | {percentile(release_us, 99):.0f} |"
+            f"| {percentile(release_us, 50):.0f} | {percentile(release_us, 99):.0f} "
+            f"| {one_caller_cpu:.0f} | {many_callers_cpu:.0f} |"
         )
     return rows
 
@@ -149,9 +175,15 @@ def http_rows(workdir: Path) -> list[tuple[str, float, list[float], int, float]]
 
 def main() -> None:
     limiter_table = asyncio.run(limiter_rows())
-    print(f"Limiter cost per request, {EVALUATIONS} sequential evaluations (IP + conversation tiers + lease), µs")
-    print("| limiter | acquire p50 | acquire p99 | release p50 | release p99 |")
-    print("|---|---|---|---|---|")
+    print(f"Limiter cost per request, {EVALUATIONS} sequential evaluations (IP + conversation tiers + lease), µs;")
+    print(
+        f"then this thread's CPU per acquire + release: sequential, and {CALLERS} concurrent callers "
+        f"(median of {CPU_ROUNDS} rounds)"
+    )
+    print(
+        f"| limiter | acquire p50 | acquire p99 | release p50 | release p99 | CPU, 1 caller | CPU, {CALLERS} callers |"
+    )
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(limiter_table))
     print()
     with tempfile.TemporaryDirectory() as tmp:
