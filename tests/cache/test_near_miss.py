@@ -104,10 +104,19 @@ PARAPHRASE_FLOOR = 0.14
         ("Can I add my card to your app?", "Can I add your card to my app?", "owner"),
         ("Will you refund my friend's order to my card?", "Will you refund my order to my friend's card?", "owner"),
         ("Can I return my item?", "Can I return an item someone else ordered for me?", "owner"),
+        (
+            "Can I collect my order from the store?",
+            "Can someone other than me collect my order from the store?",
+            "owner",
+        ),
         # An owner on one side only, or the same owner: nothing changes hands.
         ("Can I use my gift card?", "Can I use a gift card?", None),
         ("What are our delivery options?", "What are my delivery options?", None),
         ("What should I do if someone else used my card?", "What do I do if someone else used my card?", None),
+        # "My" against "your" for one thing: the shopper's gift card is "your gift card" to the shop.
+        ("How do I top up my gift card?", "How do I top up your gift card?", None),
+        # "'s" as "is", not an owner.
+        ("What's delivery charge for my area?", "What's your delivery charge for my area?", None),
     ],
 )
 def test_the_frame_and_language_guards_give_their_reason(a: str, b: str, reason: str | None) -> None:

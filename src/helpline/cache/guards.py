@@ -328,8 +328,21 @@ def _reversed(left: frozenset[str], right: frozenset[str]) -> bool:
 
 # Whose thing a question is about: "my" and "our" are the shopper's, "your" the shop's (the one addressed),
 # "his"/"her"/"their" a third person's; "X's" is X's.
-_SOMEONE_ELSE = frozenset(["else", "else's"])  # "someone else", "anybody else's": a third person, not the asker
 _POSSESSORS = {"my": "self", "our": "self", "your": "you", "his": "other", "her": "other", "their": "other"}
+_FIRST_AND_SECOND = frozenset(["self", "you"])
+# "'s" that is "is" or "us", not an owner: "what's the fee", "let's say".
+_CONTRACTIONS = frozenset(
+    ["it's", "what's", "that's", "there's", "here's", "where's", "who's", "how's", "when's", "why's", "let's",
+     "he's", "she's", "this's"]
+)  # fmt: skip
+
+
+def _someone_else(tokens: list[str]) -> bool:
+    """A third person the asker sets apart from themselves: "someone else", "anybody else's", "other than me"."""
+    return any(
+        word in ("else", "else's") or (word == "other" and tokens[index + 1 : index + 2] == ["than"])
+        for index, word in enumerate(tokens)
+    )
 
 
 def _owners(tokens: list[str]) -> dict[str, str]:
@@ -340,7 +353,7 @@ def _owners(tokens: list[str]) -> dict[str, str]:
     for index, word in enumerate(tokens):
         if word in _POSSESSORS:
             owner = _POSSESSORS[word]
-        elif word.endswith("'s") and len(word) > 3:
+        elif word.endswith("'s") and len(word) > 3 and word not in _CONTRACTIONS:
             owner = stem(word[:-2])
         else:
             continue
@@ -357,14 +370,18 @@ def _owners(tokens: list[str]) -> dict[str, str]:
 
 
 def _owner(wa: list[str], wb: list[str]) -> str | None:
-    """Someone else on one side only ("Can I return my item?" / "… an item someone else ordered for me?"), or the
-    same thing owned by someone else on the other side: "transfer my points to another shop's card" / "transfer
-    another shop's points to mine" (the same words, the points change hands). A thing with an owner on one side
-    only says nothing ("my order" / "the order")."""
-    if any(word in _SOMEONE_ELSE for word in wa) != any(word in _SOMEONE_ELSE for word in wb):
+    """Someone else on one side only ("Can I return my item?" / "… an item someone else ordered for me?"), or
+    things that change hands: "transfer my points to another shop's card" / "transfer another shop's points to
+    mine", "my card to your app" / "your card to my app". Only "my" against "your" for one thing says nothing: a
+    shopper's gift card is also "your gift card" to the shop ("How do I top up my gift card?" / "… your gift
+    card?"). A thing with an owner on one side only says nothing either ("my order" / "the order")."""
+    if _someone_else(wa) != _someone_else(wb):
         return "owner"
     oa, ob = _owners(wa), _owners(wb)
-    return "owner" if any(oa[thing] != ob[thing] for thing in oa.keys() & ob.keys()) else None
+    changed = [(oa[thing], ob[thing]) for thing in oa.keys() & ob.keys() if oa[thing] != ob[thing]]
+    if len(changed) >= 2 or any(not {left, right} <= _FIRST_AND_SECOND for left, right in changed):
+        return "owner"
+    return None
 
 
 def _condition(sa: set[str], sb: set[str], ca: list[str], cb: list[str]) -> str | None:

@@ -232,8 +232,9 @@ class GroupCommit(Generic[ItemT, ResultT]):
         self._unsettled.discard(batch.sent)
 
     async def settled(self) -> None:
-        """Returns once every batch open or on its way now has been answered (or has failed): after it, nothing
-        submitted before the call can still reach the store."""
+        """Returns once every batch open or on its way now has been answered or has failed: after it, nothing
+        submitted before the call is still waiting here or on its way from here. (A call that failed on a timeout
+        may still run in the store later, as any timed-out command may.)"""
         pending = list(self._unsettled)
         if pending:
             await asyncio.wait(pending)
