@@ -86,12 +86,22 @@ PARAPHRASE_FLOOR = 0.14
             "direction",
         ),
         ("Le tofu est-il bio ?", "Ist der Tofu bio?", "language"),
+        # Who does what to whom: the persons swap or change places.
+        ("Can you send me a receipt?", "Can I send you a receipt?", "person"),
+        ("Do you pay for return postage?", "Do I pay for return postage?", "person"),
+        # A perfect asks what happened: past.
+        ("Have you refunded my order?", "Will you refund my order?", "tense"),
+        # "For" someone is a goal, as "to" is.
+        ("Can I buy a gift card for a friend?", "Can I buy a gift card from a friend?", "direction"),
         # Same frame, or a frame against none: these share an answer.
         ("How do I get a refund?", "How can I get a refund?", None),
         ("Do you deliver on Sundays?", "Will you deliver on Sundays?", None),
         ("What payment methods do you accept?", "Which payment methods do you accept?", None),
         ("How do I unsubscribe from the newsletter?", "How to unsubscribe from the newsletter?", None),
         ("How do I send money to my friend?", "How can I send money to a friend?", None),
+        # Persons in a different number of places: a reworded question. "Have" as a verb is no perfect.
+        ("Can I get a refund?", "Can you refund me?", None),
+        ("Do you have reduced sugar jam?", "Is there reduced sugar jam?", None),
         # A direction only one side reads ("to send": an infinitive) or a pronoun goal: nothing reversed.
         ("Is there a fee to send money to a friend?", "Is there a fee for sending money to a friend?", None),
         ("Can I send the parcel to you by post?", "Can I send the parcel by post to you?", None),

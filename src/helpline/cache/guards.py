@@ -253,8 +253,30 @@ _FRAMES: dict[str, dict[str, str]] = {
     "modality": {"can": "may", "could": "may", "may": "may", "allowed": "may", "must": "must", "should": "must",
                  "shall": "must", "required": "must", "ought": "must", "mandatory": "must", "compulsory": "must"},
     "conjunction": {"and": "and", "or": "or", "both": "and", "either": "or", "plus": "and"},
-    "direction": {"to": "to", "into": "to", "onto": "to", "towards": "to", "from": "from", "out": "from"},
+    "direction": {"to": "to", "into": "to", "onto": "to", "towards": "to", "for": "to", "from": "from",
+                  "out": "from"},
+    "person": {"i": "1", "me": "1", "we": "1", "you": "2"},
 }  # fmt: skip
+# Has/have with a participle: a perfect, which asks what happened ("Has my membership renewed?").
+_HAVE = frozenset(["has", "have", "hasn't", "haven't", "hasnt", "havent"])
+_DO = frozenset(["do", "does", "did", "don't", "doesn't", "didn't", "dont", "doesnt", "didnt"])
+_PARTICIPLES = frozenset(
+    ["been", "gone", "done", "sent", "paid", "taken", "given", "made", "left", "bought", "brought", "come", "seen",
+     "kept", "lost", "spent", "put", "set", "cut", "won"]
+)  # fmt: skip
+
+
+def _perfect(tokens: list[str]) -> bool:
+    """ "Have you refunded …", "Has my order been …"; not the verb "have" ("Do you have reduced-sugar jam?")."""
+    for index, word in enumerate(tokens):
+        if word not in _HAVE or _DO & set(tokens[max(0, index - 2) : index]):
+            continue
+        for following in tokens[index + 1 : index + 5]:
+            if following in _PARTICIPLES or (following.endswith("ed") and len(following) > 4):
+                return True
+    return False
+
+
 _OBLIGED = re.compile(r"\b(?:have|has|had|need|needs)\s+to\b")
 _FRAME_WORDS = frozenset(word for table in _FRAMES.values() for word in table) | {"need", "needs"}
 
@@ -273,7 +295,11 @@ def _frame_of(tokens: list[str]) -> dict[str, frozenset[str]]:
     frame = {kind: frozenset(table[w] for w in tokens if w in table) for kind, table in _FRAMES.items()}
     if obliged:
         frame["modality"] |= {"must"}
+    elif _perfect(tokens):
+        frame["tense"] |= {"past"}
     frame["direction"] = _directions(tokens)
+    # Who does what to whom, in order: "Can you send me a receipt?" is (2, 1), "Can I send you a receipt?" (1, 2).
+    frame["person"] = frozenset([" ".join(_FRAMES["person"][w] for w in tokens if w in _FRAMES["person"])])
     return frame
 
 
@@ -292,8 +318,10 @@ def _directions(tokens: list[str]) -> frozenset[str]:
 
 def _frame(wa: list[str], wb: list[str], ca: list[str], cb: list[str]) -> str | None:
     """The same content words asked in another frame (see ``_FRAMES``). Only a present question and a past one
-    differ in tense ("Do you deliver on Sundays?" / "Will you …" share an answer), and a modality or a direction
-    only against another (not against none: "How do I get a refund?" / "How can I …" share one)."""
+    differ in tense ("Do you deliver on Sundays?" / "Will you …" share an answer; "Have you refunded my order?", a
+    perfect, is past), a modality or a direction only against another (not against none: "How do I get a refund?"
+    / "How can I …" share one), and persons only in the same number of places ("Can you send me a receipt?" /
+    "Can I send you a receipt?")."""
     if {w for w in ca if w not in _FRAME_WORDS} != {w for w in cb if w not in _FRAME_WORDS}:
         return None
     fa, fb = _frame_of(wa), _frame_of(wb)
@@ -305,8 +333,18 @@ def _frame(wa: list[str], wb: list[str], ca: list[str], cb: list[str]) -> str | 
             continue
         if kind == "direction" and not _reversed(left, right):
             continue
+        if kind == "person" and not _same_count(left, right):
+            continue
         return kind
     return None
+
+
+def _same_count(left: frozenset[str], right: frozenset[str]) -> bool:
+    """Persons in the same number of places on both sides (then a difference is a changed or swapped role: "Do
+    you pay for return postage?" / "Do I pay …"); a different number is a reworded question ("Can I get a
+    refund?" / "Can you refund me?")."""
+    (a,), (b,) = left, right
+    return len(a.split()) == len(b.split()) > 0
 
 
 def _reversed(left: frozenset[str], right: frozenset[str]) -> bool:
