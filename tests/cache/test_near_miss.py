@@ -89,6 +89,8 @@ PARAPHRASE_FLOOR = 0.14
         # Who does what to whom: the persons swap or change places.
         ("Can you send me a receipt?", "Can I send you a receipt?", "person"),
         ("Do you pay for return postage?", "Do I pay for return postage?", "person"),
+        # Where/who/which turn a yes/no question into another, even on one side only.
+        ("Can I return wine?", "Where can I return wine?", "question"),
         # A perfect asks what happened: past.
         ("Have you refunded my order?", "Will you refund my order?", "tense"),
         # "For" someone is a goal, as "to" is.
@@ -101,6 +103,7 @@ PARAPHRASE_FLOOR = 0.14
         ("How do I send money to my friend?", "How can I send money to a friend?", None),
         # Persons in a different number of places: a reworded question. "Have" as a verb is no perfect.
         ("Can I get a refund?", "Can you refund me?", None),
+        ("Can I get a refund?", "How can I get a refund?", None),
         ("Do you have reduced sugar jam?", "Is there reduced sugar jam?", None),
         # A direction only one side reads ("to send": an infinitive) or a pronoun goal: nothing reversed.
         ("Is there a fee to send money to a friend?", "Is there a fee for sending money to a friend?", None),
