@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -241,20 +240,12 @@ async def test_releases_arriving_behind_a_slow_batch_all_go_in_the_next_send() -
 
 async def test_every_caller_of_a_failed_batch_gets_a_short_traceback() -> None:
     store = Store(error=ConnectionError("redis is down"))
-    commit: GroupCommit[str, None] = GroupCommit(_forward(store.send))
-    results = await asyncio.gather(*(commit.submit(f"t{n}") for n in range(100)), return_exceptions=True)
+    batcher = ReleaseBatcher(store.send)  # a GroupCommit underneath
+    results = await asyncio.gather(*(batcher.release(f"t{n}") for n in range(100)), return_exceptions=True)
     assert all(isinstance(result, ConnectionError) for result in results)
     last = results[-1]
     assert isinstance(last, ConnectionError)
     assert len(traceback.extract_tb(last.__traceback__)) < 10  # not the frames of the 99 callers before it
-
-
-def _forward(send: Callable[[list[str]], Awaitable[None]]) -> Callable[[list[str]], Awaitable[list[None]]]:
-    async def forward(items: list[str]) -> list[None]:
-        await send(items)
-        return [None] * len(items)
-
-    return forward
 
 
 async def test_settled_returns_once_the_batches_open_or_on_their_way_are_answered() -> None:
