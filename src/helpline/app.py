@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from helpline.api.admin import router as admin_router
 from helpline.api.deps import Services
@@ -119,6 +120,19 @@ async def bootstrap_admin(settings: Settings, api_keys: ApiKeyRepository, state:
     print(f"\n  Helpline admin token (shown once, keep it safe): {plain}\n", file=sys.stderr, flush=True)
 
 
+def conversation_writer(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> ConversationWriter:
+    """The write-behind writer, started; on an SQLite file its batches run on a thread of their own (see
+    ``db.ThreadWrites``), which its ``close`` lets go of."""
+    writes = db.thread_writes(settings.database_url)
+    writer = ConversationWriter(
+        ConversationRepository(sessions, thread_writes=writes).write_batch,
+        on_failure=lambda _error: record_conversation_write_failure(),
+        release=writes.close if writes is not None else None,
+    )
+    writer.start()
+    return writer
+
+
 def freeze_startup_heap() -> None:
     """Move everything built at start (the knowledge base, the embedder, the SDK clients, the app) out of the
     cyclic garbage collector's reach, once, in a server process.
@@ -166,10 +180,7 @@ def create_app(
             list(providers) if providers is not None else build_providers(settings), router_timings(settings)
         )
         health_task = asyncio.create_task(router_provider.run_health_checks(), name="provider-health")
-        writer = ConversationWriter(
-            ConversationRepository(sessions).write_batch, on_failure=lambda _error: record_conversation_write_failure()
-        )
-        writer.start()
+        writer = conversation_writer(settings, sessions)
         conversations = ConversationRepository(sessions, writer)
         limiter = RateLimiter.from_settings(settings)
         await limiter.warm_up()

@@ -46,3 +46,18 @@ async def test_close_drains_the_queue() -> None:
         writer.add(index)
     await writer.close()
     assert written == list(range(300))
+
+
+async def test_close_releases_what_the_write_holds_after_the_last_batch() -> None:
+    events: list[str] = []
+
+    async def write(batch: Sequence[object]) -> None:
+        events.append(f"batch of {len(batch)}")
+
+    writer = ConversationWriter(write, release=lambda: events.append("released"))
+    writer.start()
+    for index in range(3):
+        writer.add(index)
+    await writer.close()
+    await writer.close()  # a second close (a retried shutdown) releases nothing twice
+    assert events == ["batch of 3", "released"]

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, or_, select, text
+from sqlalchemy import Connection, Table, delete, func, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from helpline.store.db import ThreadWrites
 from helpline.store.models import (
     ApiKey,
     ChatSession,
@@ -119,9 +120,16 @@ class ConversationRepository:
     """Sessions and exchanges. With a :class:`ConversationWriter`, writes leave the request path (write-behind)
     and reads flush first, so callers see their own writes."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], writer: ConversationWriter | None = None) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        writer: ConversationWriter | None = None,
+        *,
+        thread_writes: ThreadWrites | None = None,
+    ) -> None:
         self._sessions = sessions
         self._writer = writer
+        self._thread_writes = thread_writes  # write_batch's transactions run there when given (SQLite files)
 
     async def create_session(self, owner: Principal, locale: str | None) -> str:
         session_id = new_session_id()
@@ -164,12 +172,19 @@ class ConversationRepository:
             if isinstance(i, PendingSession)
         ]
         exchanges = [_row_values(i) for i in items if isinstance(i, ConversationRecord)]
+
+        def write(connection: Connection) -> None:
+            if sessions:
+                connection.execute(insert(cast(Table, ChatSession.__table__)), sessions)
+            if exchanges:
+                connection.execute(insert(cast(Table, Conversation.__table__)), exchanges)
+
+        if self._thread_writes is not None:
+            await self._thread_writes.run(write)
+            return
         async with self._sessions.begin() as session:
             connection = await session.connection()
-            if sessions:
-                await connection.execute(insert(cast(Table, ChatSession.__table__)), sessions)
-            if exchanges:
-                await connection.execute(insert(cast(Table, Conversation.__table__)), exchanges)
+            await connection.run_sync(write)
 
     async def history(self, session_id: str, limit: int = 200) -> list[Conversation]:
         """The session's exchanges, oldest first (the most recent ``limit`` of them)."""

@@ -38,8 +38,10 @@ class ConversationWriter:
         linger_s: float = 0.01,
         on_failure: Callable[[BaseException], None] | None = None,
         max_backoff_s: float = 5.0,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self._write = write
+        self._release = release  # what ``write`` holds (a thread, a connection), let go once the last batch is in
         self._batch_size = batch_size
         self._linger_s = linger_s
         self._on_failure = on_failure or (lambda _error: None)
@@ -83,6 +85,9 @@ class ConversationWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._release is not None:
+            release, self._release = self._release, None
+            await asyncio.to_thread(release)
 
     async def _run(self) -> None:
         while True:

@@ -1,0 +1,88 @@
+"""Conversation batches on SQLite run whole on a thread of their own: one round trip through the event loop each.
+
+Through aiosqlite every DBAPI call is a round trip: the call goes to aiosqlite's thread and its result comes back
+as a callback the event loop runs on its next turn. On a busy server a turn is long, so a batch of 8 of them fell
+behind the requests (see ``db.ThreadWrites``). The round trips are counted here as what they are, callbacks from
+another thread into the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from helpline.store import db
+from helpline.store.repositories import ANONYMOUS, ConversationRecord, ConversationRepository
+from helpline.store.writer import ConversationWriter
+
+EXCHANGES = 100  # a session and an exchange each: 200 items, one batch
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path: Path) -> AsyncIterator[tuple[str, AsyncEngine]]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'helpline.db'}"
+    engine = db.create_engine(url)
+    await db.upgrade(engine)
+    yield url, engine
+    await engine.dispose()
+
+
+async def round_trips_to_write(engine: AsyncEngine, writes: db.ThreadWrites | None) -> tuple[int, int]:
+    """Callbacks from other threads into the event loop while a batch of new sessions and exchanges is written;
+    and how many of the last session's exchanges a read through the app's engine then finds."""
+    writer = ConversationWriter(ConversationRepository(db.session_factory(engine), thread_writes=writes).write_batch)
+    conversations = ConversationRepository(db.session_factory(engine), writer)
+    session_id = ""
+    for index in range(EXCHANGES):
+        session_id = await conversations.create_session(ANONYMOUS, None)
+        await conversations.add(ConversationRecord(session_id, f"question {index}", "answer", "m", "p", 1, "r"))
+    loop = asyncio.get_running_loop()
+    trips = 0
+    original = loop.call_soon_threadsafe
+
+    def counted(callback: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Handle:
+        nonlocal trips
+        trips += 1
+        return original(callback, *args, **kwargs)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
+    try:
+        writer.start()
+        await writer.flush()
+    finally:
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+    await writer.close()
+    return trips, len(await conversations.history(session_id))
+
+
+async def test_a_batch_is_one_round_trip_through_the_event_loop(sqlite_engine: tuple[str, AsyncEngine]) -> None:
+    url, engine = sqlite_engine
+    writes = db.thread_writes(url)
+    assert writes is not None
+    try:
+        threaded, found = await round_trips_to_write(engine, writes)
+    finally:
+        writes.close()
+    assert threaded == 1
+    assert found == 1  # written, committed, and visible to the app's own engine
+    # The same batch through aiosqlite: cursor, execute and close per table, the commit, the pool's rollback.
+    through_aiosqlite, found = await round_trips_to_write(engine, None)
+    assert through_aiosqlite >= 8
+    assert found == 1
+
+
+def test_only_sqlite_files_get_a_writing_thread(tmp_path: Path) -> None:
+    writes = db.thread_writes(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
+    assert writes is not None
+    writes.close()
+    # An in-memory database would be another, empty one on a second connection; server databases' async drivers
+    # make no thread round trips.
+    assert db.thread_writes("sqlite+aiosqlite://") is None
+    assert db.thread_writes("sqlite+aiosqlite:///:memory:") is None
+    assert db.thread_writes("postgresql+asyncpg://u@127.0.0.1/test") is None
+    assert db.thread_writes("mysql+asyncmy://root@127.0.0.1/test") is None
