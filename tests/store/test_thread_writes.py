@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from helpline.store import db
 from helpline.store.repositories import ANONYMOUS, ConversationRecord, ConversationRepository
-from helpline.store.writer import ConversationWriter
+from helpline.store.writer import ConversationWriter, PendingSession
 
 EXCHANGES = 100  # a session and an exchange each: 200 items, one batch
 
@@ -86,3 +87,41 @@ def test_only_sqlite_files_get_a_writing_thread(tmp_path: Path) -> None:
     assert db.thread_writes("sqlite+aiosqlite:///:memory:") is None
     assert db.thread_writes("postgresql+asyncpg://u@127.0.0.1/test") is None
     assert db.thread_writes("mysql+asyncmy://root@127.0.0.1/test") is None
+
+
+async def test_rows_written_by_position_are_stored_as_sqlalchemy_stores_them(tmp_path: Path) -> None:
+    """The same batch through SQLAlchemy's executemany (the async engine) and through PositionalInsert on the
+    writing thread, into two databases: every stored value is the same text, number or NULL, byte for byte."""
+    records: list[object] = []
+    for index in range(150):  # three statements of PositionalInsert.PAGE rows, the last one short
+        session_id = f"s_{index:04d}"
+        records.append(PendingSession(session_id, None, "fr-CA" if index % 2 else None))
+        records.append(
+            ConversationRecord(
+                session_id=session_id, user_query=f"1'; DROP TABLE conversations; -- ü 🍌 {index}",
+                ai_response='"quoted" \\ answer', model_used="gemini-2.5-flash", provider="gemini",
+                response_time_ms=index, request_id=f"r{index}", cache_state="semantic" if index % 3 else "exact",
+                action="answer", citations=[{"id": "policy-delivery", "title": "Délai"}] if index % 2 else [],
+                tokens_in=index * 3, tokens_out=7, cost_usd=index / 1e6, cost_saved_usd=0.000125,
+                cache_similarity=0.9134 if index % 3 else None, cache_matched="Delivery time?" if index % 3 else None,
+                error=None, user_key_id=None, locale="fr-CA" if index % 2 else None,
+                created_at=datetime(2026, 11, 27, 13, 5, 9, index * 1001, tzinfo=UTC),
+            )
+        )  # fmt: skip
+    stored: list[list[tuple[object, ...]]] = []
+    for name, threaded in (("core.db", False), ("positional.db", True)):
+        url = f"sqlite+aiosqlite:///{tmp_path / name}"
+        engine = db.create_engine(url)
+        await db.upgrade(engine)
+        writes = db.thread_writes(url) if threaded else None
+        await ConversationRepository(db.session_factory(engine), thread_writes=writes).write_batch(records)
+        if writes is not None:
+            writes.close()
+        async with engine.connect() as connection:
+            exchanges = (await connection.exec_driver_sql("SELECT * FROM conversations ORDER BY id")).all()
+            sessions = (await connection.exec_driver_sql("SELECT id, owner_key_id, locale FROM chat_sessions")).all()
+        await engine.dispose()
+        stored.append([tuple(row) for row in [*exchanges, *sorted(sessions)]])
+    core, positional = stored
+    assert len(core) == 300
+    assert positional == core
