@@ -33,7 +33,7 @@ from helpline.knowledge.documents import parse_files
 from helpline.knowledge.embeddings import Embedder
 from helpline.observability.access import AccessLogMiddleware
 from helpline.observability.logging import configure_logging
-from helpline.observability.metrics import record_conversation_write_failure
+from helpline.observability.metrics import record_conversation_write_failure, set_conversation_backlog
 from helpline.providers.base import Provider
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.gemini import GeminiProvider
@@ -128,6 +128,7 @@ def conversation_writer(settings: Settings, sessions: async_sessionmaker[AsyncSe
         ConversationRepository(sessions, thread_writes=writes).write_batch,
         on_failure=lambda _error: record_conversation_write_failure(),
         release=writes.close if writes is not None else None,
+        on_backlog=set_conversation_backlog,
     )
     writer.start()
     return writer

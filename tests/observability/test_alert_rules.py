@@ -144,10 +144,11 @@ def _feed_gauges(window: AlertWindow, gauges: dict[tuple[str, str], list[list[fl
     setters: dict[str, Callable[[str, float, float], None]] = {
         "helpline_provider_up": window.set_provider_up,
         "helpline_provider_breaker_state": window.set_breaker_state,
+        "helpline_conversation_write_backlog": lambda _label, records, ts: window.set_conversation_backlog(records, ts),
     }
-    for (name, provider), replicas in gauges.items():
+    for (name, label), replicas in gauges.items():
         for minute in range(upto + 1):
-            setters[name](provider, max(values[minute] for values in replicas), minute * STEP_S)
+            setters[name](label, max(values[minute] for values in replicas), minute * STEP_S)
 
 
 def replay(series: list[Series], upto_minute: int) -> AlertWindow:
@@ -159,6 +160,8 @@ def replay(series: list[Series], upto_minute: int) -> AlertWindow:
             buckets.append((float(labels["le"].replace("+Inf", "inf")), values))
         elif name in ("helpline_provider_up", "helpline_provider_breaker_state"):
             gauges[(name, labels["provider"])].append(values)
+        elif name == "helpline_conversation_write_backlog":  # one per replica, no label of its own
+            gauges[(name, "")].append(values)
         else:
             _feed_counter(window, name, labels, values, upto_minute)
     if buckets:

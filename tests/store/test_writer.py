@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from helpline.store.writer import ConversationWriter, PendingSession
@@ -61,3 +62,35 @@ async def test_close_releases_what_the_write_holds_after_the_last_batch() -> Non
     await writer.close()
     await writer.close()  # a second close (a retried shutdown) releases nothing twice
     assert events == ["batch of 3", "released"]
+
+
+async def test_the_backlog_is_reported_at_each_batch_and_each_retry() -> None:
+    """While the database refuses, the backlog grows in what is reported (retries report it); once the database
+    answers, it falls to zero."""
+    down = True
+    reported: list[int] = []
+    first, all_reported = asyncio.Event(), asyncio.Event()
+
+    def report(records: int) -> None:
+        reported.append(records)
+        first.set()
+        if records == 25:  # a retry reports the batch under way and everything queued behind it
+            all_reported.set()
+
+    async def write(batch: Sequence[object]) -> None:
+        if down:
+            raise ConnectionError("database down")
+
+    writer = ConversationWriter(write, linger_s=0.001, max_backoff_s=0.02, batch_size=10, on_backlog=report)
+    writer.start()
+    for index in range(5):
+        writer.add(index)
+    await asyncio.wait_for(first.wait(), 5)
+    for index in range(5, 25):  # arrive during the outage
+        writer.add(index)
+    await asyncio.wait_for(all_reported.wait(), 5)
+    down = False
+    await writer.flush()
+    await writer.close()
+    assert reported[-1] == 0
+    assert max(reported) == 25

@@ -28,6 +28,7 @@ from typing import Literal
 # Prometheus's histogram_quantile interpolate inside the same buckets. 5 s is a bound because an alert tests it.
 REPLY_LATENCY_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0)
 BREAKER_STATES: dict[str, float] = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+BACKLOG_ALERT_RECORDS = 5000  # conversation records waiting to be written, in one process
 STEP_S = 60  # Prometheus's evaluation interval: ``for`` is checked at these steps
 HORIZON_S = 40 * 60  # longest window (15 min) + longest ``for`` (15 min) + margin
 
@@ -87,6 +88,9 @@ class AlertWindow:
 
     def set_breaker_state(self, provider: str, value: float, ts: float | None = None) -> None:
         self.set_gauge(f"breaker:{provider}", value, ts)
+
+    def set_conversation_backlog(self, records: float, ts: float | None = None) -> None:
+        self.set_gauge("conversation_backlog", records, ts)
 
     # --- storage -------------------------------------------------------------------------------------------------
 
@@ -209,6 +213,11 @@ def _write_failures(window: AlertWindow, at: float) -> Verdict:
     return {(): failures} if failures > 0 else {}
 
 
+def _write_backlog(window: AlertWindow, at: float) -> Verdict:
+    records = window.gauge_at("conversation_backlog", at)
+    return {(): records} if records is not None and records > BACKLOG_ALERT_RECORDS else {}
+
+
 @dataclass(frozen=True, slots=True)
 class AlertRule:
     """One rule; name, severity, ``for`` and the annotations match deploy/prometheus/alerts.yml (a test checks)."""
@@ -270,6 +279,14 @@ RULES: tuple[AlertRule, ...] = (
         "Check database health, disk space and connection limits; the failed records are in the error-level "
         "logs with their request_id; replay them once the database is healthy.",
         _write_failures,
+    ),
+    AlertRule(
+        "HelplineConversationBacklog", "warning", 300,
+        "Conversation records are waiting to be written",
+        "The database is slow or down (see HelplineConversationWriteFailures) or cannot keep up with the traffic; "
+        "the records wait in memory, where a crash loses them. Check database latency, locks and disk; on the "
+        "embedded SQLite store, move this traffic to PostgreSQL or MariaDB.",
+        _write_backlog,
     ),
 )  # fmt: skip
 

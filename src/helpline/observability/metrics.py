@@ -29,6 +29,8 @@ Name, type, labels; what it means and who updates it:
   ``concurrency``, ...) (``record_ratelimit_refusal``).
 - ``helpline_conversation_write_failures_total`` counter: conversation records that could not be written
   (``record_conversation_write_failure``).
+- ``helpline_conversation_write_backlog`` gauge: conversation records accepted and not yet written, summed over a
+  replica's workers (``set_conversation_backlog``, by the write-behind writer at each batch and each retry).
 - ``helpline_redis_fallback_total`` counter {component}: operations served by the in-process fallback because
   Redis was unreachable, ``cache`` or ``ratelimit`` (``record_redis_fallback``).
 
@@ -102,6 +104,11 @@ BREAKER_STATE = Gauge(
 RATELIMIT_REFUSALS = Counter("helpline_ratelimit_refusals_total", "Requests refused by the limiter.", ["tier"])
 CONVERSATION_WRITE_FAILURES = Counter(
     "helpline_conversation_write_failures_total", "Conversation records that could not be written."
+)
+CONVERSATION_BACKLOG = Gauge(
+    "helpline_conversation_write_backlog",
+    "Conversation records accepted and not yet written.",
+    multiprocess_mode="livesum",
 )
 REDIS_FALLBACKS = Counter(
     "helpline_redis_fallback_total", "Operations served by the in-process fallback.", ["component"]
@@ -192,6 +199,12 @@ def record_conversation_write_failure(count: int = 1) -> None:
     """Conversation records that could not be written (after retries)."""
     CONVERSATION_WRITE_FAILURES.inc(count)
     WINDOW.record_write_failures(count)
+
+
+def set_conversation_backlog(records: int) -> None:
+    """Conversation records accepted and not yet written, in this process."""
+    CONVERSATION_BACKLOG.set(records)
+    WINDOW.set_conversation_backlog(records)
 
 
 def record_redis_fallback(component: str) -> None:

@@ -39,9 +39,13 @@ class ConversationWriter:
         on_failure: Callable[[BaseException], None] | None = None,
         max_backoff_s: float = 5.0,
         release: Callable[[], None] | None = None,
+        on_backlog: Callable[[int], None] | None = None,
     ) -> None:
         self._write = write
         self._release = release  # what ``write`` holds (a thread, a connection), let go once the last batch is in
+        # Told the records not yet written at each batch and each retry (a metric): not per record, which would
+        # cost every request; a database that has stopped answering still moves it, at every retry.
+        self._on_backlog = on_backlog or (lambda _records: None)
         self._batch_size = batch_size
         self._linger_s = linger_s
         self._on_failure = on_failure or (lambda _error: None)
@@ -95,7 +99,9 @@ class ConversationWriter:
             await asyncio.sleep(self._linger_s)  # let a burst gather: one transaction for many requests
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._on_backlog(len(batch) + self._queue.qsize())
             await self._write_with_retry(batch)
+            self._on_backlog(self._queue.qsize())
             for item in batch:
                 if isinstance(item, PendingSession):
                     self._sessions.pop(item.session_id, None)
@@ -110,6 +116,7 @@ class ConversationWriter:
                 raise
             except Exception as error:  # noqa: BLE001 - a database outage must not lose a conversation
                 self._on_failure(error)
+                self._on_backlog(len(batch) + self._queue.qsize())
                 log.warning(
                     "conversation_write_failed", error=type(error).__name__, batch=len(batch), retry_in_s=backoff
                 )
