@@ -6,12 +6,14 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpline.observability import metrics
@@ -107,3 +109,32 @@ def test_an_operator_directory_is_kept_but_emptied_of_earlier_runs(
     monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
     assert metrics.prepare_multiprocess(2) == tmp_path
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_worker_killed_outright_stops_counting_in_live_gauges(tmp_path: Path) -> None:
+    """A worker that dies without its exit handler (here ``os._exit``, as after SIGKILL) leaves its live gauge
+    files; the scrape drops them, so its last backlog does not hold the alert on for good. A live worker's stay."""
+    script = (
+        "import os, sys\n"
+        "from helpline.observability import metrics\n"
+        "metrics.set_conversation_backlog(int(sys.argv[1]))\n"
+        "if sys.argv[2] == 'die':\n"
+        "    os._exit(0)\n"
+        "sys.stdin.read()\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script, "9000", "die"], env=env, check=True, timeout=60)  # noqa: S603
+    alive = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c", script, "40", "live"], env=env, stdin=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("gauge_livemax_*.db"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the live worker has set its gauge
+        assert len(list(tmp_path.glob("gauge_livemax_*.db"))) == 2
+        metrics.forget_dead_workers(tmp_path)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+        assert registry.get_sample_value("helpline_conversation_write_backlog") == 40
+    finally:
+        alive.communicate("", timeout=60)

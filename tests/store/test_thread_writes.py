@@ -9,16 +9,25 @@ another thread into the loop.
 from __future__ import annotations
 
 import asyncio
+import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from helpline.store import db
-from helpline.store.repositories import ANONYMOUS, ConversationRecord, ConversationRepository
+from helpline.store.repositories import (
+    ANONYMOUS,
+    ApiKeyRepository,
+    ConversationRecord,
+    ConversationRepository,
+    _write_positionally,
+)
 from helpline.store.writer import ConversationWriter, PendingSession
 
 EXCHANGES = 100  # a session and an exchange each: 200 items, one batch
@@ -95,7 +104,8 @@ async def test_rows_written_by_position_are_stored_as_sqlalchemy_stores_them(tmp
     records: list[object] = []
     for index in range(150):  # three statements of PositionalInsert.PAGE rows, the last one short
         session_id = f"s_{index:04d}"
-        records.append(PendingSession(session_id, None, "fr-CA" if index % 2 else None))
+        owner = 1 if index % 5 == 0 else None  # the API key each database is given first (id 1)
+        records.append(PendingSession(session_id, owner, "fr-CA" if index % 2 else None))
         records.append(
             ConversationRecord(
                 session_id=session_id, user_query=f"1'; DROP TABLE conversations; -- ü 🍌 {index}",
@@ -104,7 +114,8 @@ async def test_rows_written_by_position_are_stored_as_sqlalchemy_stores_them(tmp
                 action="answer", citations=[{"id": "policy-delivery", "title": "Délai"}] if index % 2 else [],
                 tokens_in=index * 3, tokens_out=7, cost_usd=index / 1e6, cost_saved_usd=0.000125,
                 cache_similarity=0.9134 if index % 3 else None, cache_matched="Delivery time?" if index % 3 else None,
-                error=None, user_key_id=None, locale="fr-CA" if index % 2 else None,
+                error="ProviderTimeout" if index == 7 else None, user_key_id=owner,
+                locale="fr-CA" if index % 2 else None,
                 created_at=datetime(2026, 11, 27, 13, 5, 9, index * 1001, tzinfo=UTC),
             )
         )  # fmt: skip
@@ -113,15 +124,44 @@ async def test_rows_written_by_position_are_stored_as_sqlalchemy_stores_them(tmp
         url = f"sqlite+aiosqlite:///{tmp_path / name}"
         engine = db.create_engine(url)
         await db.upgrade(engine)
+        _, key = await ApiKeyRepository(db.session_factory(engine)).create("widget")
+        assert key.id == 1
         writes = db.thread_writes(url) if threaded else None
         await ConversationRepository(db.session_factory(engine), thread_writes=writes).write_batch(records)
         if writes is not None:
             writes.close()
         async with engine.connect() as connection:
             exchanges = (await connection.exec_driver_sql("SELECT * FROM conversations ORDER BY id")).all()
-            sessions = (await connection.exec_driver_sql("SELECT id, owner_key_id, locale FROM chat_sessions")).all()
+            sessions = (await connection.exec_driver_sql("SELECT * FROM chat_sessions ORDER BY id")).all()
         await engine.dispose()
-        stored.append([tuple(row) for row in [*exchanges, *sorted(sessions)]])
+        # A session's created_at is the time of the write: compared by its stored form, not its value.
+        assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", row[-1]) for row in sessions)
+        stored.append([tuple(row) for row in exchanges] + [tuple(row)[:-1] for row in sessions])
     core, positional = stored
     assert len(core) == 300
     assert positional == core
+
+
+async def test_pages_fit_the_databases_parameter_limit(tmp_path: Path) -> None:
+    """SQLite before 3.32 allows 999 parameters a statement (SQLAlchemy's dialect knows it): 64 rows of 21 columns
+    would be 1,344, and the batch would fail on every retry. Here a connection limited to 999 writes 150 rows."""
+    path = tmp_path / "helpline.db"
+    engine = db.create_engine(f"sqlite+aiosqlite:///{path}")
+    await db.upgrade(engine)
+    await engine.dispose()
+    limited = sqlalchemy.create_engine(f"sqlite:///{path}")
+
+    @sqlalchemy.event.listens_for(limited, "connect")
+    def limit(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+    limited.dialect.insertmanyvalues_max_parameters = 999  # as SQLAlchemy sets it for SQLite before 3.32
+    records: list[object] = []
+    for index in range(150):
+        records.append(PendingSession(f"s_{index}", None, None))
+        records.append(ConversationRecord(f"s_{index}", f"question {index}", "answer", "m", "p", 1, "r"))
+    with limited.begin() as connection:
+        _write_positionally(records, connection)
+    with limited.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM conversations").scalar() == 150
+    limited.dispose()

@@ -64,32 +64,32 @@ async def test_close_releases_what_the_write_holds_after_the_last_batch() -> Non
     assert events == ["batch of 3", "released"]
 
 
-async def test_the_backlog_is_reported_at_each_batch_and_each_retry() -> None:
-    """While the database refuses, the backlog grows in what is reported (retries report it); once the database
-    answers, it falls to zero."""
-    down = True
+async def test_the_backlog_is_reported_while_a_write_hangs() -> None:
+    """A database that neither answers nor fails (a lock, no statement timeout): the backlog still moves in what is
+    reported (by its own task, not at the end of a batch), the batch under way included; then it falls to zero."""
+    answering = asyncio.Event()
+    writing = asyncio.Event()
     reported: list[int] = []
-    first, all_reported = asyncio.Event(), asyncio.Event()
+    all_reported = asyncio.Event()
 
     def report(records: int) -> None:
         reported.append(records)
-        first.set()
-        if records == 25:  # a retry reports the batch under way and everything queued behind it
+        if records == 25:
             all_reported.set()
 
     async def write(batch: Sequence[object]) -> None:
-        if down:
-            raise ConnectionError("database down")
+        writing.set()
+        await answering.wait()
 
-    writer = ConversationWriter(write, linger_s=0.001, max_backoff_s=0.02, batch_size=10, on_backlog=report)
+    writer = ConversationWriter(write, linger_s=0.001, batch_size=10, on_backlog=report, report_s=0.005)
     writer.start()
     for index in range(5):
         writer.add(index)
-    await asyncio.wait_for(first.wait(), 5)
-    for index in range(5, 25):  # arrive during the outage
+    await asyncio.wait_for(writing.wait(), 5)
+    for index in range(5, 25):  # arrive while the first batch hangs
         writer.add(index)
     await asyncio.wait_for(all_reported.wait(), 5)
-    down = False
+    answering.set()
     await writer.flush()
     await writer.close()
     assert reported[-1] == 0

@@ -29,8 +29,9 @@ Name, type, labels; what it means and who updates it:
   ``concurrency``, ...) (``record_ratelimit_refusal``).
 - ``helpline_conversation_write_failures_total`` counter: conversation records that could not be written
   (``record_conversation_write_failure``).
-- ``helpline_conversation_write_backlog`` gauge: conversation records accepted and not yet written, summed over a
-  replica's workers (``set_conversation_backlog``, by the write-behind writer at each batch and each retry).
+- ``helpline_conversation_write_backlog`` gauge: conversation records accepted and not yet written, the largest of a
+  replica's worker processes (each process's own, as its in-app alert sees it); ``set_conversation_backlog``, by
+  the write-behind writer every second.
 - ``helpline_redis_fallback_total`` counter {component}: operations served by the in-process fallback because
   Redis was unreachable, ``cache`` or ``ratelimit`` (``record_redis_fallback``).
 
@@ -107,8 +108,8 @@ CONVERSATION_WRITE_FAILURES = Counter(
 )
 CONVERSATION_BACKLOG = Gauge(
     "helpline_conversation_write_backlog",
-    "Conversation records accepted and not yet written.",
-    multiprocess_mode="livesum",
+    "Conversation records accepted and not yet written (the largest of the worker processes).",
+    multiprocess_mode="livemax",
 )
 REDIS_FALLBACKS = Counter(
     "helpline_redis_fallback_total", "Operations served by the in-process fallback.", ["component"]
@@ -216,6 +217,7 @@ def record_redis_fallback(component: str) -> None:
 def render() -> tuple[bytes, str]:
     """The Prometheus text exposition and its content type; merges all workers in multi-process mode."""
     if _MULTIPROC_DIR:
+        forget_dead_workers(_MULTIPROC_DIR)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=_MULTIPROC_DIR)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -248,6 +250,26 @@ def mark_worker_dead(pid: int | None = None) -> None:
     """Drop an exiting worker's live gauges (in-flight, provider up, breaker) so they stop being summed in."""
     if _MULTIPROC_DIR:
         multiprocess.mark_process_dead(os.getpid() if pid is None else pid, _MULTIPROC_DIR)  # type: ignore[no-untyped-call]
+
+
+def forget_dead_workers(directory: str | Path) -> None:
+    """Drop the live gauges of workers that are gone without their exit handler: killed outright (the OOM killer,
+    SIGKILL), a worker's last in-flight count or conversation backlog would otherwise count for good, and a
+    backlog is high exactly when memory is. Checked at each scrape (a directory listing)."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), str(directory))  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _remove_tree(directory: Path) -> None:

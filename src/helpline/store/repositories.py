@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import operator
 import secrets
@@ -269,27 +268,31 @@ class PositionalInsert:
     that the event loop then waits for: a cached answer's two rows cost it more than a tenth of its time at
     saturation. This binds tuples read straight off the records, converts them with the bind processors of the
     same column types (the timestamp's text form, the JSON), so what the app reads back is what SQLAlchemy itself
-    would have written (tested), and sends ``PAGE`` rows a statement: one statement step, not one a row (a step
-    lets go of the GIL, and getting it back from a busy event loop can take a whole switch interval)."""
+    would have written (tested), and sends up to ``PAGE`` rows a statement: one statement step, not one a row (a
+    step lets go of the GIL, and getting it back from a busy event loop can take a whole switch interval).
 
-    PAGE = 64  # rows a statement: 21 columns * 64 = 1,344 parameters (SQLite allows 32,766); 64 statement texts
+    ``columns`` are given in the table's order (checked), which the compiled statement follows; rows bind in it."""
+
+    PAGE = 64  # rows a statement, fewer where the database allows fewer parameters (SQLite before 3.32: 999)
 
     def __init__(self, table: Table, columns: Sequence[str]) -> None:
         self.table = table
-        # The table's own column order, which the compiled statement follows.
-        self.columns = tuple(column.name for column in table.columns if column.name in columns)
-        if set(self.columns) != set(columns):
-            raise ValueError(f"{table.name} has no column {sorted(set(columns) - set(self.columns))}")
+        self.columns = tuple(columns)
+        in_table_order = tuple(column.name for column in table.columns if column.name in self.columns)
+        if in_table_order != self.columns:
+            raise ValueError(f"{table.name}: columns must be its own, in its order: {in_table_order}")
         self._dialect: Dialect | None = None
         self._processors: list[tuple[int, Callable[[Any], Any]]] = []
         self._head = self._group = ""
+        self._page = 1
+        self._statements: dict[int, str] = {}
 
     def execute(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
         if connection.dialect is not self._dialect:
             self._prepare(connection.dialect)
-        processors = self._processors
-        for start in range(0, len(rows), self.PAGE):
-            page = rows[start : start + self.PAGE]
+        processors, page_rows = self._processors, self._page
+        for start in range(0, len(rows), page_rows):
+            page = rows[start : start + page_rows]
             values: list[Any] = []
             for row in page:
                 converted = list(row)
@@ -306,23 +309,31 @@ class PositionalInsert:
         if not separator:
             raise RuntimeError(f"{self.table.name}: unexpected INSERT form")
         self._head, self._group = head + separator, group
+        self._page = max(1, min(self.PAGE, dialect.insertmanyvalues_max_parameters // len(self.columns)))
+        self._statements = {}
         self._processors = []
         for index, name in enumerate(self.columns):
             process = self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 self._processors.append((index, process))
         self._dialect = dialect
-        self._sql.cache_clear()
 
-    @functools.lru_cache(maxsize=PAGE)  # noqa: B019 - two module-level instances, never collected anyway
     def _sql(self, rows: int) -> str:
-        return self._head + ", ".join([self._group] * rows)
+        statement = self._statements.get(rows)
+        if statement is None:
+            statement = self._statements[rows] = self._head + ", ".join([self._group] * rows)
+        return statement
 
 
-EXCHANGE_COLUMNS = tuple(field.name for field in dataclasses.fields(ConversationRecord))
 _SESSIONS = PositionalInsert(cast(Table, ChatSession.__table__), ("id", "owner_key_id", "locale", "created_at"))
-_EXCHANGES = PositionalInsert(cast(Table, Conversation.__table__), EXCHANGE_COLUMNS)
-_exchange_row = operator.attrgetter(*_EXCHANGES.columns)  # ConversationRecord's fields are the columns' names
+_EXCHANGES = PositionalInsert(
+    cast(Table, Conversation.__table__),
+    tuple(column.name for column in Conversation.__table__.columns if column.name != "id"),
+)
+# A record's fields are the columns' names (an import-time error if one is not, or one is missing).
+_exchange_row = operator.attrgetter(*_EXCHANGES.columns)
+if {field.name for field in dataclasses.fields(ConversationRecord)} != set(_EXCHANGES.columns):
+    raise ImportError("ConversationRecord's fields and the conversations table's columns differ")
 
 
 def _write_positionally(items: Sequence[object], connection: Connection) -> None:
@@ -331,7 +342,7 @@ def _write_positionally(items: Sequence[object], connection: Connection) -> None
     sessions = [(i.session_id, i.owner_key_id, i.locale, now) for i in items if isinstance(i, PendingSession)]
     exchanges = [_exchange_row(i) for i in items if isinstance(i, ConversationRecord)]
     if sessions:
-        _SESSIONS.execute(connection, sessions)
+        _SESSIONS.execute(connection, sessions)  # in _SESSIONS.columns' order: id, owner_key_id, locale, created_at
     if exchanges:
         _EXCHANGES.execute(connection, exchanges)
 

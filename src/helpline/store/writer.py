@@ -40,12 +40,16 @@ class ConversationWriter:
         max_backoff_s: float = 5.0,
         release: Callable[[], None] | None = None,
         on_backlog: Callable[[int], None] | None = None,
+        report_s: float = 1.0,
     ) -> None:
         self._write = write
         self._release = release  # what ``write`` holds (a thread, a connection), let go once the last batch is in
-        # Told the records not yet written at each batch and each retry (a metric): not per record, which would
-        # cost every request; a database that has stopped answering still moves it, at every retry.
-        self._on_backlog = on_backlog or (lambda _records: None)
+        # Told the records not yet written every ``report_s`` (a metric), from a task of its own: not per record,
+        # which would cost every request, and not per batch, which would freeze it while a write hangs.
+        self._on_backlog = on_backlog
+        self._report_s = report_s
+        self._reporter: asyncio.Task[None] | None = None
+        self._writing = 0  # records of the batch under way
         self._batch_size = batch_size
         self._linger_s = linger_s
         self._on_failure = on_failure or (lambda _error: None)
@@ -57,6 +61,8 @@ class ConversationWriter:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="conversation-writer")
+        if self._reporter is None and self._on_backlog is not None:
+            self._reporter = asyncio.create_task(self._report(self._on_backlog), name="conversation-backlog")
 
     def add_session(self, session: PendingSession) -> None:
         self._sessions[session.session_id] = session
@@ -70,7 +76,8 @@ class ConversationWriter:
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        """Records accepted and not yet written (queued, and in the batch under way)."""
+        return self._queue.qsize() + self._writing
 
     async def flush(self) -> None:
         """Return once everything queued before the call is written."""
@@ -84,11 +91,14 @@ class ConversationWriter:
     async def close(self) -> None:
         """Drain and stop (graceful shutdown)."""
         await self.flush()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._reporter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._reporter = None
+        if self._on_backlog is not None:
+            self._on_backlog(self.backlog)
         if self._release is not None:
             release, self._release = self._release, None
             await asyncio.to_thread(release)
@@ -99,13 +109,18 @@ class ConversationWriter:
             await asyncio.sleep(self._linger_s)  # let a burst gather: one transaction for many requests
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            self._on_backlog(len(batch) + self._queue.qsize())
+            self._writing = len(batch)
             await self._write_with_retry(batch)
-            self._on_backlog(self._queue.qsize())
+            self._writing = 0
             for item in batch:
                 if isinstance(item, PendingSession):
                     self._sessions.pop(item.session_id, None)
                 self._queue.task_done()
+
+    async def _report(self, on_backlog: Callable[[int], None]) -> None:
+        while True:
+            on_backlog(self.backlog)
+            await asyncio.sleep(self._report_s)
 
     async def _write_with_retry(self, batch: list[object]) -> None:
         backoff = 0.05
@@ -116,7 +131,6 @@ class ConversationWriter:
                 raise
             except Exception as error:  # noqa: BLE001 - a database outage must not lose a conversation
                 self._on_failure(error)
-                self._on_backlog(len(batch) + self._queue.qsize())
                 log.warning(
                     "conversation_write_failed", error=type(error).__name__, batch=len(batch), retry_in_s=backoff
                 )
