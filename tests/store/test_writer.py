@@ -94,3 +94,26 @@ async def test_the_backlog_is_reported_while_a_write_hangs() -> None:
     await writer.close()
     assert reported[-1] == 0
     assert max(reported) == 25
+
+
+async def test_a_batch_takes_everything_waiting_up_to_its_size() -> None:
+    """What piled up while the writer waited goes in one batch (a busy server pays per batch, not per record)."""
+    sizes: list[int] = []
+
+    async def write(batch: Sequence[object]) -> None:
+        sizes.append(len(batch))
+
+    writer = ConversationWriter(write)
+    for index in range(1200):
+        writer.add(index)
+    writer.start()
+    await writer.flush()
+    await writer.close()
+    assert sizes == [1200]
+    small = ConversationWriter(write, batch_size=500)
+    sizes.clear()
+    for index in range(1200):
+        small.add(index)
+    small.start()
+    await small.close()
+    assert sizes == [500, 500, 200]

@@ -5,6 +5,11 @@ one transaction (in order: sessions before the exchanges that use them), lingeri
 transaction. A failed batch is retried with backoff
 (counted and logged), never dropped; shutdown drains the queue. Reads of a session flush first, so a shopper
 always reads their own writes.
+
+A batch takes whatever is waiting, up to ``batch_size`` (5,000) records. On a busy server each of a batch's round
+trips to the database waits for a turn of the event loop, so a batch costs about the same time whatever its size;
+with batches of at most 500 the writer fell behind at saturation on every database (bench server, 32 connections
+of cached answers, 10 s: a backlog that took 1.6-1.7 s to drain on PostgreSQL and MariaDB; 0.11 s with 5,000).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ class ConversationWriter:
         self,
         write: WriteBatch,
         *,
-        batch_size: int = 500,
+        batch_size: int = 5000,
         linger_s: float = 0.01,
         on_failure: Callable[[BaseException], None] | None = None,
         max_backoff_s: float = 5.0,
