@@ -47,7 +47,7 @@ class ThreadWrites:
     waited for 8 of them: at saturation (bench.cache, 32 connections) a batch of 500 took 0.4-1.3 s, the writer
     fell behind by about 2,000 records a second, and the backlog (memory, work for the garbage collector, and
     the wait of every read that flushes first) grew for as long as the load lasted. Here a batch is one round
-    trip: the thread runs the whole transaction (one multi-row INSERT per table, the commit) and answers once.
+    trip: the thread runs the whole transaction (multi-row INSERTs, the commit) and answers once.
 
     A second writing connection to the file: SQLite lets one write at a time, so the other one waits in its busy
     handler (``timeout``, as for the async engine); the conversation batches hold the lock for milliseconds.
@@ -59,9 +59,6 @@ class ThreadWrites:
             url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=30
         )
         event.listen(self._engine, "connect", _sqlite_pragmas)
-        # Rows of an executemany INSERT go in multi-row statements (as SQLAlchemy does with RETURNING): one
-        # statement step per thousand rows rather than one per row.
-        self._engine.dialect.use_insertmanyvalues_wo_returning = True
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writes")
 
     async def run(self, work: Callable[[Connection], None]) -> None:
