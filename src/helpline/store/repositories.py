@@ -264,9 +264,10 @@ class ConversationRepository:
 class PositionalInsert:
     """A multi-row INSERT bound by position: SQLite's writing thread (``db.ThreadWrites``) writes a batch with it.
 
-    SQLAlchemy's executemany builds and processes a dict per row, about 12 µs a row on the thread, holding the GIL
-    that the event loop then waits for: a cached answer's two rows cost it more than a tenth of its time at
-    saturation. This binds tuples read straight off the records, converts them with the bind processors of the
+    SQLAlchemy's executemany builds and processes a dict per row: 17 µs of the thread's CPU a record, mostly
+    holding the GIL that the event loop then waits for (writing a cached answer's two rows that way cost it about a
+    tenth of its throughput at saturation); this way, 12 µs, of which about 5 are SQLite's own work without the
+    GIL. It binds tuples read straight off the records, converts them with the bind processors of the
     same column types (the timestamp's text form, the JSON), so what the app reads back is what SQLAlchemy itself
     would have written (tested), and sends up to ``PAGE`` rows a statement: one statement step, not one a row (a
     step lets go of the GIL, and getting it back from a busy event loop can take a whole switch interval).
