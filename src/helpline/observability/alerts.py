@@ -276,8 +276,9 @@ RULES: tuple[AlertRule, ...] = (
     AlertRule(
         "HelplineConversationWriteFailures", "critical", 0,
         "Conversation records failed to be written",
-        "Check database health, disk space and connection limits; the failed records are in the error-level "
-        "logs with their request_id; replay them once the database is healthy.",
+        "Check database health, disk space and connection limits; the writer retries each failed batch until it "
+        "is written (nothing is dropped) and holds the records in memory meanwhile, where a crash loses them "
+        "(see HelplineConversationBacklog).",
         _write_failures,
     ),
     AlertRule(

@@ -197,7 +197,7 @@ def record_ratelimit_refusal(tier: str) -> None:
 
 
 def record_conversation_write_failure(count: int = 1) -> None:
-    """Conversation records that could not be written (after retries)."""
+    """A write of conversation records failed (one per failed attempt; the writer retries it, nothing is dropped)."""
     CONVERSATION_WRITE_FAILURES.inc(count)
     WINDOW.record_write_failures(count)
 
