@@ -26,10 +26,7 @@ def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
         database = url.database or ""
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": 30}
-        # SQLite allows one writer at a time; concurrent writers would wait in its busy handler, which sleeps
-        # in coarse steps (p99 of ~1 s under 16 clients). One pooled connection queues them fairly instead.
-        kwargs.update(pool_size=1, max_overflow=0, pool_timeout=30)
+        kwargs.update(_sqlite_options())
     else:
         kwargs.update(pool_pre_ping=True, pool_recycle=1800, pool_size=10, max_overflow=20, pool_timeout=10)
     engine = create_async_engine(url, **kwargs)
@@ -55,9 +52,7 @@ class ThreadWrites:
 
     def __init__(self, database_url: str) -> None:
         url = make_url(database_url).set(drivername="sqlite+pysqlite")
-        self._engine = sqlalchemy.create_engine(
-            url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=30
-        )
+        self._engine = sqlalchemy.create_engine(url, **_sqlite_options())
         event.listen(self._engine, "connect", _sqlite_pragmas)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writes")
 
@@ -82,6 +77,13 @@ def thread_writes(database_url: str) -> ThreadWrites | None:
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
     return ThreadWrites(database_url)
+
+
+def _sqlite_options() -> dict[str, Any]:
+    """Engine options for an SQLite file (the app's async engine and the writing thread's alike)."""
+    # SQLite allows one writer at a time; concurrent writers would wait in its busy handler, which sleeps in
+    # coarse steps (p99 of ~1 s under 16 clients). One pooled connection per engine queues them fairly instead.
+    return {"connect_args": {"timeout": 30}, "pool_size": 1, "max_overflow": 0, "pool_timeout": 30}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -349,55 +349,12 @@ def _write_positionally(items: Sequence[object], connection: Connection) -> None
 
 
 def _row_values(record: ConversationRecord) -> dict[str, Any]:
-    return {
-        "message_id": record.message_id,
-        "session_id": record.session_id,
-        "user_query": record.user_query,
-        "ai_response": record.ai_response,
-        "model_used": record.model_used,
-        "provider": record.provider,
-        "response_time_ms": record.response_time_ms,
-        "cache_state": record.cache_state,
-        "action": record.action,
-        "citations": record.citations,
-        "tokens_in": record.tokens_in,
-        "tokens_out": record.tokens_out,
-        "cost_usd": record.cost_usd,
-        "cost_saved_usd": record.cost_saved_usd,
-        "cache_similarity": record.cache_similarity,
-        "cache_matched": record.cache_matched,
-        "error": record.error,
-        "request_id": record.request_id,
-        "user_key_id": record.user_key_id,
-        "locale": record.locale,
-        "created_at": record.created_at,
-    }
+    """The record as column values (its fields are the columns, checked at import)."""
+    return dict(zip(_EXCHANGES.columns, _exchange_row(record), strict=True))
 
 
 def _to_row(record: ConversationRecord) -> Conversation:
-    return Conversation(
-        message_id=record.message_id,
-        session_id=record.session_id,
-        user_query=record.user_query,
-        ai_response=record.ai_response,
-        model_used=record.model_used,
-        provider=record.provider,
-        response_time_ms=record.response_time_ms,
-        cache_state=record.cache_state,
-        action=record.action,
-        citations=record.citations,
-        tokens_in=record.tokens_in,
-        tokens_out=record.tokens_out,
-        cost_usd=record.cost_usd,
-        cost_saved_usd=record.cost_saved_usd,
-        cache_similarity=record.cache_similarity,
-        cache_matched=record.cache_matched,
-        error=record.error,
-        request_id=record.request_id,
-        user_key_id=record.user_key_id,
-        locale=record.locale,
-        created_at=record.created_at,
-    )
+    return Conversation(**_row_values(record))
 
 
 @dataclass(slots=True)
