@@ -13,7 +13,7 @@ from helpline.cache import redis_backend
 from helpline.cache.backend import CacheBackend, MemoryBackend
 from helpline.cache.keys import CacheScope, KeySpace
 from helpline.cache.redis_backend import VECTOR_SEPARATOR, RedisBackend
-from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit, CacheSettings
+from helpline.cache.service import DECODED_MEMO, AnswerCache, CachedAnswer, CacheHit, CacheSettings
 from helpline.knowledge.embeddings import Embedder
 from helpline.redisconn import create_redis
 from tests.cache.conftest import REDIS_URL
@@ -131,6 +131,30 @@ async def test_exact_and_semantic_tiers(answer_cache: AnswerCache, embedder: Emb
     removed, _ = await answer_cache.invalidate(["policy-delivery.delivery-times"])
     assert removed == 1
     assert await answer_cache.lookup(stored_q, vector, SCOPE) is None
+
+
+async def test_a_stored_answer_is_decoded_once_and_a_replaced_one_afresh(
+    answer_cache: AnswerCache, embedder: Embedder
+) -> None:
+    """The decoded-answer memo (keyed by the stored bytes) serves repeats, never a value the store no longer holds."""
+    question = "How long does delivery take?"
+    (vector,) = embedder.embed([question])
+    assert await answer_cache.store(question, vector, SCOPE, answer(question, ["policy-delivery.delivery-times"]))
+    first, again = [await answer_cache.lookup_exact(question, SCOPE) for _ in range(2)]
+    assert first is not None
+    assert again is not None
+    assert again.answer is first.answer  # decoded once, shared: so it must not change
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.answer.reply = "changed"  # type: ignore[misc]
+    await answer_cache.invalidate(["policy-delivery.delivery-times"])
+    replaced = dataclasses.replace(answer(question, ["policy-delivery.delivery-times"]), reply="Two days now.")
+    assert await answer_cache.store(question, vector, SCOPE, replaced)
+    fresh = await answer_cache.lookup_exact(question, SCOPE)
+    assert fresh is not None
+    assert fresh.answer.reply == "Two days now."
+    for number in range(DECODED_MEMO + 10):  # bounded: the oldest decoded go first
+        answer_cache._decode(answer_cache._encode(answer(f"q{number}", ["t"])))
+    assert len(answer_cache._decoded) == DECODED_MEMO
 
 
 async def test_guards_stop_near_misses_even_above_the_threshold(answer_cache: AnswerCache, embedder: Embedder) -> None:

@@ -834,7 +834,9 @@ async def test_an_invalidation_on_a_slow_store_is_bounded(
         took = time.perf_counter() - started
         assert response.status_code == 200, response.text
         assert response.json()["removed"] >= 1
-    assert took < 2.0 + settings.cache_near_ms / 1000, f"the invalidation took {took:.1f} s"  # + peers' near copies
+    # The deadline, the wait for peers' near copies, and 0.5 s for a loaded machine (2.27 s seen in a full run on a
+    # busy one); the unbounded ranking took 6.2 s.
+    assert took < 2.0 + settings.cache_near_ms / 1000 + 0.5, f"the invalidation took {took:.1f} s"
 
 
 async def test_a_document_saved_through_the_admin_api_keeps_its_ingest_tags(cached: tuple[Api, FakeProvider]) -> None:

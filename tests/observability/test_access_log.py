@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from fastapi import FastAPI
 
 from helpline.api.errors import install_error_handlers
 from helpline.api.middleware import RequestIdMiddleware
+from helpline.observability import logging as logging_module
 from helpline.observability.access import AccessLogMiddleware
 from helpline.observability.context import annotate, request_fields, request_scope
 from helpline.observability.logging import configure_logging, log_line
@@ -176,6 +179,24 @@ def test_the_summary_path_writes_the_line_structlog_writes(capsys: pytest.Captur
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", line.pop("timestamp"))
     assert list(lean.items()) == list(chain.items())
     assert (lean["note"], lean["api_key"], lean["level"]) == ("mail [email]", "[redacted]", "info")
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [
+        1_796_000_000_123_456_789,  # microseconds shown, truncated as datetime.now would round them down
+        1_796_000_000_000_000_000,  # on the second: isoformat leaves the fraction out
+        1_796_000_000_999_999_999,  # the last microsecond of that second, formatted from the memo
+        1_796_000_001_000_001_000,  # the next second: the memo is renewed
+        1_796_086_400_500_000_000,  # a day later
+    ],
+)
+def test_the_summary_timestamp_is_datetimes_isoformat(monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
+    """The lean path formats the date and time once a second; the text must be what isoformat writes."""
+    monkeypatch.setattr(time, "time_ns", lambda: ns)  # the module reads time.time_ns at each call
+    expected = datetime.datetime.fromtimestamp(ns // 1000 / 1_000_000, datetime.UTC)
+    assert expected.microsecond == ns // 1000 % 1_000_000  # the reference itself is exact here
+    assert logging_module._utc_now_iso() == expected.isoformat().replace("+00:00", "Z")
 
 
 def test_the_summary_path_hands_over_to_structlog_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:

@@ -82,6 +82,12 @@ def test_client_key_from_an_asgi_scope() -> None:
     assert client_key(scope, "10.0.0.0/8") == "2001:db8:5:6::/64"
     assert client_key(scope, "") == "10.2.3.4"
     assert client_key({"type": "http", "client": None, "headers": []}, "") == "unknown"
+    # Without proxies the key is the peer's, remembered per peer: the header never counts, first call or later.
+    for _ in range(2):
+        assert client_key({"type": "http", "client": ("2001:db8:1:2::7", 1), "headers": scope["headers"]}, "") == (
+            "2001:db8:1:2::/64"
+        )
+        assert client_key({"type": "http", "client": ("::ffff:10.2.3.4", 1), "headers": []}, "") == "10.2.3.4"
 
 
 def test_bad_proxy_list_is_refused() -> None:

@@ -57,17 +57,31 @@ class LimitSlot:
     decision: Decision | None = None
 
 
-def rate_limit_headers(decision: Decision) -> dict[str, str]:
-    """RateLimit-* (IETF draft) for the tier closest to running out; Retry-After on a refusal."""
-    headers: dict[str, str] = {}
+def limit_header_pairs(decision: Decision) -> list[tuple[bytes, bytes]]:
+    """RateLimit-* (IETF draft) for the tier closest to running out; Retry-After on a refusal. As raw ASGI header
+    pairs, built straight from the numbers: they go on every chat response."""
+    pairs: list[tuple[bytes, bytes]] = []
     tier = decision.headline
     if tier is not None:
-        headers["RateLimit-Limit"] = str(tier.limit)
-        headers["RateLimit-Remaining"] = str(tier.remaining)
-        headers["RateLimit-Reset"] = str(math.ceil(tier.reset_s))
+        pairs += [
+            (b"ratelimit-limit", b"%d" % tier.limit),
+            (b"ratelimit-remaining", b"%d" % tier.remaining),
+            (b"ratelimit-reset", b"%d" % math.ceil(tier.reset_s)),
+        ]
     if not decision.allowed:
-        headers["Retry-After"] = str(decision.retry_after_header)
-    return headers
+        pairs.append((b"retry-after", b"%d" % decision.retry_after_header))
+    return pairs
+
+
+_HEADER_NAMES = {
+    b"ratelimit-limit": "RateLimit-Limit", b"ratelimit-remaining": "RateLimit-Remaining",
+    b"ratelimit-reset": "RateLimit-Reset", b"retry-after": "Retry-After",
+}  # fmt: skip
+
+
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """The same headers by name, for an error response (a refusal)."""
+    return {_HEADER_NAMES[name]: value.decode() for name, value in limit_header_pairs(decision)}
 
 
 class RateLimitMiddleware:
@@ -86,7 +100,7 @@ class RateLimitMiddleware:
 
         async def send_with_limits(message: Message) -> None:
             if message["type"] == "http.response.start" and slot.decision is not None:
-                message["headers"] = _with_headers(message.get("headers", []), rate_limit_headers(slot.decision))
+                message["headers"] = _with_headers(message.get("headers", []), limit_header_pairs(slot.decision))
             await send(message)
 
         try:
@@ -103,9 +117,8 @@ def _route_path(scope: Scope) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-def _with_headers(headers: Any, extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    kept = [(name, value) for name, value in headers if name.lower() not in _LIMIT_HEADERS]
-    return kept + [(name.lower().encode(), value.encode()) for name, value in extra.items()]
+def _with_headers(headers: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in headers if name.lower() not in _LIMIT_HEADERS] + extra
 
 
 def get_limiter(services: Services) -> RateLimiter:

@@ -78,8 +78,8 @@ class Decision:
             for tier in self.tiers:
                 if tier.name == self.refused_by:
                     return tier
-        if not self.tiers:
-            return None
+        if len(self.tiers) < 2:  # none, or the one (most requests: a shopper's IP alone)
+            return self.tiers[0] if self.tiers else None
         return min(self.tiers, key=lambda tier: (tier.remaining, -tier.reset_s))
 
     @property

@@ -6,7 +6,7 @@ threads touch it). Same sliding-window-log and lease semantics as the Redis scri
 
 from __future__ import annotations
 
-import secrets
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -50,6 +50,7 @@ class MemoryLimiter:
         self._clock = clock
         self._windows: dict[str, _Window] = {}
         self._leases: dict[str, float] = {}  # token -> expiry
+        self._serials = itertools.count()
         self._last_sweep = clock()
         self.keeper = LeaseKeeper(self._renew, lease_ttl_s)
 
@@ -90,7 +91,7 @@ class MemoryLimiter:
         return len(self._leases)
 
     def _lease(self, now: float) -> Lease:
-        token = secrets.token_hex(8)
+        token = f"{next(self._serials):x}"  # unique in this limiter, all a token must be (it never leaves the process)
         self._leases[token] = now + self._lease_ttl_s
         self.keeper.hold(token)
         return Lease(token, self._release)
