@@ -181,22 +181,21 @@ def test_the_summary_path_writes_the_line_structlog_writes(capsys: pytest.Captur
     assert (lean["note"], lean["api_key"], lean["level"]) == ("mail [email]", "[redacted]", "info")
 
 
-@pytest.mark.parametrize(
-    "ns",
-    [
-        1_796_000_000_123_456_789,  # microseconds shown, truncated as datetime.now would round them down
-        1_796_000_000_000_000_000,  # on the second: isoformat leaves the fraction out
-        1_796_000_000_999_999_999,  # the last microsecond of that second, formatted from the memo
+def test_the_summary_timestamp_is_datetimes_isoformat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lean path formats the date and time once a second; the text must be what isoformat writes, whether the
+    second is formatted afresh or taken from the memo (the calls run in this order, from an empty memo)."""
+    monkeypatch.setattr(logging_module._Second, "formatted", (-1, ""))
+    for ns in (
+        1_796_000_000_123_456_789,  # afresh; microseconds truncated, as datetime.now truncates them
+        1_796_000_000_000_000_000,  # the same second from the memo, on the second: isoformat leaves the fraction out
+        1_796_000_000_999_999_999,  # the same second's last microsecond, from the memo
         1_796_000_001_000_001_000,  # the next second: the memo is renewed
         1_796_086_400_500_000_000,  # a day later
-    ],
-)
-def test_the_summary_timestamp_is_datetimes_isoformat(monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
-    """The lean path formats the date and time once a second; the text must be what isoformat writes."""
-    monkeypatch.setattr(time, "time_ns", lambda: ns)  # the module reads time.time_ns at each call
-    expected = datetime.datetime.fromtimestamp(ns // 1000 / 1_000_000, datetime.UTC)
-    assert expected.microsecond == ns // 1000 % 1_000_000  # the reference itself is exact here
-    assert logging_module._utc_now_iso() == expected.isoformat().replace("+00:00", "Z")
+    ):
+        monkeypatch.setattr(time, "time_ns", lambda ns=ns: ns)  # the module reads time.time_ns at each call
+        expected = datetime.datetime.fromtimestamp(ns // 1000 / 1_000_000, datetime.UTC)
+        assert expected.microsecond == ns // 1000 % 1_000_000  # the reference itself is exact here
+        assert logging_module._utc_now_iso() == expected.isoformat().replace("+00:00", "Z"), ns
 
 
 def test_the_summary_path_hands_over_to_structlog_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:

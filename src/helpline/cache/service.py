@@ -49,6 +49,9 @@ Vector = npt.NDArray[np.float32]
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
+    """A cached answer as stored. One decoded object serves every hit on the same stored value (see
+    ``AnswerCache._decode``): read it, never change it, nor its lists (citations, tags), which requests share."""
+
     question: str
     reply: str
     citations: list[dict[str, str]]
