@@ -39,14 +39,13 @@ _KINDS: dict[str, int] = {}
 _MAX_KINDS = 4096
 
 
-def _kind(key: str) -> int:
-    """What a field's key says about its value (own, sensitive, other), remembered: the same few keys come on every
-    line, and the lookup is a third of a line's redaction. Bounded: past the bound keys are classified afresh."""
-    kind = _KINDS.get(key)
-    if kind is None:
-        kind = _OWN if key in OWN_KEYS else _SENSITIVE if key.lower() in SENSITIVE_KEYS else _OTHER
-        if len(_KINDS) < _MAX_KINDS:
-            _KINDS[key] = kind
+def _classify(key: str) -> int:
+    """What a field's key says about its value (own, sensitive, other), remembered in ``_KINDS`` (which ``_redact``
+    reads first): the same few keys come on every line, and the check was a third of a line's redaction. Bounded:
+    past the bound keys are classified afresh."""
+    kind = _OWN if key in OWN_KEYS else _SENSITIVE if key.lower() in SENSITIVE_KEYS else _OTHER
+    if len(_KINDS) < _MAX_KINDS:
+        _KINDS[key] = kind
     return kind
 
 
@@ -54,7 +53,7 @@ def _redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Muta
     for key, value in list(event.items()):
         kind = _KINDS.get(key)
         if kind is None:
-            kind = _kind(key)
+            kind = _classify(key)
         if kind == _OWN:
             continue
         if kind == _SENSITIVE:
