@@ -237,3 +237,38 @@ async def test_a_lease_taken_by_a_call_given_up_on_is_given_back(redis_proxy: Tc
         await limiter.aclose()
         await delete_prefix(direct, primary._prefix)
         await direct.aclose()
+
+
+async def test_a_caller_cancelled_mid_batch_leaves_the_others_decided_and_its_lease_given_back(
+    redis_proxy: TcpProxy,
+) -> None:
+    """Concurrent admissions share one bounded Redis call. A shopper who goes away while it is on its way cancels
+    only their own wait: the others of the batch are decided by Redis, and the lease the script took for the one who
+    left is given back, not left to count against the cap until its TTL."""
+    primary = RedisLimiter(create_redis(f"redis://127.0.0.1:{redis_proxy.port}/0"), 100, prefix=unique_prefix())
+    limiter = FallbackLimiter(primary, MemoryLimiter(100, backend="memory-fallback"))
+    direct = create_redis(REDIS_URL)
+    try:
+        await limiter.warm_up()
+        redis_proxy.add_latency(0.1)  # well inside the 0.5 s deadline
+        calls = [asyncio.create_task(limiter.acquire([IP])) for _ in range(4)]
+        await asyncio.sleep(0.05)  # the batch is on the wire
+        calls[0].cancel()
+        rest = await asyncio.gather(*calls[1:])
+        with pytest.raises(asyncio.CancelledError):
+            await calls[0]
+        assert [decision.backend for decision in rest] == ["redis"] * 3
+        assert not limiter.degraded  # a cancelled caller is not a Redis failure
+        for decision in rest:
+            assert decision.lease is not None
+            await decision.lease.release()
+        for _ in range(50):  # the cancelled caller's lease goes 1 s after it left
+            if not await direct.zcard(primary.lease_key):
+                break
+            await asyncio.sleep(0.1)
+        assert await direct.zcard(primary.lease_key) == 0
+    finally:
+        redis_proxy.pass_through()
+        await limiter.aclose()
+        await delete_prefix(direct, primary._prefix)
+        await direct.aclose()

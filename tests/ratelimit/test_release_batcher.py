@@ -7,6 +7,7 @@ import asyncio
 import traceback
 
 import pytest
+from structlog.testing import capture_logs
 
 from helpline.ratelimit.base import GroupCommit, ReleaseBatcher
 from helpline.ratelimit.redis import RedisLimiter
@@ -266,3 +267,68 @@ async def test_settled_returns_once_the_batches_open_or_on_their_way_are_answere
     await asyncio.wait_for(settled, timeout=2)
     assert await second == 4
     await asyncio.wait_for(commit.settled(), timeout=2)  # nothing pending: returns at once
+
+
+async def test_a_release_handed_in_without_waiting_goes_out_with_the_next_batch() -> None:
+    store = Store()
+    store.gate.clear()
+    batcher = ReleaseBatcher(store.send)
+    first = asyncio.create_task(batcher.release("a"))
+    await store.sending.wait()  # batch 1 is on its way
+    batcher.release_soon("b")  # returns at once: nothing to await
+    batcher.release_soon("c")
+    waited = asyncio.create_task(batcher.release("d"))
+    assert store.sends == [["a"]]
+    store.gate.set()
+    await asyncio.gather(first, waited)
+    assert store.sends == [["a"], ["b", "c", "d"]]
+    assert store.freed == {"a", "b", "c", "d"}
+    await batcher.aclose()
+
+
+async def test_a_failed_batch_of_unawaited_releases_is_logged_since_nobody_else_hears_it() -> None:
+    store = Store(error=ConnectionError("redis is down"))
+    batcher = ReleaseBatcher(store.send)
+    with capture_logs() as logs:
+        batcher.release_soon("a")
+        batcher.release_soon("b")
+        await batcher.aclose()
+    failures = [entry for entry in logs if entry["event"] == "group_commit_failed"]
+    assert failures == [
+        {
+            "event": "group_commit_failed", "name": "ratelimit-release", "unheard": 2,
+            "error_type": "ConnectionError", "log_level": "warning",
+        }
+    ]  # fmt: skip
+    assert store.sends == [["a", "b"]]
+
+
+async def test_a_batch_with_only_awaited_callers_logs_nothing_itself() -> None:
+    store = Store(error=ConnectionError("redis is down"))
+    batcher = ReleaseBatcher(store.send)
+    with capture_logs() as logs, pytest.raises(ConnectionError):
+        await batcher.release("a")
+    assert not [entry for entry in logs if entry["event"] == "group_commit_failed"]  # the caller heard it
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis", "cluster"])
+async def test_let_go_frees_the_slot_without_the_caller_waiting(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter(max_concurrent=3)
+
+    async def in_flight() -> int:
+        return await limiter.in_flight() if isinstance(limiter, RedisLimiter) else int(limiter.stats()["leases"])
+
+    held = await asyncio.gather(*(limiter.acquire([]) for _ in range(3)))
+    assert not (await limiter.acquire([])).allowed
+    for decision in held:
+        assert decision.lease is not None
+        decision.lease.let_go()  # not a coroutine: the caller goes on at once
+        decision.lease.let_go()  # idempotent: one token, one removal
+        await decision.lease.release()  # and a release after it is a no-op
+    assert limiter.keeper.held == set()  # no longer renewed
+    for _ in range(100):
+        if await in_flight() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await in_flight() == 0
+    assert all(decision.allowed for decision in await asyncio.gather(*(limiter.acquire([]) for _ in range(3))))

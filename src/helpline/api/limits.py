@@ -7,9 +7,10 @@ NAT sending junk cannot use up a shopper's 5 a minute. Junk is cheap to refuse (
 floods of it are the edge proxy's job, as for any other endpoint.
 
 Why a middleware as well: the concurrency lease must cover the whole response, including a streamed (SSE) body
-that is still being written after the route function returned. The middleware releases the lease when the last
-body chunk has been sent (or the client went away), and adds the RateLimit headers to whatever response leaves,
-streamed or not.
+that is still being written after the route function returned. The middleware lets the lease go when the last
+body chunk has been sent (or the client went away), without waiting for Redis to confirm it (``Lease.let_go``:
+nobody waits for that slot, and the wait cost every request one more trip through the event loop), and adds the
+RateLimit headers to whatever response leaves, streamed or not.
 
 A full global cap answers **503** with ``code: overloaded`` and ``Retry-After: 1``, at once, without queueing: the
 shopper did nothing wrong (429 would tell the widget "you are sending too fast"), the condition is the service's
@@ -107,7 +108,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send_with_limits)
         finally:
             if slot.decision is not None and slot.decision.lease is not None:
-                await slot.decision.lease.release()
+                slot.decision.lease.let_go()  # the response has left: nobody waits for the slot to be free
 
 
 def _route_path(scope: Scope) -> str:

@@ -43,10 +43,14 @@ class TierState:
 
 @dataclass(slots=True)
 class Lease:
-    """A slot under the global concurrency cap; ``release`` is idempotent and never raises."""
+    """A slot under the global concurrency cap. ``release`` gives it back and returns once it is free; ``let_go``
+    hands it back without waiting for that (the HTTP layer, after the response has left: nobody waits for the slot,
+    and a wait there cost every request one more trip through the event loop). Both are idempotent, neither
+    raises: a failure is logged and the lease TTL reclaims the slot."""
 
     token: str
     _release: Callable[[str], Awaitable[None]] = field(repr=False)
+    _let_go: Callable[[str], None] = field(repr=False)
     released: bool = False
 
     async def release(self) -> None:
@@ -56,6 +60,15 @@ class Lease:
         try:
             await self._release(self.token)
         except Exception as error:  # noqa: BLE001 - the lease TTL reclaims it; a release must not fail a response
+            log.warning("ratelimit_release_failed", error_type=type(error).__name__)
+
+    def let_go(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        try:
+            self._let_go(self.token)
+        except Exception as error:  # noqa: BLE001 - as in release
             log.warning("ratelimit_release_failed", error_type=type(error).__name__)
 
 
@@ -148,7 +161,9 @@ class LeaseKeeper:
 @dataclass(slots=True)
 class _Batch(Generic[ItemT, ResultT]):
     items: list[ItemT]
-    sent: asyncio.Future[list[ResultT] | BaseException]
+    sent: asyncio.Future[list[ResultT] | BaseException]  # settled with the outcome: for settled() and the next batch
+    waiters: list[asyncio.Future[list[ResultT] | BaseException]] = field(default_factory=list)  # one per caller
+    unheard: int = 0  # items handed in with submit_soon: nobody hears their outcome
     traceback: TracebackType | None = None
 
 
@@ -164,7 +179,11 @@ class GroupCommit(Generic[ItemT, ResultT]):
     ``stall_s``: how long a batch waits for the one before it. ``None`` waits for it to be answered; a number lets
     the next batch go beside a batch that is taking that long (a slow or silent Redis then delays no caller by
     more than ``stall_s`` beyond its own round trip, so a caller's own deadline still measures Redis, not the queue).
-    ``max_items`` caps a batch (``None``: no cap); the rest start the next one."""
+    ``max_items`` caps a batch (``None``: no cap); the rest start the next one.
+
+    Each caller waits on a future of its own, settled by the flush: cancelling a caller cancels only its wait,
+    never the batch (cheaper than one ``asyncio.shield`` per caller around a shared future). ``submit_soon`` hands
+    an item in without waiting; a failure of its batch is then logged here, as nobody else hears it."""
 
     def __init__(
         self,
@@ -184,6 +203,25 @@ class GroupCommit(Generic[ItemT, ResultT]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: ItemT) -> ResultT:
+        batch = self._batch()
+        index = len(batch.items)
+        batch.items.append(item)
+        waiter: asyncio.Future[list[ResultT] | BaseException] = batch.sent.get_loop().create_future()
+        batch.waiters.append(waiter)
+        outcome = await waiter
+        if isinstance(outcome, BaseException):
+            # Each caller raises the one error with the batch's traceback, not with its predecessors' frames.
+            raise outcome.with_traceback(batch.traceback)
+        return outcome[index]
+
+    def submit_soon(self, item: ItemT) -> None:
+        """Hand an item to the next batch without waiting for it (its outcome is logged if the batch fails)."""
+        batch = self._batch()
+        batch.items.append(item)
+        batch.unheard += 1
+
+    def _batch(self) -> _Batch[ItemT, ResultT]:
+        """The open batch, or a new one (with its flush task) when there is none or it is full."""
         batch = self._open
         if batch is None or (self._max_items is not None and len(batch.items) >= self._max_items):
             batch = self._open = _Batch([], asyncio.get_running_loop().create_future())
@@ -191,13 +229,7 @@ class GroupCommit(Generic[ItemT, ResultT]):
             task = asyncio.create_task(self._flush(batch), name=self._name)
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._finished, batch))
-        index = len(batch.items)
-        batch.items.append(item)
-        outcome = await asyncio.shield(batch.sent)  # a cancelled caller does not cancel the others' call
-        if isinstance(outcome, BaseException):
-            # Each caller raises the one error with the batch's traceback, not with its predecessors' frames.
-            raise outcome.with_traceback(batch.traceback)
-        return outcome[index]
+        return batch
 
     async def _flush(self, batch: _Batch[ItemT, ResultT]) -> None:
         # Every caller of the batch hears the outcome, whatever happens here: a failure is handed to them, and so
@@ -227,9 +259,17 @@ class GroupCommit(Generic[ItemT, ResultT]):
     def _settle(self, batch: _Batch[ItemT, ResultT], outcome: list[ResultT] | BaseException) -> None:
         if self._open is batch:
             self._open = None
-        if not batch.sent.done():
-            batch.sent.set_result(outcome)
+        if batch.sent.done():
+            return
+        batch.sent.set_result(outcome)
         self._unsettled.discard(batch.sent)
+        for waiter in batch.waiters:
+            if not waiter.done():  # a cancelled caller's wait is done already
+                waiter.set_result(outcome)
+        if batch.unheard and isinstance(outcome, BaseException):
+            log.warning(
+                "group_commit_failed", name=self._name, unheard=batch.unheard, error_type=type(outcome).__name__
+            )
 
     async def settled(self) -> None:
         """Returns once every batch open or on its way now has been answered or has failed: after it, nothing
@@ -267,6 +307,10 @@ class ReleaseBatcher:
 
     async def release(self, token: str) -> None:
         await self._commit.submit(token)
+
+    def release_soon(self, token: str) -> None:
+        """Into the next release batch, without waiting for Redis to confirm it (see Lease.let_go)."""
+        self._commit.submit_soon(token)
 
     async def aclose(self) -> None:
         await self._commit.aclose()

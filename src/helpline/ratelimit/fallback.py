@@ -13,6 +13,11 @@ to read fifty answers Redis had sent at once), and tripping then would hand deci
 exactly when a burst makes them overshoot. So when ``timeout_s`` passes while the loop's own timers were running
 late (:class:`LoopLag`), the same call is given up to ``overload_timeout_s`` more; a Redis that is really silent
 while the loop is idle still trips after ``timeout_s``.
+
+The deadline is per admission call, not per request: concurrent requests share one Redis call (GroupCommit in
+ratelimit/redis.py), and the wrapper bounds that call (``RedisLimiter.bound_admissions``). A request waits at most
+the limiter's stall (20 ms, for the call before its own) beyond its call's deadline. A deadline of its own (a task,
+a timer and a shield per request) cost more CPU than the request's share of the script.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import structlog
 from redis.exceptions import RedisError
@@ -34,6 +40,7 @@ log = structlog.get_logger(__name__)
 
 # What "Redis did not answer" looks like from redis-py and asyncio; anything else is a bug and propagates.
 REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+T = TypeVar("T")
 LATE_SHARE = 0.2  # the loop ran its timers this late (as a share of timeout_s) during the call: it was overloaded
 
 
@@ -102,6 +109,7 @@ class FallbackLimiter:
         self.redis_failures = 0
         self.fallback_decisions = 0
         self.overload_waits = 0  # slow answers waited for because our own loop was late
+        primary.bound_admissions(self._patiently)
 
     @property
     def backend(self) -> str:
@@ -115,9 +123,8 @@ class FallbackLimiter:
         if self._may_try_primary():
             probing = self.degraded
             self._probing = probing
-            call = asyncio.ensure_future(self.primary.acquire(tiers, lease=lease))
             try:
-                decision = await self._patiently(call)
+                decision = await self.primary.acquire(tiers, lease=lease)  # each batch bounded by _patiently
             except REDIS_FAILURES as error:
                 self._trip(error)
             except Exception as error:
@@ -127,7 +134,6 @@ class FallbackLimiter:
                 self._recovered()
                 return decision
             finally:
-                call.cancel()  # a no-op once it finished; otherwise (timed out, or this request was cancelled) stop it
                 if probing:
                     self._probing = False
         self.fallback_decisions += 1
@@ -135,19 +141,24 @@ class FallbackLimiter:
             self._on_fallback()
         return await self.fallback.acquire(tiers, lease=lease)
 
-    async def _patiently(self, call: asyncio.Future[Decision]) -> Decision:
-        """The call's decision within ``timeout_s``, or within ``overload_timeout_s`` more if our loop ran late."""
+    async def _patiently(self, work: Coroutine[Any, Any, T]) -> T:
+        """The outcome of one admission call (a batch of requests) within ``timeout_s``, or within
+        ``overload_timeout_s`` more if our loop ran late; otherwise TimeoutError, and the call is cancelled."""
         self._lag.start()
         started = asyncio.get_running_loop().time()
+        call = asyncio.ensure_future(work)
         try:
-            async with asyncio.timeout(self._timeout_s):
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    return await asyncio.shield(call)
+            except TimeoutError:
+                if self._lag.worst_since(started) < self._timeout_s * LATE_SHARE:
+                    raise  # the loop was responsive: Redis is what is slow
+                self.overload_waits += 1
+            async with asyncio.timeout(self._overload_timeout_s):
                 return await asyncio.shield(call)
-        except TimeoutError:
-            if self._lag.worst_since(started) < self._timeout_s * LATE_SHARE:
-                raise  # the loop was responsive: Redis is what is slow
-            self.overload_waits += 1
-        async with asyncio.timeout(self._overload_timeout_s):
-            return await asyncio.shield(call)
+        finally:
+            call.cancel()  # a no-op once it finished; otherwise (timed out, or shutting down) stop it
 
     async def warm_up(self, timeout_s: float = 3.0) -> None:
         """Connect before serving; a Redis that is down at start is logged and the replica starts on the fallback."""

@@ -94,9 +94,12 @@ class MemoryLimiter:
         token = f"{next(self._serials):x}"  # unique in this limiter, all a token must be (it never leaves the process)
         self._leases[token] = now + self._lease_ttl_s
         self.keeper.hold(token)
-        return Lease(token, self._release)
+        return Lease(token, self._release, self._let_go)
 
     async def _release(self, token: str) -> None:
+        self._let_go(token)
+
+    def _let_go(self, token: str) -> None:
         self.keeper.drop(token)
         self._leases.pop(token, None)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +145,9 @@ ADMISSION_BATCH = 128  # requests per admission call (a few thousand arguments a
 ADMISSION_STALL_S = 0.02  # a batch goes beside the one before it once that one has taken this long (GroupCommit)
 
 
+AdmissionBound = Callable[[Coroutine[Any, Any, list[Any]]], Awaitable[list[Any]]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Admission:
     token: str
@@ -186,6 +189,13 @@ class RedisLimiter:
         self._gate = asyncio.Semaphore(max_in_flight)
         self._ready = not isinstance(client, RedisCluster)
         self._ready_lock = asyncio.Lock()
+        self._bound: AdmissionBound | None = None
+
+    def bound_admissions(self, bound: AdmissionBound) -> None:
+        """Run each admission call (a batch: its connection, its script) under ``bound``, which may give up on it
+        by raising (FallbackLimiter's deadline). One deadline per batch, not one per request: a request's own
+        timer, task and shield cost more than its share of the script."""
+        self._bound = bound
 
     def key(self, tier: Tier) -> str:
         return self._prefix + tier.key
@@ -201,7 +211,6 @@ class RedisLimiter:
                 self._ready = True
 
     async def acquire(self, tiers: Sequence[Tier], *, lease: bool = True) -> Decision:
-        await self._ensure_ready()
         token = secrets.token_hex(8)
         request = _Admission(token, self._max_concurrent if lease else 0, tuple(tiers))
         try:
@@ -221,8 +230,7 @@ class RedisLimiter:
             for tier in request.tiers:
                 keys.append(self.key(tier))
                 args += [tier.rate.limit, tier.rate.window_ms]
-        async with self._gate:
-            raw: list[Any] = await self._acquire_script(keys=keys, args=args)
+        raw = await (self._bound(self._run_admission(keys, args)) if self._bound else self._run_admission(keys, args))
         answers: list[list[int]] = []
         at = 0
         for request in requests:
@@ -232,6 +240,12 @@ class RedisLimiter:
         if at != len(raw):
             raise RuntimeError(f"the admission script answered {len(raw)} values, expected {at}")
         return answers
+
+    async def _run_admission(self, keys: list[str], args: list[int | str]) -> list[Any]:
+        await self._ensure_ready()
+        async with self._gate:
+            raw: list[Any] = await self._acquire_script(keys=keys, args=args)
+        return raw
 
     def _give_back_later(self, token: str) -> None:
         """A call given up on (timed out, cancelled, failed) may still have run in Redis, slow rather than silent,
@@ -244,7 +258,8 @@ class RedisLimiter:
             # Its admission may share a batch still waiting for a connection: removing the token before that
             # batch's script runs would leave the lease it then takes to the TTL.
             await self._admissions.settled()
-            await Lease(token, self._release).release()  # never raises: a failure is logged, the TTL reclaims it
+            # Never raises: a failure is logged, the TTL reclaims it.
+            await Lease(token, self._release, self._let_go).release()
 
         task = asyncio.get_running_loop().create_task(give_back(), name="ratelimit-orphan-lease")
         self._orphans.add(task)
@@ -260,12 +275,16 @@ class RedisLimiter:
         held = None
         if allowed and lease:
             self.keeper.hold(token)
-            held = Lease(token, self._release)
+            held = Lease(token, self._release, self._let_go)
         return Decision(bool(allowed), states, refused_by, retry_ms / 1000, held, self.backend, in_flight)
 
     async def _release(self, token: str) -> None:
         self.keeper.drop(token)
         await self._releases.release(token)
+
+    def _let_go(self, token: str) -> None:
+        self.keeper.drop(token)
+        self._releases.release_soon(token)
 
     async def _remove_leases(self, tokens: list[str]) -> None:
         async with self._gate:
