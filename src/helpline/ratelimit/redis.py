@@ -47,23 +47,26 @@ _HASH_TAG = re.compile(r"\{[^{}]+\}")
 ACQUIRE_LUA = """
 -- Admits a batch of requests, one after another, each all or nothing (see GroupCommit: concurrent requests share
 -- one call). KEYS[1]: lease set (token -> expiry ms). KEYS[2..]: the sliding-window logs (token -> admitted at, ms)
--- of every request's tiers, request after request. ARGV[1]: lease ttl ms; then per request: cap (0 = take no
--- lease), token, tier count n, then limit and window ms for each of its n tiers.
--- Returns per request {allowed, refused (0 none, -1 concurrency, i = i-th tier), retry ms, in flight,
--- count_i, reset ms_i...}, one request after another.
+-- of every request's tiers, request after request. ARGV[1]: lease ttl ms; then one argument per request, its fields
+-- separated by spaces: cap (0 = take no lease), token, tier count n, then limit and window ms for each of its n tiers.
+-- Returns one string, numbers separated by spaces, per request {allowed, refused (0 none, -1 concurrency, i = i-th
+-- tier), retry ms, in flight, count_i, reset ms_i...}, one request after another. (One argument and one reply for
+-- many numbers: the client's cost is per argument and per reply element, several times the script's.)
 -- A token already logged was admitted by an earlier run of this same call (the client retried it after losing
 -- the reply): it is answered as admitted again, without a second charge; otherwise a retry would count each
 -- request against itself, refuse it, and leave its first lease to nobody.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local ttl = tonumber(ARGV[1])
-local a, k = 2, 2
+local k = 2
 local out = {}
 local leases_pruned = false
-while a <= #ARGV do
-  local cap, token, n = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
-  local first_key, first_arg = k, a + 3
-  a, k = a + 3 + 2 * n, k + n
+for a = 2, #ARGV do
+  local fields = {}
+  for field in string.gmatch(ARGV[a], '%S+') do fields[#fields + 1] = field end
+  local cap, token, n = tonumber(fields[1]), fields[2], tonumber(fields[3])
+  local first_key = k
+  k = k + n
   local allowed, refused, retry = 1, 0, 0
   local seen = false
   if cap > 0 then
@@ -74,7 +77,7 @@ while a <= #ARGV do
   local states = {}
   for i = 0, n - 1 do
     local key = KEYS[first_key + i]
-    local limit, window = tonumber(ARGV[first_arg + 2 * i]), tonumber(ARGV[first_arg + 2 * i + 1])
+    local limit, window = tonumber(fields[4 + 2 * i]), tonumber(fields[5 + 2 * i])
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
     local count = redis.call('ZCARD', key)
     local reset = 0
@@ -109,7 +112,7 @@ while a <= #ARGV do
   if allowed == 1 and not seen then
     for i = 0, n - 1 do
       redis.call('ZADD', KEYS[first_key + i], now, token)
-      redis.call('PEXPIRE', KEYS[first_key + i], ARGV[first_arg + 2 * i + 1])
+      redis.call('PEXPIRE', KEYS[first_key + i], fields[5 + 2 * i])
     end
     if cap > 0 then
       redis.call('ZADD', KEYS[1], now + ttl, token)
@@ -117,13 +120,10 @@ while a <= #ARGV do
     end
   end
   if allowed == 1 and cap > 0 then in_flight = in_flight + 1 end
-  out[#out + 1] = allowed
-  out[#out + 1] = refused
-  out[#out + 1] = retry
-  out[#out + 1] = in_flight
-  for i = 1, #states do out[#out + 1] = states[i] end
+  out[#out + 1] = string.format('%d %d %d %d', allowed, refused, retry, in_flight)
+  for i = 1, #states do out[#out + 1] = string.format('%d', states[i]) end
 end
-return out
+return table.concat(out, ' ')
 """
 
 RENEW_LUA = """
@@ -145,7 +145,7 @@ ADMISSION_BATCH = 128  # requests per admission call (a few thousand arguments a
 ADMISSION_STALL_S = 0.02  # a batch goes beside the one before it once that one has taken this long (GroupCommit)
 
 
-AdmissionBound = Callable[[Coroutine[Any, Any, list[Any]]], Awaitable[list[Any]]]
+AdmissionBound = Callable[[Coroutine[Any, Any, bytes]], Awaitable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,26 +226,29 @@ class RedisLimiter:
         keys = [self.lease_key]
         args: list[int | str] = [self._lease_ttl_ms]
         for request in requests:
-            args += [request.cap, request.token, len(request.tiers)]
+            fields = [f"{request.cap} {request.token} {len(request.tiers)}"]
             for tier in request.tiers:
                 keys.append(self.key(tier))
-                args += [tier.rate.limit, tier.rate.window_ms]
-        raw = await (self._bound(self._run_admission(keys, args)) if self._bound else self._run_admission(keys, args))
+                fields.append(f"{tier.rate.limit} {tier.rate.window_ms}")
+            args.append(" ".join(fields))
+        work = self._run_admission(keys, args)
+        reply = await (self._bound(work) if self._bound else work)
+        raw = [int(value) for value in reply.split()]
         answers: list[list[int]] = []
         at = 0
         for request in requests:
             size = 4 + 2 * len(request.tiers)
-            answers.append([int(value) for value in raw[at : at + size]])
+            answers.append(raw[at : at + size])
             at += size
         if at != len(raw):
             raise RuntimeError(f"the admission script answered {len(raw)} values, expected {at}")
         return answers
 
-    async def _run_admission(self, keys: list[str], args: list[int | str]) -> list[Any]:
+    async def _run_admission(self, keys: list[str], args: list[int | str]) -> bytes:
         await self._ensure_ready()
         async with self._gate:
-            raw: list[Any] = await self._acquire_script(keys=keys, args=args)
-        return raw
+            reply: bytes = await self._acquire_script(keys=keys, args=args)
+        return reply
 
     def _give_back_later(self, token: str) -> None:
         """A call given up on (timed out, cancelled, failed) may still have run in Redis, slow rather than silent,
