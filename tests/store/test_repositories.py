@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -16,6 +18,8 @@ from helpline.store.repositories import (
     Principal,
     StateRepository,
     hash_secret,
+    new_message_id,
+    new_session_id,
 )
 
 
@@ -49,6 +53,24 @@ async def test_sessions_are_unguessable_and_owned(sessions: async_sessionmaker[A
     assert await conversations.session_owner(owned) == (True, owner_row.id)
     assert await conversations.session_owner(next(iter(ids))) == (True, None)
     assert await conversations.session_owner("s_missing") == (False, None)
+
+
+def test_new_ids_sort_by_creation_and_keep_their_random_bits() -> None:
+    """Time first (indexes grow at their end instead of at a random leaf), then randomness enough to stay
+    unguessable: 144 bits in a session id, 80 in a message id, within the columns' lengths (64 and 32)."""
+    earlier = [(new_session_id(), new_message_id()) for _ in range(500)]
+    time.sleep(0.003)  # past the millisecond: every later id sorts after every earlier one
+    later = [(new_session_id(), new_message_id()) for _ in range(500)]
+    assert max(session for session, _ in earlier) < min(session for session, _ in later)
+    assert max(message for _, message in earlier) < min(message for _, message in later)
+    sessions, messages = [s for s, _ in earlier + later], [m for _, m in earlier + later]
+    assert len(set(sessions)) == len(set(messages)) == 1000  # the same millisecond still gives distinct ids
+    assert all(re.fullmatch(r"s_[0-9a-f]{12}[A-Za-z0-9_-]{24}", session) for session in sessions)  # 24 x 6 bits
+    assert all(re.fullmatch(r"[0-9a-f]{32}", message) for message in messages)  # 20 hex random = 80 bits
+    assert len(sessions[0]) <= 64
+    now_ms = time.time_ns() // 1_000_000
+    assert 0 <= now_ms - int(sessions[-1][2:14], 16) < 5_000
+    assert 0 <= now_ms - int(messages[-1][:12], 16) < 5_000
 
 
 async def test_history_is_oldest_first_and_text_verbatim(sessions: async_sessionmaker[AsyncSession]) -> None:
