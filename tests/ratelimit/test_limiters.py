@@ -12,7 +12,8 @@ from helpline.ratelimit import redis as redis_limiter
 from helpline.ratelimit.base import CONCURRENCY
 from helpline.ratelimit.policies import Rate, Tier
 from helpline.ratelimit.redis import RedisLimiter, _Admission
-from tests.ratelimit.conftest import MakeLimiter
+from helpline.redisconn import create_redis
+from tests.ratelimit.conftest import REDIS_URL, MakeLimiter, delete_prefix, unique_prefix
 
 PER_MINUTE_5 = Rate(5, 60)
 
@@ -253,3 +254,26 @@ async def test_the_lease_of_a_caller_given_up_on_is_given_back_after_its_batch_r
         await caller
     await asyncio.sleep(1.2)  # the batch ran at ~0.6 s; a give-back racing ahead would have run at ~0.15 s
     assert await limiter.in_flight() == 0
+
+
+async def test_two_replicas_leases_never_share_a_token() -> None:
+    """Lease tokens come from a per-limiter random prefix and a counter (no getrandom call per request): two
+    replicas on one Redis, each counting from zero, must still hold distinct leases, or one's release would free
+    the other's slot and the cap would admit more than it should."""
+    prefix = unique_prefix()
+    replicas = [RedisLimiter(create_redis(REDIS_URL), 1000, prefix=prefix) for _ in range(2)]
+    try:
+        held = await asyncio.gather(*(replica.acquire([]) for replica in replicas for _ in range(50)))
+        assert all(decision.allowed for decision in held)
+        assert await replicas[0].in_flight() == 100
+        tokens = {decision.lease.token for decision in held if decision.lease is not None}
+        assert len(tokens) == 100
+        assert not any(" " in token for token in tokens)
+        for decision in held[:50]:  # the first replica's
+            assert decision.lease is not None
+            await decision.lease.release()
+        assert await replicas[1].in_flight() == 50
+    finally:
+        await delete_prefix(replicas[0].client, prefix)
+        for replica in replicas:
+            await replica.aclose()

@@ -21,6 +21,7 @@ stores spread over shards.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -190,6 +191,9 @@ class RedisLimiter:
         self._ready = not isinstance(client, RedisCluster)
         self._ready_lock = asyncio.Lock()
         self._bound: AdmissionBound | None = None
+        # Lease tokens: unique across replicas (a random prefix per limiter) without a getrandom call per request.
+        self._token_prefix = secrets.token_hex(8)
+        self._serials = itertools.count()
 
     def bound_admissions(self, bound: AdmissionBound) -> None:
         """Run each admission call (a batch: its connection, its script) under ``bound``, which may give up on it
@@ -211,7 +215,7 @@ class RedisLimiter:
                 self._ready = True
 
     async def acquire(self, tiers: Sequence[Tier], *, lease: bool = True) -> Decision:
-        token = secrets.token_hex(8)
+        token = f"{self._token_prefix}{next(self._serials):x}"
         request = _Admission(token, self._max_concurrent if lease else 0, tuple(tiers))
         try:
             raw = await self._admissions.submit(request)
