@@ -272,3 +272,36 @@ async def test_a_caller_cancelled_mid_batch_leaves_the_others_decided_and_its_le
         await limiter.aclose()
         await delete_prefix(direct, primary._prefix)
         await direct.aclose()
+
+
+async def test_a_batch_given_up_on_keeps_its_connection(redis_proxy: TcpProxy) -> None:
+    """A batch whose Redis call outlasts the deadline falls back at once, but the call is left to finish rather
+    than cancelled: redis-py closes a connection cancelled mid-command, so each timed-out batch against a slow
+    Redis cost a pooled connection and the next command a new handshake over the slow link."""
+    client = create_redis(f"redis://127.0.0.1:{redis_proxy.port}/0", timeout_s=OVERLOAD_TIMEOUT_S)  # as served
+    primary = RedisLimiter(client, 100, prefix=unique_prefix())
+    limiter = FallbackLimiter(primary, MemoryLimiter(100, backend="memory-fallback"), cooldown_s=0.2)
+    direct = create_redis(REDIS_URL)
+    try:
+        await limiter.warm_up()  # the pool's connections are open
+        await asyncio.sleep(0.2)
+        opened = redis_proxy.open_connections
+        redis_proxy.add_latency(0.35)  # a 0.7 s round trip against the 0.5 s deadline
+        decisions = await asyncio.gather(*(limiter.acquire([]) for _ in range(5)))
+        assert {decision.backend for decision in decisions} == {"memory-fallback"}
+        await asyncio.sleep(0.6)  # the script's answer arrives on the same connection
+        redis_proxy.pass_through()
+        await asyncio.sleep(0.3)
+        assert redis_proxy.open_connections == opened  # none was closed (nor a new one opened)
+        last = await limiter.acquire([])
+        assert (last.backend, last.allowed) == ("redis", True)
+        for _ in range(50):  # the leases the late script took are given back after it answered
+            if not await direct.zcard(primary.lease_key):
+                break
+            await asyncio.sleep(0.1)
+        assert await direct.zcard(primary.lease_key) == 1  # only the last acquire's own lease
+    finally:
+        redis_proxy.pass_through()
+        await limiter.aclose()
+        await delete_prefix(direct, primary._prefix)
+        await direct.aclose()

@@ -143,7 +143,13 @@ class FallbackLimiter:
 
     async def _patiently(self, work: Coroutine[Any, Any, T]) -> T:
         """The outcome of one admission call (a batch of requests) within ``timeout_s``, or within
-        ``overload_timeout_s`` more if our loop ran late; otherwise TimeoutError, and the call is cancelled."""
+        ``overload_timeout_s`` more if our loop ran late; otherwise TimeoutError.
+
+        A call given up on is not cancelled: redis-py closes a connection whose command is cancelled mid-flight,
+        so every timed-out batch against a slow Redis would drop a pooled connection and the next command would
+        pay a new handshake over the slow link. It runs on until Redis answers or the client's own read timeout
+        ends it (the lease it may take is given back after it: RedisLimiter._give_back_later). Only a caller
+        cancelled itself (shutdown) stops it."""
         self._lag.start()
         started = asyncio.get_running_loop().time()
         call = asyncio.ensure_future(work)
@@ -157,8 +163,12 @@ class FallbackLimiter:
                 self.overload_waits += 1
             async with asyncio.timeout(self._overload_timeout_s):
                 return await asyncio.shield(call)
-        finally:
-            call.cancel()  # a no-op once it finished; otherwise (timed out, or shutting down) stop it
+        except TimeoutError:
+            call.add_done_callback(_quietly)  # its late failure is expected; nobody awaits it any more
+            raise
+        except BaseException:
+            call.cancel()
+            raise
 
     async def warm_up(self, timeout_s: float = 3.0) -> None:
         """Connect before serving; a Redis that is down at start is logged and the replica starts on the fallback."""
@@ -189,9 +199,9 @@ class FallbackLimiter:
             self._down_until = None
 
     async def aclose(self) -> None:
-        self._lag.stop()
         await self.fallback.aclose()
-        await self.primary.aclose()
+        await self.primary.aclose()  # its last admissions may still start the heartbeat: stop it after them
+        self._lag.stop()
 
     def stats(self) -> dict[str, int | str | bool]:
         return {
@@ -202,3 +212,9 @@ class FallbackLimiter:
             "overload_waits": self.overload_waits,
             "leases_held_here": len(self.primary.keeper.held) + len(self.fallback.keeper.held),
         }
+
+
+def _quietly(call: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a call given up on, so a late failure is not reported as never retrieved."""
+    if not call.cancelled():
+        call.exception()

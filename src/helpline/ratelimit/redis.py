@@ -185,6 +185,7 @@ class RedisLimiter:
             self._admit, stall_s=ADMISSION_STALL_S, max_items=ADMISSION_BATCH, name="ratelimit-admit"
         )
         self._orphans: set[asyncio.Task[None]] = set()
+        self._calls: set[asyncio.Task[Any]] = set()  # admission calls under way, given up on or not
         # The cluster client fails at once (MaxConnectionsError) when its per-node pool is exhausted instead of
         # waiting; a burst of a thousand requests must queue briefly here instead of falling back.
         self._gate = asyncio.Semaphore(max_in_flight)
@@ -249,6 +250,10 @@ class RedisLimiter:
         return answers
 
     async def _run_admission(self, keys: list[str], args: list[int | str]) -> bytes:
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
         await self._ensure_ready()
         async with self._gate:
             reply: bytes = await self._acquire_script(keys=keys, args=args)
@@ -265,6 +270,10 @@ class RedisLimiter:
             # Its admission may share a batch still waiting for a connection: removing the token before that
             # batch's script runs would leave the lease it then takes to the TTL.
             await self._admissions.settled()
+            # ... and after a call its caller gave up on (FallbackLimiter lets it run on to its read timeout).
+            calls = list(self._calls)
+            if calls:
+                await asyncio.wait(calls)
             # Never raises: a failure is logged, the TTL reclaims it.
             await Lease(token, self._release, self._let_go).release()
 
@@ -318,6 +327,8 @@ class RedisLimiter:
 
     async def aclose(self) -> None:
         await self._admissions.aclose()  # first: a caller given up on meanwhile leaves an orphan to cancel below
+        for call in self._calls:
+            call.cancel()  # calls given up on, still waiting for a slow Redis: their leases expire by TTL
         for task in self._orphans:
             task.cancel()  # shutting down: the lease TTL reclaims what they would have given back
         await self.keeper.stop()
