@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Sequence
 
 from helpline.store.writer import ConversationWriter, PendingSession
@@ -118,64 +117,3 @@ async def test_a_batch_takes_everything_waiting_up_to_its_size() -> None:
     small.start()
     await small.close()
     assert sizes == [500, 500, 200]
-
-
-async def test_under_load_batches_start_at_most_every_min_interval() -> None:
-    """A steady stream gathers into a batch every ``min_interval_s`` instead of one every ``linger_s``: each batch
-    costs the event loop GIL hand-offs with SQLite's writing thread, whatever its size."""
-    starts: list[float] = []
-    written: list[object] = []
-    loop = asyncio.get_running_loop()
-
-    async def write(batch: Sequence[object]) -> None:
-        starts.append(loop.time())
-        written.extend(batch)
-
-    writer = ConversationWriter(write, linger_s=0.001, min_interval_s=0.1)
-    writer.start()
-    for index in range(60):  # 0.6 s of records, one every 10 ms
-        writer.add(index)
-        await asyncio.sleep(0.01)
-    streamed = list(starts)  # the drain at close goes at once, as a read's flush does
-    await writer.close()
-    assert written == list(range(60))  # all of them, in order
-    gaps = [later - earlier for earlier, later in itertools.pairwise(streamed)]
-    assert min(gaps) >= 0.095  # (timer granularity) not one batch per record or per linger
-    assert len(streamed) <= 7  # about 0.6 s / 0.1 s, plus the first
-
-
-async def test_an_idle_writer_writes_a_lone_record_after_the_linger_not_the_interval() -> None:
-    written = asyncio.Event()
-
-    async def write(batch: Sequence[object]) -> None:
-        written.set()
-
-    writer = ConversationWriter(write, linger_s=0.01, min_interval_s=5.0)
-    writer.start()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    writer.add("first")
-    await asyncio.wait_for(written.wait(), timeout=2)
-    assert loop.time() - started < 1.0  # not the 5 s interval: no batch went before it
-    await writer.close()
-
-
-async def test_a_read_does_not_wait_for_the_batch_interval() -> None:
-    """``flush`` (every read of the conversations) sends the waiting batch at once: a shopper reloading the chat
-    right after a reply sees it without waiting for the interval."""
-    written: list[object] = []
-
-    async def write(batch: Sequence[object]) -> None:
-        written.extend(batch)
-
-    writer = ConversationWriter(write, linger_s=0.001, min_interval_s=5.0)
-    writer.start()
-    writer.add("a")
-    await writer.flush()  # the first batch (after the linger)
-    writer.add("b")  # the next one would wait up to 5 s behind it
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await asyncio.wait_for(writer.flush(), timeout=2)
-    assert loop.time() - started < 1.0
-    assert written == ["a", "b"]
-    await writer.close()

@@ -6,15 +6,6 @@ transaction. A failed batch is retried with backoff
 (counted and logged), never dropped; shutdown drains the queue. Reads of a session flush first, so a shopper
 always reads their own writes.
 
-Under load a batch starts at most every ``min_interval_s`` (0.2 s): an idle writer writes a lone record after
-``linger_s`` (10 ms), but a busy one gathers more per transaction. Each batch on SQLite's writing thread takes the
-GIL back a dozen times (around every SQLite call), and while that thread waits for it every GIL release of the event
-loop wakes it (a futex call on the request path, about 5 % of the loop's time at saturation). With a batch every
-10 ms a cached answer's throughput on Redis was 4,141 a second against 4,500 with 0.2 s (bench server, 32
-connections, alternating builds; main thread 217 -> 202 µs a hit). A read of the conversations (``flush``) does not
-wait for the interval: it sends the waiting batch at once. The price: a crash loses up to ``min_interval_s`` more of
-accepted records than before (a graceful shutdown drains everything).
-
 A batch takes whatever is waiting, up to ``batch_size`` (5,000) records. On a busy server each of a batch's round
 trips to the database waits for a turn of the event loop, so a batch costs about the same time whatever its size;
 with batches of at most 500 the writer fell behind at saturation on every database (bench server, 32 connections
@@ -50,7 +41,6 @@ class ConversationWriter:
         *,
         batch_size: int = 5000,
         linger_s: float = 0.01,
-        min_interval_s: float = 0.2,
         on_failure: Callable[[BaseException], None] | None = None,
         max_backoff_s: float = 5.0,
         release: Callable[[], None] | None = None,
@@ -67,9 +57,6 @@ class ConversationWriter:
         self._writing = 0  # records of the batch under way
         self._batch_size = batch_size
         self._linger_s = linger_s
-        self._min_interval_s = min_interval_s
-        self._hurry = asyncio.Event()  # set by flush: the waiting batch goes now
-        self._gathering = False  # a batch has its first record and waits for more
         self._on_failure = on_failure or (lambda _error: None)
         self._max_backoff_s = max_backoff_s
         self._queue: asyncio.Queue[object] = asyncio.Queue()
@@ -98,14 +85,12 @@ class ConversationWriter:
         return self._queue.qsize() + self._writing
 
     async def flush(self) -> None:
-        """Return once everything queued before the call is written (without waiting for the batch interval)."""
+        """Return once everything queued before the call is written."""
         if self._task is None:
             return
         if self._task.done():  # the writer died (a bug, not a database error: those are retried): never hang
             log.error("conversation_writer_stopped", backlog=self._queue.qsize())
             return
-        if self._queue.qsize() or self._writing or self._gathering:
-            self._hurry.set()
         await self._queue.join()
 
     async def close(self) -> None:
@@ -124,20 +109,9 @@ class ConversationWriter:
             await asyncio.to_thread(release)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        started = -self._min_interval_s
         while True:
             batch = [await self._queue.get()]
-            # Let a burst gather (one transaction for many requests), and under load a while longer (see above).
-            wait = max(self._linger_s, started + self._min_interval_s - loop.time())
-            if not self._hurry.is_set():
-                self._gathering = True
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._hurry.wait()
-                self._gathering = False
-            self._hurry.clear()
-            started = loop.time()
+            await asyncio.sleep(self._linger_s)  # let a burst gather: one transaction for many requests
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             self._writing = len(batch)
