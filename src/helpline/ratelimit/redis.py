@@ -142,7 +142,7 @@ return renewed
 
 ORPHAN_RELEASE_DELAY_S = 1.0  # a lease a given-up call may have taken is removed this long after (see below)
 RENEW_BATCH = 500  # tokens per renew call: keeps Lua's argument stack far from its limit
-ADMISSION_BATCH = 128  # requests per admission call (a few thousand arguments at most)
+ADMISSION_BATCH = 128  # requests per admission call (one script argument each, plus one key per tier)
 ADMISSION_STALL_S = 0.02  # a batch goes beside the one before it once that one has taken this long (GroupCommit)
 
 
