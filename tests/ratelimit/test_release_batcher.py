@@ -332,3 +332,94 @@ async def test_let_go_frees_the_slot_without_the_caller_waiting(make_limiter: Ma
         await asyncio.sleep(0.01)
     assert await in_flight() == 0
     assert all(decision.allowed for decision in await asyncio.gather(*(limiter.acquire([]) for _ in range(3))))
+
+
+def count_lone_releases(limiter: RedisLimiter, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The tokens of each release sent on its own (a ZREM), not riding on an admission call."""
+    sent: list[list[str]] = []
+    remove = limiter._remove_leases
+
+    async def counting(tokens: list[str]) -> None:
+        sent.append(list(tokens))
+        await remove(tokens)
+
+    monkeypatch.setattr(limiter, "_remove_leases", counting)
+    limiter._releases = ReleaseBatcher(limiter._remove_leases)
+    return sent
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+async def test_a_lease_let_go_rides_on_the_admission_call_collecting_and_frees_its_slot_for_it(
+    make_limiter: MakeLimiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One Redis command for both: the script removes the given-back lease before it counts the cap."""
+    limiter = await make_limiter(max_concurrent=2)
+    assert isinstance(limiter, RedisLimiter)
+    lone = count_lone_releases(limiter, monkeypatch)
+    held = [await limiter.acquire([]) for _ in range(2)]
+    waiting = asyncio.create_task(limiter.acquire([]))
+    await asyncio.sleep(0)  # its batch is open, not sent yet
+    assert limiter._admissions.collecting
+    assert held[0].lease is not None
+    held[0].lease.let_go()
+    decision = await waiting
+    assert decision.allowed  # the slot let go of counted for the batch that carried it
+    assert lone == []
+    assert await limiter.in_flight() == 2
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_a_lease_let_go_between_admissions_rides_on_one_opened_in_the_same_turn_or_goes_alone(
+    make_limiter: MakeLimiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = await make_limiter(max_concurrent=1)
+    assert isinstance(limiter, RedisLimiter)
+    lone = count_lone_releases(limiter, monkeypatch)
+    first = await limiter.acquire([])
+    assert first.lease is not None
+    assert not limiter._admissions.collecting
+    first.lease.let_go()  # nothing collecting: waits for this turn of the loop
+    again = await limiter.acquire([])  # opened in the same turn: it carries the release
+    assert again.allowed
+    assert lone == []
+    assert again.lease is not None
+    again.lease.let_go()  # no admission follows: it goes alone
+    for _ in range(100):
+        if lone:
+            break
+        await asyncio.sleep(0.01)
+    assert lone == [[again.lease.token]]
+    assert await limiter.in_flight() == 0
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_leases_carried_by_a_failed_admission_call_are_sent_again_on_their_own(
+    make_limiter: MakeLimiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = await make_limiter(max_concurrent=5)
+    assert isinstance(limiter, RedisLimiter)
+    lone = count_lone_releases(limiter, monkeypatch)
+    held = await limiter.acquire([])
+    assert held.lease is not None
+    run = limiter._run_admission
+
+    async def failing(keys: list[str], args: list[int | str]) -> bytes:
+        monkeypatch.setattr(limiter, "_run_admission", run)
+        raise ConnectionError("redis went away")
+
+    monkeypatch.setattr(limiter, "_run_admission", failing)
+    doomed = asyncio.create_task(limiter.acquire([]))
+    await asyncio.sleep(0)
+    held.lease.let_go()  # rides on the call that fails
+    with pytest.raises(ConnectionError):
+        await doomed
+    for _ in range(100):
+        if lone:
+            break
+        await asyncio.sleep(0.01)
+    assert lone == [[held.lease.token]]
+    for _ in range(100):  # the failed caller's own lease is given back later (ORPHAN_RELEASE_DELAY_S)
+        if await limiter.in_flight() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await limiter.in_flight() == 0

@@ -220,6 +220,11 @@ class GroupCommit(Generic[ItemT, ResultT]):
         batch.items.append(item)
         batch.unheard += 1
 
+    @property
+    def collecting(self) -> bool:
+        """A batch is open: it has not been sent yet, and will be."""
+        return self._open is not None
+
     def _batch(self) -> _Batch[ItemT, ResultT]:
         """The open batch, or a new one (with its flush task) when there is none or it is full."""
         batch = self._open
