@@ -138,3 +138,47 @@ def test_the_app_keeps_near_copies_only_over_redis() -> None:
     assert build_cache(Settings(redis_url=REDIS_URL)).settings.near_s == 0.2
     assert build_cache(Settings(redis_url=REDIS_URL, cache_near_ms=0)).settings.near_s == 0
     assert build_cache(Settings()).settings.near_s == 0  # in process: the store is as near as it gets
+
+
+async def test_concurrent_lookups_without_a_fresh_copy_share_one_read(keyspace: KeySpace) -> None:
+    """A popular answer's copy expires under load: the requests arriving during the read's round trip wait for it
+    instead of each sending a GET; one sent longer ago than the copies' lifetime is not shared."""
+    settings = CacheSettings(ttl_s=60, timeout_s=2.0, near_s=NEAR_S)
+    backend = CountingBackend(create_redis(REDIS_URL, timeout_s=1.0), keyspace.prefix)
+    cache = AnswerCache(backend, keyspace, settings)
+    try:
+        assert await cache.store("Do you sell tempeh?", VECTOR, SCOPE, answer("Do you sell tempeh?"))
+        hits = await asyncio.gather(*(cache.lookup_exact("Do you sell tempeh?", SCOPE) for _ in range(40)))
+        assert all(hit is not None and hit.answer.reply == "answer to Do you sell tempeh?" for hit in hits)
+        assert backend.gets == 1
+        await asyncio.sleep(NEAR_S)  # the copy expires; the next reader is cancelled while its read is on its way
+        sender = asyncio.create_task(cache.lookup_exact("Do you sell tempeh?", SCOPE))
+        await asyncio.sleep(0)
+        others = [asyncio.create_task(cache.lookup_exact("Do you sell tempeh?", SCOPE)) for _ in range(10)]
+        await asyncio.sleep(0)
+        sender.cancel()
+        assert all(hit is not None for hit in await asyncio.gather(*others))  # its read still answered them
+        assert backend.gets == 2
+    finally:
+        await cache.close()
+
+
+async def test_a_read_sent_too_long_ago_is_not_shared_and_a_gone_caller_does_not_cancel_it() -> None:
+    clock = Clock()
+    near = NearCache(0.2, clock=clock)
+    loop = asyncio.get_running_loop()
+    read: asyncio.Future[bytes | None] = loop.create_future()
+    near.reading("k", read, sent_at=100.0)
+    assert near.read_under_way("k") is read
+    clock.now = 100.2  # as old as a copy may be: a new request sends its own read
+    assert near.read_under_way("k") is None
+    clock.now = 100.1
+    waiter = asyncio.ensure_future(asyncio.shield(read))
+    await asyncio.sleep(0)
+    waiter.cancel()  # the caller went away
+    read.set_result(b"v")
+    await asyncio.sleep(0)
+    assert near.read_under_way("k") is None  # answered: forgotten
+    near.reading("k", loop.create_future(), sent_at=100.1)
+    near.drop("k")  # the removing replica forgets reads on their way as it forgets copies
+    assert near.read_under_way("k") is None

@@ -12,12 +12,19 @@ starts once ``PUT /v1/admin/kb/documents/{id}`` or ``POST /v1/admin/cache/invali
 never gets the removed answer, as without this copy; the price is that wait on each removal. The replica that
 removes drops its own copies at once. Values are kept as stored (compressed bytes) and decoded per request, so no
 two requests share a mutable answer object.
+
+A read on its way counts as the copy it will leave: requests that find no fresh copy while a read of the same key,
+sent less than ``ttl_s`` ago, is still unanswered wait for that read instead of sending their own (the same rule,
+so the same guarantee). Without it, each time a popular answer's copy expired under load every request arriving
+during the round trip sent a GET of its own (bench server, 32 connections: 10-22 GETs every 0.2 s instead of one).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from functools import partial
 
 
 class NearCache:
@@ -28,6 +35,7 @@ class NearCache:
         self.max_entries = max_entries
         self.clock = clock
         self._entries: dict[str, tuple[float, bytes]] = {}
+        self._reads: dict[str, tuple[float, asyncio.Future[bytes | None]]] = {}  # reads on their way, by key
 
     def get(self, key: str) -> bytes | None:
         """The value while fresh, else None (and a stale one is forgotten)."""
@@ -48,11 +56,30 @@ class NearCache:
             self._make_room()
         self._entries[key] = (sent_at, value)
 
+    def read_under_way(self, key: str) -> asyncio.Future[bytes | None] | None:
+        """A read of ``key`` sent less than ``ttl_s`` ago and not answered yet: as fresh as the copy it will leave."""
+        item = self._reads.get(key)
+        if item is None or self.clock() - item[0] >= self.ttl_s:
+            return None
+        return item[1]
+
+    def reading(self, key: str, read: asyncio.Future[bytes | None], sent_at: float) -> None:
+        """``read`` of ``key`` was sent at ``sent_at``: later requests may wait for it (see read_under_way)."""
+        self._reads[key] = (sent_at, read)
+        read.add_done_callback(partial(self._answered, key))
+
+    def _answered(self, key: str, read: asyncio.Future[bytes | None]) -> None:
+        item = self._reads.get(key)
+        if item is not None and item[1] is read:
+            del self._reads[key]
+
     def drop(self, key: str) -> None:
         self._entries.pop(key, None)
+        self._reads.pop(key, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._reads.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -274,11 +274,20 @@ class AnswerCache:
         if near is None:
             return await self._guarded("get", lambda: self.backend.get(key), None)
         raw = near.get(key)
-        if raw is None:
+        if raw is not None:
+            return raw
+        read = near.read_under_way(key)
+        if read is None:
             sent_at = near.clock()  # before the read goes out: see cache/near.py
-            raw = await self._guarded("get", lambda: self.backend.get(key), None)
-            if raw is not None:
-                near.put(key, raw, sent_at)
+            read = asyncio.ensure_future(self._read_for_near(near, key, sent_at))
+            near.reading(key, read, sent_at)
+        # Shielded: a caller that goes away (a client disconnect) does not take the read from those sharing it.
+        return await asyncio.shield(read)
+
+    async def _read_for_near(self, near: NearCache, key: str, sent_at: float) -> bytes | None:
+        raw = await self._guarded("get", lambda: self.backend.get(key), None)
+        if raw is not None:
+            near.put(key, raw, sent_at)
         return raw
 
     async def _mirror(self, scope_id: str) -> _Mirror | None:
