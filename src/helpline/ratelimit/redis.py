@@ -72,9 +72,25 @@ end
 if #given_back > 0 then redis.call('ZREM', KEYS[1], unpack(given_back)) end
 local f = {}
 for field in string.gmatch(ARGV[3], '%S+') do f[#f + 1] = field end
+-- Each log is pruned and read once per call, then followed here as the batch charges it: {count, oldest entry}.
+local logs = {}
+local windows = {}  -- logs charged in this call: their expiry is set once, at the end
+local function log_of(key, window)
+  local log = logs[key]
+  if log == nil then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local count = redis.call('ZCARD', key)
+    local oldest = false
+    if count > 0 then oldest = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) end
+    log = {count, oldest}
+    logs[key] = log
+  end
+  return log
+end
+local held = false  -- leases in the set, once read
+local leased = false
 local p = 1
 local out = {}
-local leases_pruned = false
 while p <= #f do
   local cap, token, n = tonumber(f[p]), f[p + 1], tonumber(f[p + 2])
   local tiers = p + 3  -- this request's n tiers: (key index, limit, window) from here
@@ -89,14 +105,11 @@ while p <= #f do
   local states = {}
   for i = 0, n - 1 do
     local at = tiers + 3 * i
-    local key = KEYS[tonumber(f[at])]
     local limit, window = tonumber(f[at + 1]), tonumber(f[at + 2])
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-    local count = redis.call('ZCARD', key)
+    local log = log_of(KEYS[tonumber(f[at])], window)
+    local count = log[1]
     local reset = 0
-    if count > 0 then
-      reset = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) + window - now
-    end
+    if count > 0 then reset = log[2] + window - now end
     if seen then
       count = count - 1  -- as the first run reported it, before its own charge
     elseif count >= limit then
@@ -109,11 +122,11 @@ while p <= #f do
   end
   local in_flight = 0
   if cap > 0 then
-    if not leases_pruned then
+    if held == false then
       redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-      leases_pruned = true
+      held = redis.call('ZCARD', KEYS[1])
     end
-    in_flight = redis.call('ZCARD', KEYS[1])
+    in_flight = held
     if seen then
       in_flight = in_flight - 1
     elseif in_flight >= cap then
@@ -125,18 +138,25 @@ while p <= #f do
   if allowed == 1 and not seen then
     for i = 0, n - 1 do
       local at = tiers + 3 * i
-      redis.call('ZADD', KEYS[tonumber(f[at])], now, token)
-      redis.call('PEXPIRE', KEYS[tonumber(f[at])], f[at + 2])
+      local key = KEYS[tonumber(f[at])]
+      redis.call('ZADD', key, now, token)
+      local log = logs[key]
+      if log[1] == 0 then log[2] = now end
+      log[1] = log[1] + 1
+      windows[key] = f[at + 2]
     end
     if cap > 0 then
       redis.call('ZADD', KEYS[1], now + ttl, token)
-      if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+      held = held + 1
+      leased = true
     end
   end
   if allowed == 1 and cap > 0 then in_flight = in_flight + 1 end
   out[#out + 1] = string.format('%d %d %d %d', allowed, refused, retry, in_flight)
   for i = 1, #states do out[#out + 1] = string.format('%d', states[i]) end
 end
+for key, window in pairs(windows) do redis.call('PEXPIRE', key, window) end
+if leased and redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return table.concat(out, ' ')
 """
 
