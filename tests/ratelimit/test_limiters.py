@@ -166,6 +166,23 @@ async def test_redis_keys_of_one_evaluation_share_a_slot(make_limiter: MakeLimit
     assert len({key_slot(key.encode()) for key in keys}) == 1
 
 
+async def test_one_batch_counts_down_as_it_charges(make_limiter: MakeLimiter) -> None:
+    """Requests decided together (one script call on Redis, which reads each log once and follows it as it
+    charges) see what they would see one after another."""
+    limiter = await make_limiter(max_concurrent=6)
+    await limiter.acquire([], lease=False)  # connected (a cluster is discovered) before the burst
+    decisions = await asyncio.gather(*(limiter.acquire([ip()]) for _ in range(7)))
+    assert [decision.allowed for decision in decisions] == [True] * 5 + [False] * 2
+    assert [decision.headline.remaining for decision in decisions if decision.headline] == [4, 3, 2, 1, 0, 0, 0]
+    assert all(0 < decision.headline.reset_s <= 60 for decision in decisions if decision.headline)
+    assert [decision.in_flight for decision in decisions[:5]] == [1, 2, 3, 4, 5]
+    assert [decision.refused_by for decision in decisions[5:]] == ["ip", "ip"]
+    assert all(0 < decision.retry_after_s <= 60 for decision in decisions[5:])
+    again = await limiter.acquire([ip("198.51.100.2")])  # the next call reads the lease set afresh
+    assert again.allowed
+    assert again.in_flight == 6
+
+
 async def test_requests_decided_in_one_batch_are_each_all_or_nothing_in_arrival_order(
     make_limiter: MakeLimiter,
 ) -> None:
