@@ -1,0 +1,131 @@
+"""A/B of two builds end to end: a cached `/v1/chat` against `/healthz`, both builds served at once, alternating.
+
+Run: `.venv/bin/python -m bench.ab BASE NEW [--setup redis|embedded] [--rounds 6] [--seconds 3]`, BASE and NEW
+git revisions (checked out into temporary worktrees) or source directories (a `src` inside is used). Needs `wrk`.
+
+Why: on these shared 2-core machines a build's rate moves by ±15 % from one minute to the next, so two runs of
+bench.cache minutes apart cannot tell a 5 % change. Here both builds run the same bench.cache server (setup,
+question, 32 connections) side by side; each round measures `/healthz` then a hit on one build, then the other
+(the order alternates), so a slow moment hits both. Printed: medians over the rounds of the rates, the throughput
+ratio, the server's main-thread and whole-process CPU per hit (/proc), Redis's CPU per hit, and the paired
+per-round difference of the ratio (NEW - BASE) with how many rounds NEW won.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from tests.fakes.gemini import FakeGemini
+from tests.test_serve import serving
+
+from bench.cache import LUA, QUESTION, REPLY, setups, wrk
+from bench.common import ROOT, cpu_seconds
+
+
+@contextlib.contextmanager
+def source(spec: str, workdir: Path) -> Iterator[Path]:
+    """The `src` directory of a source tree, or of a git revision checked out into a temporary worktree."""
+    given = Path(spec)
+    if given.is_dir():
+        yield given / "src" if (given / "src").is_dir() else given
+        return
+    tree = workdir / f"tree-{len(list(workdir.iterdir()))}"
+    git = ["git", "-C", str(ROOT)]
+    subprocess.run([*git, "worktree", "add", "--detach", "--quiet", str(tree), spec], check=True)  # noqa: S603
+    try:
+        yield tree / "src"
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=True)  # noqa: S603
+
+
+def redis_pid() -> int | None:
+    """The local Redis server's process (the oldest redis-server: the one on 6379 starts first), for its CPU."""
+    found = sorted(int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _comm(d) == "redis-server")
+    return found[0] if found else None
+
+
+def _comm(process: Path) -> str:
+    try:
+        return (process / "comm").read_text(encoding="utf-8").strip()
+    except OSError:  # gone meanwhile
+        return ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("base")
+    parser.add_argument("new")
+    parser.add_argument("--setup", choices=["embedded", "redis"], default="redis")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    options = parser.parse_args()
+    redis = redis_pid()
+    with tempfile.TemporaryDirectory() as tmp, FakeGemini(reply_text=REPLY) as gemini, contextlib.ExitStack() as stack:
+        trees, work = Path(tmp, "trees"), Path(tmp, "work")
+        trees.mkdir()
+        work.mkdir()
+        setup = setups(gemini.base_url)[0 if options.setup == "embedded" else 1]
+        servers: list[tuple[str, str, int]] = []
+        for name, spec in (("base", options.base), ("new", options.new)):
+            src = stack.enter_context(source(spec, trees))
+            env = dict(setup.env)
+            if "HELPLINE_TENANT" in env:
+                env["HELPLINE_TENANT"] += f"-{name}"  # each build its own keys on the shared Redis
+            home = work / name
+            home.mkdir()
+            previous = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = str(src)  # the server process imports this build
+            try:
+                base_url, process = stack.enter_context(serving(home, env, quiet=True))
+            finally:
+                os.environ.pop("PYTHONPATH") if previous is None else os.environ.update(PYTHONPATH=previous)
+            for _ in range(2):  # the miss that fills the cache, then a hit
+                httpx.post(f"{base_url}/v1/chat", json={"message": QUESTION}, timeout=30).raise_for_status()
+            servers.append((name, base_url, process.pid))
+        script = work / "post.lua"
+        script.write_text(LUA, encoding="utf-8")
+        rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in servers}
+        for number in range(options.rounds):
+            for name, base_url, pid in servers if number % 2 == 0 else servers[::-1]:
+                health = wrk(base_url, "/healthz", None, pid, options.seconds)
+                redis_before = cpu_seconds(redis) if redis else 0.0
+                hit = wrk(base_url, "/v1/chat", script, pid, options.seconds)
+                redis_us = (cpu_seconds(redis) - redis_before) / max(hit["requests"], 1.0) * 1e6 if redis else 0.0
+                assert hit["errors"] == 0, hit
+                rows[name].append({
+                    "health": health["rps"], "hit": hit["rps"], "ratio": hit["rps"] / health["rps"],
+                    "main_us": hit["loop_us"], "cpu_us": hit["cpu_us"], "redis_us": redis_us,
+                    "health_main_us": health["loop_us"],
+                })  # fmt: skip
+    print(f"{setup.name}: {options.rounds} alternating rounds of {options.seconds:g} s per endpoint, medians")
+    print("| build | /healthz req/s | hit req/s | ratio | hit main-thread µs | /healthz main-thread µs | hit CPU µs "
+          "| Redis CPU µs/hit |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for (name, _, _), spec in zip(servers, (options.base, options.new), strict=True):
+        runs = rows[name]
+
+        def median(key: str, runs: list[dict[str, float]] = runs) -> float:
+            return statistics.median(run[key] for run in runs)
+
+        print(
+            f"| {name} ({spec}) | {median('health'):.0f} | {median('hit'):.0f} | {median('ratio'):.3f} "
+            f"| {median('main_us'):.0f} | {median('health_main_us'):.0f} | {median('cpu_us'):.0f} "
+            f"| {median('redis_us'):.0f} |"
+        )
+    paired = [new["ratio"] - base["ratio"] for base, new in zip(rows["base"], rows["new"], strict=True)]
+    print(
+        f"ratio, new - base per round: median {statistics.median(paired):+.3f}; "
+        f"new higher in {sum(delta > 0 for delta in paired)} of {len(paired)} rounds"
+    )
+
+
+if __name__ == "__main__":
+    main()
