@@ -5,10 +5,11 @@ git revisions (checked out into temporary worktrees) or source directories (a `s
 
 Why: on these shared 2-core machines a build's rate moves by ±15 % from one minute to the next, so two runs of
 bench.cache minutes apart cannot tell a 5 % change. Here both builds run the same bench.cache server (setup,
-question, 32 connections) side by side; each round measures `/healthz` then a hit on one build, then the other
-(the order alternates), so a slow moment hits both. Printed: medians over the rounds of the rates, the throughput
-ratio, the server's main-thread and whole-process CPU per hit (/proc), Redis's CPU per hit, and the paired
-per-round difference of the ratio (NEW - BASE) with how many rounds NEW won.
+question, 32 connections) side by side; each round starts both servers afresh, then measures `/healthz` and a hit
+on one build, then on the other (the order alternates), so a slow moment hits both. Printed: medians over the
+rounds of the rates, the throughput ratio, the server's main-thread CPU per hit and per `/healthz`, its
+whole-process CPU per hit (/proc), Redis's CPU per hit, and the paired per-round difference of the ratio
+(NEW - BASE) with how many rounds NEW won.
 """
 
 from __future__ import annotations
@@ -59,6 +60,25 @@ def _comm(process: Path) -> str:
         return ""
 
 
+@contextlib.contextmanager
+def started(src: Path, env: dict[str, str], home: Path) -> Iterator[tuple[str, int]]:
+    """bench.cache's server on the build in ``src``, its cache filled with the question's answer."""
+    home.mkdir()
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(src)  # the server process imports this build
+    try:
+        server = serving(home, env, quiet=True)
+        base_url, process = server.__enter__()
+    finally:
+        os.environ.pop("PYTHONPATH") if previous is None else os.environ.update(PYTHONPATH=previous)
+    try:
+        for _ in range(2):  # the miss that fills the cache, then a hit
+            httpx.post(f"{base_url}/v1/chat", json={"message": QUESTION}, timeout=30).raise_for_status()
+        yield base_url, process.pid
+    finally:
+        server.__exit__(None, None, None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base")
@@ -68,48 +88,44 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     options = parser.parse_args()
     redis = redis_pid()
+    builds = (("base", options.base), ("new", options.new))
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name, _ in builds}
     with tempfile.TemporaryDirectory() as tmp, FakeGemini(reply_text=REPLY) as gemini, contextlib.ExitStack() as stack:
         trees, work = Path(tmp, "trees"), Path(tmp, "work")
         trees.mkdir()
         work.mkdir()
         setup = setups(gemini.base_url)[0 if options.setup == "embedded" else 1]
-        servers: list[tuple[str, str, int]] = []
-        for name, spec in (("base", options.base), ("new", options.new)):
-            src = stack.enter_context(source(spec, trees))
-            env = dict(setup.env)
-            if "HELPLINE_TENANT" in env:
-                env["HELPLINE_TENANT"] += f"-{name}"  # each build its own keys on the shared Redis
-            home = work / name
-            home.mkdir()
-            previous = os.environ.get("PYTHONPATH")
-            os.environ["PYTHONPATH"] = str(src)  # the server process imports this build
-            try:
-                base_url, process = stack.enter_context(serving(home, env, quiet=True))
-            finally:
-                os.environ.pop("PYTHONPATH") if previous is None else os.environ.update(PYTHONPATH=previous)
-            for _ in range(2):  # the miss that fills the cache, then a hit
-                httpx.post(f"{base_url}/v1/chat", json={"message": QUESTION}, timeout=30).raise_for_status()
-            servers.append((name, base_url, process.pid))
+        sources = {name: stack.enter_context(source(spec, trees)) for name, spec in builds}
         script = work / "post.lua"
         script.write_text(LUA, encoding="utf-8")
-        rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in servers}
         for number in range(options.rounds):
-            for name, base_url, pid in servers if number % 2 == 0 else servers[::-1]:
-                health = wrk(base_url, "/healthz", None, pid, options.seconds)
-                redis_before = cpu_seconds(redis) if redis else 0.0
-                hit = wrk(base_url, "/v1/chat", script, pid, options.seconds)
-                redis_us = (cpu_seconds(redis) - redis_before) / max(hit["requests"], 1.0) * 1e6 if redis else 0.0
-                assert hit["errors"] == 0, hit
-                rows[name].append({
-                    "health": health["rps"], "hit": hit["rps"], "ratio": hit["rps"] / health["rps"],
-                    "main_us": hit["loop_us"], "cpu_us": hit["cpu_us"], "redis_us": redis_us,
-                    "health_main_us": health["loop_us"],
-                })  # fmt: skip
+            # Fresh servers every round: one process can run a few per cent faster than another on the same code
+            # for its whole life (where it landed), which alternation alone does not cancel.
+            with contextlib.ExitStack() as round_servers:
+                servers = []
+                for name, _ in builds:
+                    env = dict(setup.env)
+                    if "HELPLINE_TENANT" in env:
+                        env["HELPLINE_TENANT"] += f"-{name}{number}"  # its own keys on the shared Redis
+                    base_url, pid = round_servers.enter_context(started(sources[name], env, work / f"{name}{number}"))
+                    wrk(base_url, "/v1/chat", script, pid, 1.0)  # warm
+                    servers.append((name, base_url, pid))
+                for name, base_url, pid in servers if number % 2 == 0 else servers[::-1]:
+                    health = wrk(base_url, "/healthz", None, pid, options.seconds)
+                    redis_before = cpu_seconds(redis) if redis else 0.0
+                    hit = wrk(base_url, "/v1/chat", script, pid, options.seconds)
+                    redis_us = (cpu_seconds(redis) - redis_before) / max(hit["requests"], 1.0) * 1e6 if redis else 0.0
+                    assert hit["errors"] == 0, hit
+                    rows[name].append({
+                        "health": health["rps"], "hit": hit["rps"], "ratio": hit["rps"] / health["rps"],
+                        "main_us": hit["loop_us"], "cpu_us": hit["cpu_us"], "redis_us": redis_us,
+                        "health_main_us": health["loop_us"],
+                    })  # fmt: skip
     print(f"{setup.name}: {options.rounds} alternating rounds of {options.seconds:g} s per endpoint, medians")
     print("| build | /healthz req/s | hit req/s | ratio | hit main-thread µs | /healthz main-thread µs | hit CPU µs "
           "| Redis CPU µs/hit |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
-    for (name, _, _), spec in zip(servers, (options.base, options.new), strict=True):
+    for name, spec in builds:
         runs = rows[name]
 
         def median(key: str, runs: list[dict[str, float]] = runs) -> float:
