@@ -225,6 +225,23 @@ async def test_a_burst_of_admissions_costs_one_script_call(make_limiter: MakeLim
 
 
 @pytest.mark.parametrize("backend", ["redis", "cluster"])
+async def test_a_key_named_twice_by_one_request_counts_once_for_the_rest_of_its_batch(
+    make_limiter: MakeLimiter,
+) -> None:
+    """The script follows each log's count through a batch; a request naming one key in two tiers adds one entry
+    (its token), so the requests after it must see one, as they would one after another."""
+    limiter = await make_limiter()
+    assert isinstance(limiter, RedisLimiter)
+    rate = Rate(3, 60)
+    twice = (Tier("ip", "ip:203.0.113.9", rate), Tier("session", "ip:203.0.113.9", rate))
+    batch = [_Admission("tok-a", 0, twice), *(_Admission(f"tok-{n}", 0, twice[:1]) for n in "bc")]
+    answers = await limiter._admit(batch)
+    assert [answer[0] for answer in answers] == [1, 1, 1]  # allowed: 3 entries for a limit of 3
+    assert [answer[4] for answer in answers] == [0, 1, 2]  # the count each one found before its charge
+    assert await limiter.client.zcard(limiter.key(twice[0])) == 3
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
 async def test_a_retried_admission_call_is_answered_as_the_first_run_was(make_limiter: MakeLimiter) -> None:
     """redis-py retries a script call whose reply it lost; the script may have run. The second run must not count
     each request against itself: it would be refused, charged, and its lease left to nobody."""

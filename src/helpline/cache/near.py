@@ -73,6 +73,12 @@ class NearCache:
         if item is not None and item[1] is read:
             del self._reads[key]
 
+    async def settled(self) -> None:
+        """Returns once the reads on their way now have been answered (each is bounded by the store's timeout)."""
+        reads = [read for _, read in self._reads.values()]
+        if reads:
+            await asyncio.wait(reads)
+
     def drop(self, key: str) -> None:
         self._entries.pop(key, None)
         self._reads.pop(key, None)

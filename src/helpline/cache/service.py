@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import secrets
 import time
 from collections import Counter, OrderedDict
@@ -279,7 +280,10 @@ class AnswerCache:
         read = near.read_under_way(key)
         if read is None:
             sent_at = near.clock()  # before the read goes out: see cache/near.py
-            read = asyncio.ensure_future(self._read_for_near(near, key, sent_at))
+            # In a context of its own: its log lines (a store error) belong to no one request of those sharing it.
+            read = asyncio.get_running_loop().create_task(
+                self._read_for_near(near, key, sent_at), context=contextvars.Context()
+            )
             near.reading(key, read, sent_at)
         # Shielded: a caller that goes away (a client disconnect) does not take the read from those sharing it.
         return await asyncio.shield(read)
@@ -466,10 +470,12 @@ class AnswerCache:
             await self._guarded("popularity", lambda: self.backend.bump_popularity(counts), None)
 
     async def close(self) -> None:
-        """Send the last counts, then close the store's connections."""
+        """Send the last counts and let reads on their way finish, then close the store's connections."""
         if self._hits_sending is not None:
             await self._hits_sending
         await self.flush_popularity()
+        if self._near is not None:
+            await self._near.settled()
         await self.backend.close()
 
     async def _popular(self, tags: Sequence[str], min_hits: int, current: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -73,6 +73,7 @@ if #given_back > 0 then redis.call('ZREM', KEYS[1], unpack(given_back)) end
 local f = {}
 for field in string.gmatch(ARGV[3], '%S+') do f[#f + 1] = field end
 -- Each log is pruned and read once per call, then followed here as the batch charges it: {count, oldest entry}.
+-- (A key names one tier of one identity, so it always comes with the same window.)
 local logs = {}
 local windows = {}  -- logs charged in this call: their expiry is set once, at the end
 local function log_of(key, window)
@@ -139,10 +140,11 @@ while p <= #f do
     for i = 0, n - 1 do
       local at = tiers + 3 * i
       local key = KEYS[tonumber(f[at])]
-      redis.call('ZADD', key, now, token)
-      local log = logs[key]
-      if log[1] == 0 then log[2] = now end
-      log[1] = log[1] + 1
+      if redis.call('ZADD', key, now, token) == 1 then  -- a key named twice by one request holds it once
+        local log = logs[key]
+        if log[1] == 0 then log[2] = now end
+        log[1] = log[1] + 1
+      end
       windows[key] = f[at + 2]
     end
     if cap > 0 then
@@ -216,6 +218,7 @@ class RedisLimiter:
         self._releases = ReleaseBatcher(self._remove_leases)
         self._given_back: list[str] = []  # let go of while an admission call was collecting: it removes them
         self._loose: list[str] = []  # let go of while none was: handed over on the next turn of the loop
+        self._hand_over_due = False
         self._admissions: GroupCommit[_Admission, list[int]] = GroupCommit(
             self._admit, stall_s=ADMISSION_STALL_S, max_items=ADMISSION_BATCH, name="ratelimit-admit"
         )
@@ -353,10 +356,12 @@ class RedisLimiter:
             self._given_back.append(token)
             return
         self._loose.append(token)
-        if len(self._loose) == 1:
+        if not self._hand_over_due:
             asyncio.get_running_loop().call_soon(self._hand_over)
+            self._hand_over_due = True  # only once it is: a failed call_soon leaves the next let-go to schedule it
 
     def _hand_over(self) -> None:
+        self._hand_over_due = False
         loose, self._loose = self._loose, []
         if self._admissions.collecting:
             self._given_back += loose
