@@ -348,14 +348,29 @@ def count_lone_releases(limiter: RedisLimiter, monkeypatch: pytest.MonkeyPatch) 
     return sent
 
 
+async def counting_limiter(
+    make_limiter: MakeLimiter, monkeypatch: pytest.MonkeyPatch, max_concurrent: int
+) -> tuple[RedisLimiter, list[list[str]]]:
+    """A Redis limiter, and the releases it sends on their own (count_lone_releases)."""
+    limiter = await make_limiter(max_concurrent=max_concurrent)
+    assert isinstance(limiter, RedisLimiter)
+    return limiter, count_lone_releases(limiter, monkeypatch)
+
+
+async def sent_alone(lone: list[list[str]]) -> None:
+    """Until a release has gone on its own (up to a second): nothing else is under way to wait for."""
+    for _ in range(100):
+        if lone:
+            return
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("backend", ["redis", "cluster"])
 async def test_a_lease_let_go_rides_on_the_admission_call_collecting_and_frees_its_slot_for_it(
     make_limiter: MakeLimiter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One Redis command for both: the script removes the given-back lease before it counts the cap."""
-    limiter = await make_limiter(max_concurrent=2)
-    assert isinstance(limiter, RedisLimiter)
-    lone = count_lone_releases(limiter, monkeypatch)
+    limiter, lone = await counting_limiter(make_limiter, monkeypatch, max_concurrent=2)
     held = [await limiter.acquire([]) for _ in range(2)]
     waiting = asyncio.create_task(limiter.acquire([]))
     await asyncio.sleep(0)  # its batch is open, not sent yet
@@ -372,9 +387,7 @@ async def test_a_lease_let_go_rides_on_the_admission_call_collecting_and_frees_i
 async def test_a_lease_let_go_between_admissions_rides_on_one_opened_in_the_same_turn_or_goes_alone(
     make_limiter: MakeLimiter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    limiter = await make_limiter(max_concurrent=1)
-    assert isinstance(limiter, RedisLimiter)
-    lone = count_lone_releases(limiter, monkeypatch)
+    limiter, lone = await counting_limiter(make_limiter, monkeypatch, max_concurrent=1)
     first = await limiter.acquire([])
     assert first.lease is not None
     assert not limiter._admissions.collecting
@@ -384,10 +397,7 @@ async def test_a_lease_let_go_between_admissions_rides_on_one_opened_in_the_same
     assert lone == []
     assert again.lease is not None
     again.lease.let_go()  # no admission follows: it goes alone
-    for _ in range(100):
-        if lone:
-            break
-        await asyncio.sleep(0.01)
+    await sent_alone(lone)
     assert lone == [[again.lease.token]]
     assert await limiter.in_flight() == 0
 
@@ -396,9 +406,7 @@ async def test_a_lease_let_go_between_admissions_rides_on_one_opened_in_the_same
 async def test_leases_carried_by_a_failed_admission_call_are_sent_again_on_their_own(
     make_limiter: MakeLimiter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    limiter = await make_limiter(max_concurrent=5)
-    assert isinstance(limiter, RedisLimiter)
-    lone = count_lone_releases(limiter, monkeypatch)
+    limiter, lone = await counting_limiter(make_limiter, monkeypatch, max_concurrent=5)
     held = await limiter.acquire([])
     assert held.lease is not None
     run = limiter._run_admission
@@ -413,10 +421,7 @@ async def test_leases_carried_by_a_failed_admission_call_are_sent_again_on_their
     held.lease.let_go()  # rides on the call that fails
     with pytest.raises(ConnectionError):
         await doomed
-    for _ in range(100):
-        if lone:
-            break
-        await asyncio.sleep(0.01)
+    await sent_alone(lone)
     assert lone == [[held.lease.token]]
     for _ in range(100):  # the failed caller's own lease is given back later (ORPHAN_RELEASE_DELAY_S)
         if await limiter.in_flight() == 0:
