@@ -273,7 +273,7 @@ class RedisLimiter:
         for request in requests:
             fields.append(f"{request.cap} {request.token} {len(request.tiers)}")
             for tier in request.tiers:
-                key = self._prefix + tier.key
+                key = self.key(tier)
                 position = positions.get(key)
                 if position is None:
                     keys.append(key)
