@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import subprocess
 import tempfile
@@ -64,19 +63,11 @@ def _comm(process: Path) -> str:
 def started(src: Path, env: dict[str, str], home: Path) -> Iterator[tuple[str, int]]:
     """bench.cache's server on the build in ``src``, its cache filled with the question's answer."""
     home.mkdir()
-    previous = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(src)  # the server process imports this build
-    try:
-        server = serving(home, env, quiet=True)
-        base_url, process = server.__enter__()
-    finally:
-        os.environ.pop("PYTHONPATH") if previous is None else os.environ.update(PYTHONPATH=previous)
-    try:
+    # serving() starts from this process's environment and adds ``env``: the server imports this build.
+    with serving(home, {**env, "PYTHONPATH": str(src)}, quiet=True) as (base_url, process):
         for _ in range(2):  # the miss that fills the cache, then a hit
             httpx.post(f"{base_url}/v1/chat", json={"message": QUESTION}, timeout=30).raise_for_status()
         yield base_url, process.pid
-    finally:
-        server.__exit__(None, None, None)
 
 
 def main() -> None:
