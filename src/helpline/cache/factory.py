@@ -11,21 +11,24 @@ from helpline.config import Settings
 from helpline.observability.metrics import record_redis_fallback
 from helpline.redisconn import create_redis
 
+# Extra time for a store call whose deadline passed while the event loop ran late (helpline/overload.py); with the
+# deadline, the client's own read timeout.
+OVERLOAD_TIMEOUT_S = 1.0
 NAMESPACE = "hl:c4"  # bump when the stored format changes (c3: tag hashes carry the document version; c4: a scope set)
 
 
 def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> AnswerCache:
     keys = KeySpace(NAMESPACE, settings.tenant)
-    backend: CacheBackend = (
-        RedisBackend(create_redis(settings.redis_url, timeout_s=settings.cache_timeout_s), keys.prefix)
-        if settings.redis_url
-        else MemoryBackend()
-    )
+    backend: CacheBackend = MemoryBackend()
+    if settings.redis_url:
+        client = create_redis(settings.redis_url, timeout_s=settings.cache_timeout_s + OVERLOAD_TIMEOUT_S)
+        backend = RedisBackend(client, keys.prefix)
     cache_settings = CacheSettings(
         ttl_s=settings.cache_ttl_s,
         threshold=settings.cache_semantic_threshold,
         margin=settings.cache_semantic_margin,
         timeout_s=settings.cache_timeout_s,
+        overload_timeout_s=OVERLOAD_TIMEOUT_S,
         # How long a replica waits for another's answer at most. The holder's lock is renewed while it works and
         # lapses within 3 s if it dies, so this only bounds a shopper's wait on a holder that is still working: a
         # first-token deadline (then the router hedges to the next provider) plus a whole reply's. A reply cut and

@@ -32,6 +32,7 @@ from helpline.cache.keys import CacheScope, KeySpace, digest, normalize
 from helpline.cache.near import NearCache
 from helpline.errors import ServiceUnavailable
 from helpline.knowledge.embeddings import from_bytes, to_bytes
+from helpline.overload import LoopLag, patiently
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -142,6 +143,9 @@ class CacheSettings:
     threshold: float = 0.9
     margin: float = 0.1  # the best match must beat every cached question with a different answer by this much
     timeout_s: float = 0.15
+    # More time for a call whose deadline passed while our own event loop ran late (helpline/overload.py): the store
+    # was not what was slow, and bypassing it would send cached questions to a provider when time is shortest.
+    overload_timeout_s: float = 1.0
     bypass_s: float = 2.0
     candidates: int = 20
     # The answer lock across replicas (see AnswerCache.peer_lock): its holder renews it every third of lock_ttl_s;
@@ -177,6 +181,8 @@ class AnswerCache:
         self._decompressor = zstandard.ZstdDecompressor()
         self._decoded: dict[bytes, CachedAnswer] = {}  # see _decode
         self._bypass_until = 0.0
+        self._lag = LoopLag()
+        self.overload_waits = 0  # store calls given more time because our loop, not the store, ran late
         self._flights: dict[str, Flight] = {}
         self.invalidations = 0  # invalidations this process has made (a flight begun before one may be stale)
         self._cleanups: set[asyncio.Task[None]] = set()
@@ -201,8 +207,11 @@ class AnswerCache:
         try:
             if self.backend.kind == "memory":  # in-process: cannot hang, and a timer per call costs on every hit
                 return await call()
-            async with asyncio.timeout(self.settings.timeout_s):
-                return await call()
+            settings = self.settings
+            return await patiently(
+                call(), self._lag, timeout_s=settings.timeout_s, overload_timeout_s=settings.overload_timeout_s,
+                on_overload=self._overloaded,
+            )  # fmt: skip
         except Exception as error:  # noqa: BLE001 - the cache must never fail a request
             self._bypass_until = time.monotonic() + self.settings.bypass_s
             log.warning(
@@ -210,6 +219,9 @@ class AnswerCache:
             )
             self._on_event("store_error", operation)
             return default
+
+    def _overloaded(self) -> None:
+        self.overload_waits += 1
 
     async def connect(self, timeout_s: float = 2.0) -> bool:
         """At start-up: open the connection (and learn a cluster's slots) outside any request's tight timeout."""
@@ -460,7 +472,10 @@ class AnswerCache:
         self._hits[key] += 1
         due = time.monotonic() - self._hits_sent_at >= POPULARITY_FLUSH_S or len(self._hits) >= POPULARITY_BATCH
         if due and (self._hits_sending is None or self._hits_sending.done()):
-            self._hits_sending = asyncio.create_task(self.flush_popularity(), name="cache-popularity")
+            # In a context of its own: its log lines (a store error) belong to no one request.
+            self._hits_sending = asyncio.get_running_loop().create_task(
+                self.flush_popularity(), name="cache-popularity", context=contextvars.Context()
+            )
 
     async def flush_popularity(self) -> None:
         """Send the hits counted so far (lost, with a log line, if the store is down: they only rank re-warming)."""
@@ -476,6 +491,7 @@ class AnswerCache:
         await self.flush_popularity()
         if self._near is not None:
             await self._near.settled()
+        self._lag.stop()
         await self.backend.close()
 
     async def _popular(self, tags: Sequence[str], min_hits: int, current: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -8,11 +8,9 @@ A small breaker keeps the outage cheap: after a failure Redis is skipped for ``c
 time probes it (bounded by ``timeout_s``) while the others keep using the fallback, so an outage costs at most one
 timeout per cooldown rather than one per request.
 
-A slow answer is not always a slow Redis. Under a burst the event loop itself runs late (a cold worker took 0.5-0.8 s
-to read fifty answers Redis had sent at once), and tripping then would hand decisions to N per-replica limiters
-exactly when a burst makes them overshoot. So when ``timeout_s`` passes while the loop's own timers were running
-late (:class:`LoopLag`), the same call is given up to ``overload_timeout_s`` more; a Redis that is really silent
-while the loop is idle still trips after ``timeout_s``.
+A slow answer is not always a slow Redis: when ``timeout_s`` passes while our own event loop was running late, the
+same call is given up to ``overload_timeout_s`` more (helpline/overload.py); tripping then would hand decisions to
+N per-replica limiters exactly when a burst makes them overshoot.
 
 The deadline is per admission call, not per request: concurrent requests share one Redis call (GroupCommit in
 ratelimit/redis.py), and the wrapper bounds that call (``RedisLimiter.bound_admissions``). A request waits at most
@@ -24,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import structlog
 from redis.exceptions import RedisError
 
+from helpline.overload import LoopLag, patiently
 from helpline.ratelimit.base import Decision
 from helpline.ratelimit.memory import MemoryLimiter
 from helpline.ratelimit.policies import Tier
@@ -41,47 +39,6 @@ log = structlog.get_logger(__name__)
 # What "Redis did not answer" looks like from redis-py and asyncio; anything else is a bug and propagates.
 REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 T = TypeVar("T")
-LATE_SHARE = 0.2  # the loop ran its timers this late (as a share of timeout_s) during the call: it was overloaded
-
-
-class LoopLag:
-    """How late this event loop has been running its timers: a heartbeat every ``interval_s`` notes its delay."""
-
-    def __init__(self, interval_s: float = 0.05) -> None:
-        self._interval_s = interval_s
-        self._beats: deque[tuple[float, float]] = deque(maxlen=128)  # (loop time, how late)
-        self._expected = 0.0
-        self._handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self) -> None:
-        """Beat on the running loop (again, if an earlier loop has gone: its beats say nothing about this one)."""
-        loop = asyncio.get_running_loop()
-        if self._handle is None or self._loop is not loop:
-            self.stop()
-            self._beats.clear()
-            self._loop = loop
-            self._expected = loop.time() + self._interval_s
-            self._handle = loop.call_at(self._expected, self._beat)
-
-    def _beat(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        self._beats.append((now, now - self._expected))
-        self._expected = now + self._interval_s
-        self._handle = loop.call_at(self._expected, self._beat)
-
-    def worst_since(self, since: float) -> float:
-        """The largest delay seen since loop time ``since``, counting a heartbeat that is overdue right now."""
-        if self._handle is None:
-            return 0.0
-        overdue = asyncio.get_running_loop().time() - self._expected
-        return max([overdue, *(late for at, late in self._beats if at >= since)])
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 class FallbackLimiter:
@@ -143,32 +100,16 @@ class FallbackLimiter:
 
     async def _patiently(self, work: Coroutine[Any, Any, T]) -> T:
         """The outcome of one admission call (a batch of requests) within ``timeout_s``, or within
-        ``overload_timeout_s`` more if our loop ran late; otherwise TimeoutError.
+        ``overload_timeout_s`` more if our loop ran late; otherwise TimeoutError. A call given up on is left to
+        finish (see :func:`helpline.overload.patiently`); the lease it may take is given back after it
+        (RedisLimiter._give_back_later)."""
+        return await patiently(
+            work, self._lag, timeout_s=self._timeout_s, overload_timeout_s=self._overload_timeout_s,
+            on_overload=self._overloaded,
+        )  # fmt: skip
 
-        A call given up on is not cancelled: redis-py closes a connection whose command is cancelled mid-flight,
-        so every timed-out batch against a slow Redis would drop a pooled connection and the next command would
-        pay a new handshake over the slow link. It runs on until Redis answers or the client's own read timeout
-        ends it (the lease it may take is given back after it: RedisLimiter._give_back_later). Only a caller
-        cancelled itself (shutdown) stops it."""
-        self._lag.start()
-        started = asyncio.get_running_loop().time()
-        call = asyncio.ensure_future(work)
-        try:
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    return await asyncio.shield(call)
-            except TimeoutError:
-                if self._lag.worst_since(started) < self._timeout_s * LATE_SHARE:
-                    raise  # the loop was responsive: Redis is what is slow
-                self.overload_waits += 1
-            async with asyncio.timeout(self._overload_timeout_s):
-                return await asyncio.shield(call)
-        except TimeoutError:
-            call.add_done_callback(_quietly)  # its late failure is expected; nobody awaits it any more
-            raise
-        except BaseException:
-            call.cancel()
-            raise
+    def _overloaded(self) -> None:
+        self.overload_waits += 1
 
     async def warm_up(self, timeout_s: float = 3.0) -> None:
         """Connect before serving; a Redis that is down at start is logged and the replica starts on the fallback."""
@@ -212,9 +153,3 @@ class FallbackLimiter:
             "overload_waits": self.overload_waits,
             "leases_held_here": len(self.primary.keeper.held) + len(self.fallback.keeper.held),
         }
-
-
-def _quietly(call: asyncio.Future[Any]) -> None:
-    """Retrieve the outcome of a call given up on, so a late failure is not reported as never retrieved."""
-    if not call.cancelled():
-        call.exception()
