@@ -71,9 +71,14 @@ async def patiently(
     timeout_s: float,
     overload_timeout_s: float,
     on_overload: Callable[[], None] | None = None,
+    given_up: asyncio.Future[None] | None = None,
 ) -> T:
     """The outcome of ``work`` within ``timeout_s``, or within ``overload_timeout_s`` more if the loop ran late
     meanwhile (``on_overload`` is told); otherwise TimeoutError.
+
+    ``given_up``: done once the caller has stopped using the store (another call's failure made it so): no more time
+    then, and no more wait. Without it, a burst of calls to a silent store read the time the first ones took to fail
+    (or to open connections) as a late loop, and waited a second more for a store already given up on.
 
     A call given up on is not cancelled: redis-py closes a connection whose command is cancelled mid-flight, so every
     call timed out against a slow Redis would drop a pooled connection and the next command would pay a new handshake
@@ -87,18 +92,27 @@ async def patiently(
             async with asyncio.timeout(timeout_s):
                 return await asyncio.shield(call)
         except TimeoutError:
-            if lag.worst_since(started) < timeout_s * LATE_SHARE:
-                raise  # the loop was responsive: the store is what is slow
+            if (given_up is not None and given_up.done()) or lag.worst_since(started) < timeout_s * LATE_SHARE:
+                raise  # the loop was responsive: the store is what is slow (or it is not used any more)
             if on_overload is not None:
                 on_overload()
-        async with asyncio.timeout(overload_timeout_s):
-            return await asyncio.shield(call)
+        # asyncio.wait neither cancels what it waits for nor raises on a timeout
+        waiting: set[asyncio.Future[Any]] = {call} if given_up is None else {call, given_up}
+        await asyncio.wait(waiting, timeout=overload_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        return _outcome(call)
     except TimeoutError:
         call.add_done_callback(_quietly)  # its late failure is expected; nobody awaits it any more
         raise
     except BaseException:
         call.cancel()
         raise
+
+
+def _outcome(call: asyncio.Future[T]) -> T:
+    """The call's result; TimeoutError while it is still under way."""
+    if not call.done():
+        raise TimeoutError
+    return call.result()
 
 
 def _quietly(call: asyncio.Future[Any]) -> None:

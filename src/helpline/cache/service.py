@@ -145,7 +145,7 @@ class CacheSettings:
     timeout_s: float = 0.15
     # More time for a call whose deadline passed while our own event loop ran late (helpline/overload.py): the store
     # was not what was slow, and bypassing it would send cached questions to a provider when time is shortest.
-    overload_timeout_s: float = 1.0
+    overload_timeout_s: float = 0.35
     bypass_s: float = 2.0
     candidates: int = 20
     # The answer lock across replicas (see AnswerCache.peer_lock): its holder renews it every third of lock_ttl_s;
@@ -182,6 +182,7 @@ class AnswerCache:
         self._decoded: dict[bytes, CachedAnswer] = {}  # see _decode
         self._bypass_until = 0.0
         self._lag = LoopLag()
+        self._bypassed: asyncio.Future[None] | None = None  # see _bypass_signal
         self.overload_waits = 0  # store calls given more time because our loop, not the store, ran late
         self._flights: dict[str, Flight] = {}
         self.invalidations = 0  # invalidations this process has made (a flight begun before one may be stale)
@@ -210,10 +211,12 @@ class AnswerCache:
             settings = self.settings
             return await patiently(
                 call(), self._lag, timeout_s=settings.timeout_s, overload_timeout_s=settings.overload_timeout_s,
-                on_overload=self._overloaded,
+                on_overload=self._overloaded, given_up=self._bypass_signal(),
             )  # fmt: skip
         except Exception as error:  # noqa: BLE001 - the cache must never fail a request
             self._bypass_until = time.monotonic() + self.settings.bypass_s
+            if self._bypassed is not None and not self._bypassed.done():
+                self._bypassed.set_result(None)
             log.warning(
                 "cache_store_unavailable", operation=operation, error=type(error).__name__, backend=self.backend.kind
             )
@@ -222,6 +225,14 @@ class AnswerCache:
 
     def _overloaded(self) -> None:
         self.overload_waits += 1
+
+    def _bypass_signal(self) -> asyncio.Future[None]:
+        """Done once the store is bypassed after a call failed: calls given more time for a late loop stop waiting
+        for a store this process has stopped using (see helpline.overload.patiently)."""
+        signal = self._bypassed
+        if signal is None or (signal.done() and self.available):
+            signal = self._bypassed = asyncio.get_running_loop().create_future()
+        return signal
 
     async def connect(self, timeout_s: float = 2.0) -> bool:
         """At start-up: open the connection (and learn a cluster's slots) outside any request's tight timeout."""
@@ -486,13 +497,15 @@ class AnswerCache:
 
     async def close(self) -> None:
         """Send the last counts and let reads on their way finish, then close the store's connections."""
-        if self._hits_sending is not None:
-            await self._hits_sending
-        await self.flush_popularity()
-        if self._near is not None:
-            await self._near.settled()
-        self._lag.stop()
-        await self.backend.close()
+        try:
+            if self._hits_sending is not None:
+                await self._hits_sending
+            await self.flush_popularity()
+            if self._near is not None:
+                await self._near.settled()
+        finally:
+            self._lag.stop()
+            await self.backend.close()
 
     async def _popular(self, tags: Sequence[str], min_hits: int, current: Mapping[str, str]) -> list[tuple[str, str]]:
         """The (question, locale) of the popular answers under ``tags``, read before they go. Best effort, as it
