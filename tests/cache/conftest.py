@@ -45,7 +45,9 @@ async def cache_backend(
         yield MemoryBackend()
         return
     url = REDIS_URL if cache_backend_kind == "redis" else request.getfixturevalue("cache_cluster_url")
-    client = create_redis(url, timeout_s=1.0)
+    # generous: a cluster client's first command opens a connection to every node, and on a loaded machine one of
+    # those took over the production 0.25 s twice (CI, session 16)
+    client = create_redis(url, timeout_s=1.0, connect_timeout_s=2.0)
     backend = RedisBackend(client, keyspace.prefix)
     yield backend
     async for key in client.scan_iter(match=keyspace.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):

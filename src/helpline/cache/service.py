@@ -229,9 +229,9 @@ class AnswerCache:
     def _bypass_signal(self) -> asyncio.Future[None]:
         """Done once the store is bypassed after a call failed: calls given more time for a late loop stop waiting
         for a store this process has stopped using (see helpline.overload.patiently)."""
-        signal = self._bypassed
-        if signal is None or (signal.done() and self.available):
-            signal = self._bypassed = asyncio.get_running_loop().create_future()
+        signal, loop = self._bypassed, asyncio.get_running_loop()
+        if signal is None or (signal.done() and self.available) or signal.get_loop() is not loop:
+            signal = self._bypassed = loop.create_future()  # (a future of a loop that has gone says nothing here)
         return signal
 
     async def connect(self, timeout_s: float = 2.0) -> bool:
