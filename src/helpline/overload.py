@@ -78,7 +78,7 @@ async def patiently(
 
     ``given_up``: done once the caller has stopped using the store (another call's failure made it so): no more time
     then, and no more wait. Without it, a burst of calls to a silent store read the time the first ones took to fail
-    (or to open connections) as a late loop, and waited a second more for a store already given up on.
+    (or to open connections) as a late loop, and waited the whole allowance for a store already given up on.
 
     A call given up on is not cancelled: redis-py closes a connection whose command is cancelled mid-flight, so every
     call timed out against a slow Redis would drop a pooled connection and the next command would pay a new handshake

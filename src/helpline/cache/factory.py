@@ -6,15 +6,11 @@ from helpline.cache.backend import CacheBackend, MemoryBackend
 from helpline.cache.guards import SemanticGuard
 from helpline.cache.keys import KeySpace
 from helpline.cache.redis_backend import RedisBackend
-from helpline.cache.service import AnswerCache, CacheSettings
+from helpline.cache.service import OVERLOAD_TIMEOUT_S, AnswerCache, CacheSettings
 from helpline.config import Settings
 from helpline.observability.metrics import record_redis_fallback
 from helpline.redisconn import create_redis
 
-# Extra time for a store call whose deadline passed while the event loop ran late (helpline/overload.py); with the
-# deadline, the client's own read timeout. Short: a burst against a silent store may wait it once, every request
-# of the burst (a late loop cannot be told from one made late by the burst), before the store is bypassed.
-OVERLOAD_TIMEOUT_S = 0.35
 NAMESPACE = "hl:c4"  # bump when the stored format changes (c3: tag hashes carry the document version; c4: a scope set)
 
 
@@ -29,7 +25,6 @@ def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> Answe
         threshold=settings.cache_semantic_threshold,
         margin=settings.cache_semantic_margin,
         timeout_s=settings.cache_timeout_s,
-        overload_timeout_s=OVERLOAD_TIMEOUT_S,
         # How long a replica waits for another's answer at most. The holder's lock is renewed while it works and
         # lapses within 3 s if it dies, so this only bounds a shopper's wait on a holder that is still working: a
         # first-token deadline (then the router hedges to the next provider) plus a whole reply's. A reply cut and

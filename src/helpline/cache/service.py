@@ -36,6 +36,11 @@ from helpline.overload import LoopLag, patiently
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+# More time for a store call whose deadline passed while our own event loop ran late (helpline/overload.py): the store
+# was not what was slow, and bypassing it would send cached questions to a provider when time is shortest. Short: a
+# burst against a silent store may wait it once, every request of the burst (a late loop cannot be told from one made
+# late by the burst), before the store is bypassed. With the deadline, the Redis client's own read timeout.
+OVERLOAD_TIMEOUT_S = 0.35
 POPULARITY_FLUSH_S = 1.0
 POPULARITY_BATCH = 1000  # distinct keys: sent sooner rather than held in memory
 POPULARITY_READS = 8  # store reads at once while ranking answers to re-warm (a slice of the 64-connection pool)
@@ -143,9 +148,7 @@ class CacheSettings:
     threshold: float = 0.9
     margin: float = 0.1  # the best match must beat every cached question with a different answer by this much
     timeout_s: float = 0.15
-    # More time for a call whose deadline passed while our own event loop ran late (helpline/overload.py): the store
-    # was not what was slow, and bypassing it would send cached questions to a provider when time is shortest.
-    overload_timeout_s: float = 0.35
+    overload_timeout_s: float = OVERLOAD_TIMEOUT_S
     bypass_s: float = 2.0
     candidates: int = 20
     # The answer lock across replicas (see AnswerCache.peer_lock): its holder renews it every third of lock_ttl_s;
