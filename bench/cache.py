@@ -67,13 +67,13 @@ _NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 
 
 def wrk(base: str, path: str, script: Path | None, pid: int, seconds: float = DURATION_S) -> dict[str, float]:
-    """One wrk run; ``cpu_us`` is the server's CPU time per request (less sensitive to a noisy neighbour than the
-    rate, since it does not count the time the server waited for a core)."""
+    """One wrk run; ``cpu_us`` is the server's CPU time per request, its writing process's included (less sensitive
+    to a noisy neighbour than the rate, since it does not count the time the server waited for a core)."""
     args = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency"]
     args += ["-s", str(script)] if script else []
-    cpu_before, loop_before = cpu_seconds(pid), cpu_seconds(pid, main_thread=True)
+    cpu_before, loop_before = cpu_seconds(pid, children=True), cpu_seconds(pid, main_thread=True)
     output = subprocess.run([*args, base + path], capture_output=True, text=True, check=True).stdout  # noqa: S603
-    cpu = cpu_seconds(pid) - cpu_before
+    cpu = cpu_seconds(pid, children=True) - cpu_before
     loop = cpu_seconds(pid, main_thread=True) - loop_before
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     latency = {f"p{q}": float(v) * scale[unit] for q, v, unit in _LATENCY.findall(output)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import time
@@ -94,9 +95,27 @@ def server_process(workdir: Path, env_extra: dict[str, str] | None = None) -> It
         yield base, process.pid
 
 
-def cpu_seconds(pid: int, *, main_thread: bool = False) -> float:
+def cpu_seconds(pid: int, *, main_thread: bool = False, children: bool = False) -> float:
     """User + system CPU time a process has used so far: all its threads, or only its main thread (the event loop
-    of a uvicorn worker, what saturates first) with ``main_thread`` (Linux /proc)."""
+    of a uvicorn worker, what saturates first) with ``main_thread`` (Linux /proc). With ``children``, its child
+    processes' too, running or ended (SQLite's writing process, see ``store.sqlite_writer``)."""
     path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
     fields = Path(path).read_text(encoding="ascii").rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # children already waited for
+    seconds = ticks / os.sysconf("SC_CLK_TCK")
+    if children:
+        for child in _children(pid):
+            with contextlib.suppress(OSError):  # ended meanwhile
+                seconds += cpu_seconds(child, children=True)
+    return seconds
+
+
+def _children(pid: int) -> set[int]:
+    """The running child processes of ``pid`` (of any of its threads)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found.update(int(child) for child in (task / "children").read_text(encoding="ascii").split())
+    return found

@@ -41,7 +41,7 @@ from helpline.providers.local import LocalProvider
 from helpline.providers.ollama import OllamaProvider
 from helpline.providers.router import FallbackRouter, RouterTimings
 from helpline.ratelimit.service import RateLimiter
-from helpline.store import db
+from helpline.store import db, sqlite_writer
 from helpline.store.repositories import (
     ApiKeyRepository,
     ConversationRepository,
@@ -121,11 +121,11 @@ async def bootstrap_admin(settings: Settings, api_keys: ApiKeyRepository, state:
 
 
 def conversation_writer(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> ConversationWriter:
-    """The write-behind writer, started; on an SQLite file its batches run on a thread of their own (see
-    ``db.ThreadWrites``), which its ``close`` lets go of."""
-    writes = db.thread_writes(settings.database_url)
+    """The write-behind writer, started; on an SQLite file its batches are written by a process of their own (see
+    ``store.sqlite_writer``), which its ``close`` lets go of."""
+    writes = sqlite_writer.for_database(settings.database_url)
     writer = ConversationWriter(
-        ConversationRepository(sessions, thread_writes=writes).write_batch,
+        ConversationRepository(sessions, writing_process=writes).write_batch,
         on_failure=lambda _error: record_conversation_write_failure(),
         release=writes.close if writes is not None else None,
         on_backlog=set_conversation_backlog,

@@ -55,7 +55,10 @@ async def test_close_releases_what_the_write_holds_after_the_last_batch() -> Non
     async def write(batch: Sequence[object]) -> None:
         events.append(f"batch of {len(batch)}")
 
-    writer = ConversationWriter(write, release=lambda: events.append("released"))
+    async def release() -> None:
+        events.append("released")
+
+    writer = ConversationWriter(write, release=release)
     writer.start()
     for index in range(3):
         writer.add(index)

@@ -10,13 +10,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, Dialect, Table, delete, func, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from helpline.store.db import ThreadWrites
 from helpline.store.models import (
     ApiKey,
     ChatSession,
@@ -28,6 +26,9 @@ from helpline.store.models import (
     utcnow,
 )
 from helpline.store.writer import ConversationWriter, PendingSession
+
+if TYPE_CHECKING:
+    from helpline.store.sqlite_writer import WritingProcess
 
 API_KEY_PREFIX = "hl_"
 
@@ -143,11 +144,11 @@ class ConversationRepository:
         sessions: async_sessionmaker[AsyncSession],
         writer: ConversationWriter | None = None,
         *,
-        thread_writes: ThreadWrites | None = None,
+        writing_process: WritingProcess | None = None,
     ) -> None:
         self._sessions = sessions
         self._writer = writer
-        self._thread_writes = thread_writes  # write_batch's transactions run there when given (SQLite files)
+        self._writing_process = writing_process  # write_batch's transactions run there when given (SQLite files)
 
     async def create_session(self, owner: Principal, locale: str | None) -> str:
         session_id = new_session_id()
@@ -184,9 +185,11 @@ class ConversationRepository:
     async def write_batch(self, items: Sequence[object]) -> None:
         """One transaction for a write-behind batch: bulk INSERTs (Core, not the ORM's unit of work, which costs
         far more per row), sessions first so every exchange finds its session. On an SQLite file, whole on its
-        writing thread, bound by position (:class:`PositionalInsert`)."""
-        if self._thread_writes is not None:
-            await self._thread_writes.run(partial(_write_positionally, items))
+        writing process (``sqlite_writer``), as tuples bound by position there (:class:`PositionalInsert`)."""
+        if self._writing_process is not None:
+            new = [(i.session_id, i.owner_key_id, i.locale) for i in items if isinstance(i, PendingSession)]
+            rows = [_exchange_row(i) for i in items if isinstance(i, ConversationRecord)]
+            await self._writing_process.write(new, rows)
             return
         sessions = [
             {"id": i.session_id, "owner_key_id": i.owner_key_id, "locale": i.locale, "created_at": utcnow()}
@@ -277,15 +280,14 @@ class ConversationRepository:
 
 
 class PositionalInsert:
-    """A multi-row INSERT bound by position: SQLite's writing thread (``db.ThreadWrites``) writes a batch with it.
+    """A multi-row INSERT bound by position: SQLite's writing process (``sqlite_writer``) writes a batch with it.
 
-    SQLAlchemy's executemany builds and processes a dict per row: 17 µs of the thread's CPU a record, mostly
-    holding the GIL that the event loop then waits for (writing a cached answer's two rows that way cost it about a
-    tenth of its throughput at saturation); this way, 12 µs, of which about 5 are SQLite's own work without the
-    GIL. It binds tuples read straight off the records, converts them with the bind processors of the
-    same column types (the timestamp's text form, the JSON), so what the app reads back is what SQLAlchemy itself
-    would have written (tested), and sends up to ``PAGE`` rows a statement: one statement step, not one a row (a
-    step lets go of the GIL, and getting it back from a busy event loop can take a whole switch interval).
+    SQLAlchemy's executemany builds and processes a dict per row: 17 µs of CPU a record; this way, 12 µs, of which
+    about 5 are SQLite's own work. It binds tuples read straight off the records, converts them with the bind
+    processors of the same column types (the timestamp's text form, the JSON), so what the app reads back is what
+    SQLAlchemy itself would have written (tested), and sends up to ``PAGE`` rows a statement: one statement step,
+    not one a row. ``idempotent`` writes ``INSERT OR IGNORE`` (SQLite's): a row whose unique id is already there
+    is skipped, for a batch that may already be in (see ``sqlite_writer``).
 
     ``columns`` are given in the table's order (checked), which the compiled statement follows; rows bind in it."""
 
@@ -301,9 +303,9 @@ class PositionalInsert:
         self._processors: list[tuple[int, Callable[[Any], Any]]] = []
         self._head = self._group = ""
         self._page = 1
-        self._statements: dict[int, str] = {}
+        self._statements: dict[tuple[int, bool], str] = {}
 
-    def execute(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
+    def execute(self, connection: Connection, rows: Sequence[Sequence[Any]], *, idempotent: bool = False) -> None:
         if connection.dialect is not self._dialect:
             self._prepare(connection.dialect)
         processors, page_rows = self._processors, self._page
@@ -315,14 +317,14 @@ class PositionalInsert:
                 for index, process in processors:
                     converted[index] = process(converted[index])
                 values.extend(converted)
-            connection.exec_driver_sql(self._sql(len(page)), tuple(values))
+            connection.exec_driver_sql(self._sql(len(page), idempotent), tuple(values))
 
     def _prepare(self, dialect: Dialect) -> None:
         compiled = insert(self.table).compile(dialect=dialect, column_keys=list(self.columns))
         if tuple(compiled.positiontup or ()) != self.columns:  # the statement binds in another order: refuse
             raise RuntimeError(f"{self.table.name}: unexpected parameter order {compiled.positiontup}")
         head, separator, group = str(compiled).partition(" VALUES ")
-        if not separator:
+        if not separator or not head.startswith("INSERT INTO "):
             raise RuntimeError(f"{self.table.name}: unexpected INSERT form")
         self._head, self._group = head + separator, group
         self._page = max(1, min(self.PAGE, dialect.insertmanyvalues_max_parameters // len(self.columns)))
@@ -334,10 +336,11 @@ class PositionalInsert:
                 self._processors.append((index, process))
         self._dialect = dialect
 
-    def _sql(self, rows: int) -> str:
-        statement = self._statements.get(rows)
+    def _sql(self, rows: int, idempotent: bool) -> str:
+        statement = self._statements.get((rows, idempotent))
         if statement is None:
-            statement = self._statements[rows] = self._head + ", ".join([self._group] * rows)
+            head = self._head.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1) if idempotent else self._head
+            statement = self._statements[rows, idempotent] = head + ", ".join([self._group] * rows)
         return statement
 
 
@@ -352,15 +355,21 @@ if {field.name for field in dataclasses.fields(ConversationRecord)} != set(_EXCH
     raise ImportError("ConversationRecord's fields and the conversations table's columns differ")
 
 
-def _write_positionally(items: Sequence[object], connection: Connection) -> None:
-    """A write-behind batch on SQLite's writing thread: sessions first, so every exchange finds its session."""
-    now = utcnow()
-    sessions = [(i.session_id, i.owner_key_id, i.locale, now) for i in items if isinstance(i, PendingSession)]
-    exchanges = [_exchange_row(i) for i in items if isinstance(i, ConversationRecord)]
+def write_rows(
+    connection: Connection,
+    sessions: Sequence[tuple[Any, ...]],
+    exchanges: Sequence[tuple[Any, ...]],
+    *,
+    idempotent: bool = False,
+) -> None:
+    """A write-behind batch in SQLite's writing process: sessions first, so every exchange finds its session.
+    ``sessions`` are (id, owner_key_id, locale), created now; ``exchanges`` are records' fields in
+    ``_EXCHANGES.columns``' order (``_exchange_row``)."""
     if sessions:
-        _SESSIONS.execute(connection, sessions)  # in _SESSIONS.columns' order: id, owner_key_id, locale, created_at
+        now = utcnow()
+        _SESSIONS.execute(connection, [(*session, now) for session in sessions], idempotent=idempotent)
     if exchanges:
-        _EXCHANGES.execute(connection, exchanges)
+        _EXCHANGES.execute(connection, exchanges, idempotent=idempotent)
 
 
 def _row_values(record: ConversationRecord) -> dict[str, Any]:

@@ -43,12 +43,12 @@ class ConversationWriter:
         linger_s: float = 0.01,
         on_failure: Callable[[BaseException], None] | None = None,
         max_backoff_s: float = 5.0,
-        release: Callable[[], None] | None = None,
+        release: Callable[[], Awaitable[None]] | None = None,
         on_backlog: Callable[[int], None] | None = None,
         report_s: float = 1.0,
     ) -> None:
         self._write = write
-        self._release = release  # what ``write`` holds (a thread, a connection), let go once the last batch is in
+        self._release = release  # what ``write`` holds (a process, a connection), let go once the last batch is in
         # Told the records not yet written every ``report_s`` (a metric), from a task of its own: not per record,
         # which would cost every request, and not per batch, which would freeze it while a write hangs.
         self._on_backlog = on_backlog
@@ -106,7 +106,7 @@ class ConversationWriter:
             self._on_backlog(self.backlog)
         if self._release is not None:
             release, self._release = self._release, None
-            await asyncio.to_thread(release)
+            await release()
 
     async def _run(self) -> None:
         while True:
