@@ -15,7 +15,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,6 +181,29 @@ async def test_a_process_killed_mid_batch_loses_nothing_and_writes_nothing_twice
     await writer.close()
 
 
+async def test_a_process_that_ended_between_batches_is_started_again_for_the_next(
+    sqlite_engine: tuple[str, AsyncEngine],
+) -> None:
+    url, engine = sqlite_engine
+    writes = WritingProcess(url)
+    repository = ConversationRepository(db.session_factory(engine), writing_process=writes)
+    try:
+        await repository.write_batch(exchanges(2, "a"))
+        first = writes.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)  # idle: no batch of ours is lost with it
+        for _ in range(200):
+            if writes.pid is None:
+                break
+            await asyncio.sleep(0.02)
+        assert writes.pid is None
+        await repository.write_batch(exchanges(2, "b"))  # no error: a new process writes it
+        assert writes.pid not in (None, first)
+        assert await count_rows(engine) == (4, 4)
+    finally:
+        await writes.close()
+
+
 def frame(idempotent: bool, items: list[object]) -> bytes:
     sessions = [(i.session_id, i.owner_key_id, i.locale) for i in items if isinstance(i, PendingSession)]
     rows = [_exchange_row(i) for i in items if isinstance(i, ConversationRecord)]
@@ -191,11 +213,7 @@ def frame(idempotent: bool, items: list[object]) -> bytes:
 
 def spawn(url: str) -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
     """The writing process started as the server starts it, with plain pipes: the protocol byte for byte."""
-    child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "helpline.store.sqlite_writer", url],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": sqlite_writer.PACKAGE_ROOT},
-    )  # fmt: skip
+    child = subprocess.Popen(sqlite_writer.command(url), stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # noqa: S603
     assert child.stdin is not None
     assert child.stdout is not None
     return child, child.stdin, child.stdout

@@ -38,8 +38,16 @@ from sqlalchemy.engine import make_url
 log = structlog.get_logger(__name__)
 
 HEADER = 8  # bytes of a frame's length
-# The child finds this very package whatever put it on the server's path (an install, PYTHONPATH, a test).
+# Where this very package was found: the child finds it there whatever put it on the server's path (an install,
+# PYTHONPATH, a test's sys.path); added to the child's path only when missing, and after what is there.
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+# The child's first steps: ignore the signals a terminal or a service manager sends to the whole process group
+# (before the imports, which take a third of a second), find the package, write.
+BOOT = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "sys.argv[1] in sys.path or sys.path.append(sys.argv[1]); "
+    "from helpline.store.sqlite_writer import main; main(sys.argv[2])"
+)
 CLOSE_TIMEOUT_S = 30.0  # shutdown waits this long for the batch under way (SQLite's busy timeout), then kills
 
 
@@ -60,14 +68,18 @@ class WritingProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        """The writing process's, while it runs (None before the first batch, after ``close``, once it has ended)."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
 
     async def write(self, sessions: Sequence[tuple[Any, ...]], exchanges: Sequence[tuple[Any, ...]]) -> None:
         """Return once the rows are committed."""
         async with self._lock:
             if self._closed:
                 raise WritingProcessError("the writing process is closed")
-            process = self._process if self._process is not None else await self._start()
+            process = self._process
+            if process is None or process.returncode is not None:  # not started, or ended between batches
+                process = await self._start()
             frame = pickle.dumps((self._unsure, sessions, exchanges), protocol=pickle.HIGHEST_PROTOCOL)
             stdin, stdout = process.stdin, process.stdout
             assert stdin is not None  # noqa: S101 - both are pipes (see _start)
@@ -109,11 +121,9 @@ class WritingProcess:
                 await process.wait()
 
     async def _start(self) -> asyncio.subprocess.Process:
-        path = os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", __name__, self._url,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": path},
-        )  # fmt: skip
+            *command(self._url), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
         log.info("conversation_writing_process_started", pid=self._process.pid)
         return self._process
 
@@ -121,6 +131,11 @@ class WritingProcess:
         process, self._process = self._process, None
         if process is not None and process.returncode is None:
             process.kill()
+
+
+def command(database_url: str) -> list[str]:
+    """How the server starts the writing process (its stdin and stdout then carry the batches and the answers)."""
+    return [sys.executable, "-c", BOOT, PACKAGE_ROOT, database_url]
 
 
 def for_database(database_url: str) -> WritingProcess | None:
