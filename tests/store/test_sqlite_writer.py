@@ -15,6 +15,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,7 +128,7 @@ async def test_a_refused_batch_is_rolled_back_reported_by_type_only_and_the_proc
             await ConversationRepository(db.session_factory(engine), writing_process=writes).write_batch(
                 [*good[:2], orphan]
             )
-        assert str(refused.value) == "error IntegrityError"
+        assert str(refused.value) == "refused: IntegrityError"
         assert "4111" not in str(refused.value)
         assert await count_rows(engine) == (0, 0)  # the session written before the failure was rolled back
         pid = writes.pid
@@ -181,6 +182,64 @@ async def test_a_process_killed_mid_batch_loses_nothing_and_writes_nothing_twice
     await writer.close()
 
 
+async def test_a_batch_committed_without_an_answer_stays_uncertain_until_one_is_answered_ok(
+    sqlite_engine: tuple[str, AsyncEngine], tmp_path: Path
+) -> None:
+    """The wait for a batch is cancelled after the child has committed it (its answer unread): the batch is
+    uncertain. A batch refused in between (rolled back) settles nothing, so the same batch sent again is still
+    written idempotently: it succeeds, once. (Clearing the uncertainty on any answer made every later retry of it
+    fail on its unique ids, for ever: review.)"""
+    url, engine = sqlite_engine
+    writes = WritingProcess(url)
+    repository = ConversationRepository(db.session_factory(engine), writing_process=writes)
+    try:
+        await repository.write_batch(exchanges(1, "warm"))  # started and imported
+        batch = exchanges(3)
+        task = asyncio.create_task(repository.write_batch(batch))
+        await asyncio.sleep(0)  # the frame is sent; the task waits for the answer
+        reader = sqlite3.connect(tmp_path / "helpline.db")
+        deadline = time.monotonic() + 30
+        # The event loop is held here, so the answer cannot be read before the cancellation.
+        while reader.execute("SELECT count(*) FROM conversations").fetchone()[0] < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)  # noqa: ASYNC251
+        reader.close()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        orphan = ConversationRecord("no-such-session", "q", "a", "m", "p", 1, "r")
+        with pytest.raises(WritingProcessError, match="refused"):
+            await repository.write_batch([orphan])
+        await repository.write_batch(batch)  # already in: skipped, not refused
+        assert await count_rows(engine) == (4, 4)
+        # Answered ok since: a plain INSERT again, which refuses a repeat.
+        with pytest.raises(WritingProcessError, match="refused: IntegrityError"):
+            await repository.write_batch(batch[:1])
+    finally:
+        await writes.close()
+
+
+async def test_the_process_has_a_session_of_its_own_and_ignores_the_working_directory(
+    sqlite_engine: tuple[str, AsyncEngine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of the terminal's process group (its Ctrl+C does not reach it); and a module in the server's working
+    directory named like one the child imports does not shadow it there (the server itself never imports from it)."""
+    url, engine = sqlite_engine
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / "pickle.py").write_text("raise ImportError('the working directory was searched')\n")
+    monkeypatch.chdir(here)
+    writes = WritingProcess(url)
+    try:
+        await ConversationRepository(db.session_factory(engine), writing_process=writes).write_batch(exchanges(1))
+        pid = writes.pid
+        assert pid is not None
+        assert os.getsid(pid) == pid != os.getsid(0)
+    finally:
+        await writes.close()
+    assert await count_rows(engine) == (1, 1)
+
+
 async def test_a_process_that_ended_between_batches_is_started_again_for_the_next(
     sqlite_engine: tuple[str, AsyncEngine],
 ) -> None:
@@ -204,10 +263,10 @@ async def test_a_process_that_ended_between_batches_is_started_again_for_the_nex
         await writes.close()
 
 
-def frame(idempotent: bool, items: list[object]) -> bytes:
+def frame(number: int, idempotent: bool, items: list[object]) -> bytes:
     sessions = [(i.session_id, i.owner_key_id, i.locale) for i in items if isinstance(i, PendingSession)]
     rows = [_exchange_row(i) for i in items if isinstance(i, ConversationRecord)]
-    body = pickle.dumps((idempotent, sessions, rows))
+    body = pickle.dumps((number, idempotent, sessions, rows))
     return len(body).to_bytes(sqlite_writer.HEADER, "big") + body
 
 
@@ -229,13 +288,15 @@ async def test_a_batch_sent_again_after_an_unknown_outcome_is_not_written_twice(
     batch = exchanges(70)  # more than one statement page
     child, stdin, stdout = spawn(url)
     answers = []
-    for idempotent, items in ((False, batch), (False, batch), (True, batch), (True, [*batch, *exchanges(5, "t")])):
-        stdin.write(frame(idempotent, items))
+    sends = ((False, batch), (False, batch), (True, batch), (True, [*batch, *exchanges(5, "t")]))
+    for number, (idempotent, items) in enumerate(sends, 1):
+        stdin.write(frame(number, idempotent, items))
         stdin.flush()
         answers.append(await asyncio.to_thread(stdout.readline))
     stdin.close()
     assert await asyncio.to_thread(child.wait, 30) == 0  # the end of its input: it exits, cleanly
-    assert answers == [b"ok\n", b"error IntegrityError\n", b"ok\n", b"ok\n"]
+    stdout.close()
+    assert answers == [b"ok 1\n", b"error 2 IntegrityError\n", b"ok 3\n", b"ok 4\n"]
     assert await count_rows(engine) == (75, 75)
 
 
@@ -246,16 +307,17 @@ async def test_the_process_ignores_ctrl_c_and_exits_once_the_server_has_gone(
     shutdown hands it. A server that dies without closing anything closes the pipe all the same: it exits."""
     url, engine = sqlite_engine
     child, stdin, stdout = spawn(url)
-    stdin.write(frame(False, exchanges(1)))
+    stdin.write(frame(1, False, exchanges(1)))
     stdin.flush()
-    assert await asyncio.to_thread(stdout.readline) == b"ok\n"  # started, signal handlers in place
+    assert await asyncio.to_thread(stdout.readline) == b"ok 1\n"  # started, signal handlers in place
     child.send_signal(signal.SIGINT)
     child.send_signal(signal.SIGTERM)
-    stdin.write(frame(False, exchanges(2, "after")))
+    stdin.write(frame(2, False, exchanges(2, "after")))
     stdin.flush()
-    assert await asyncio.to_thread(stdout.readline) == b"ok\n"
+    assert await asyncio.to_thread(stdout.readline) == b"ok 2\n"
     stdin.close()  # as the kernel does for a server killed outright
     assert await asyncio.to_thread(child.wait, 30) == 0
+    stdout.close()
     assert await count_rows(engine) == (3, 3)
 
 

@@ -286,8 +286,9 @@ class PositionalInsert:
     about 5 are SQLite's own work. It binds tuples read straight off the records, converts them with the bind
     processors of the same column types (the timestamp's text form, the JSON), so what the app reads back is what
     SQLAlchemy itself would have written (tested), and sends up to ``PAGE`` rows a statement: one statement step,
-    not one a row. ``idempotent`` writes ``INSERT OR IGNORE`` (SQLite's): a row whose unique id is already there
-    is skipped, for a batch that may already be in (see ``sqlite_writer``).
+    not one a row. ``idempotent`` adds ``ON CONFLICT DO NOTHING``: a row whose unique key is already there is
+    skipped (any other violation, a NULL where none may be, still fails), for a batch that may already be in (see
+    ``sqlite_writer``).
 
     ``columns`` are given in the table's order (checked), which the compiled statement follows; rows bind in it."""
 
@@ -324,7 +325,7 @@ class PositionalInsert:
         if tuple(compiled.positiontup or ()) != self.columns:  # the statement binds in another order: refuse
             raise RuntimeError(f"{self.table.name}: unexpected parameter order {compiled.positiontup}")
         head, separator, group = str(compiled).partition(" VALUES ")
-        if not separator or not head.startswith("INSERT INTO "):
+        if not separator:
             raise RuntimeError(f"{self.table.name}: unexpected INSERT form")
         self._head, self._group = head + separator, group
         self._page = max(1, min(self.PAGE, dialect.insertmanyvalues_max_parameters // len(self.columns)))
@@ -339,8 +340,8 @@ class PositionalInsert:
     def _sql(self, rows: int, idempotent: bool) -> str:
         statement = self._statements.get((rows, idempotent))
         if statement is None:
-            head = self._head.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1) if idempotent else self._head
-            statement = self._statements[rows, idempotent] = head + ", ".join([self._group] * rows)
+            statement = self._head + ", ".join([self._group] * rows) + (" ON CONFLICT DO NOTHING" if idempotent else "")
+            self._statements[rows, idempotent] = statement
         return statement
 
 

@@ -8,17 +8,21 @@ loop's CPU and 15 % of its throughput (0.46 against 0.54 of `/healthz`), while t
 rate by another process, during the same rounds, cost the server nothing measurable. Here the server only packs
 each batch (about 1.5 µs a cached answer) and sends it down a pipe; the process binds and writes it.
 
-Protocol: on the child's stdin, one frame a batch (8 bytes of length, then a pickle of ``(idempotent, sessions,
-exchanges)``: rows as tuples, see ``repositories.write_rows``); the child writes it in one transaction and answers
-one line on its stdout, ``ok`` or ``error <type>`` (only the exception's type: its text could quote a shopper's
-message). End of stdin: the child exits once the batch under way is in, which is how the server's shutdown drains
-it; a server that dies closes the pipe just the same. The child ignores SIGINT and SIGTERM, which a terminal or a
-service manager sends to the whole process group, so it cannot die before the server has handed it the last batch.
-Pickle is safe here: the only writer of the pipe is the server that started the process.
+Protocol: on the child's stdin, one frame a batch (8 bytes of length, then a pickle of ``(number, idempotent,
+sessions, exchanges)``: rows as tuples, see ``repositories.write_rows``); the child writes it in one transaction
+and answers one line, ``ok <number>`` or ``error <number> <type>`` (only the exception's type: its text could
+quote a shopper's message), on a copy of its stdout made before anything is imported (its fd 1 then points at
+stderr, so nothing printed by accident can pass for an answer; an answer that is not the one expected is treated as
+the process dying). End of stdin: the child exits, which is how the server's shutdown lets it go once the last
+batch is answered; a server that dies closes the pipe just the same. The child runs in a session of its own and
+ignores SIGINT and SIGTERM, which a terminal or a service manager sends to the whole process group, so it does not
+die before the server has handed it the last batch. Pickle is safe here: the only writer of the pipe is the server
+that started the process.
 
-A batch whose answer never came (the process died, or the wait was cancelled) may or may not be in: the next batch,
-which the write-behind writer's retry makes the same one, is written with ``INSERT OR IGNORE``, so a retry of a
-batch that had in fact been committed neither fails for ever on its unique ids nor writes a row twice.
+A batch whose answer never came (the process died, or the wait was cancelled) may or may not be in, and stays so
+until a batch is answered ``ok``: until then every batch (the write-behind writer's retry makes it the same one)
+is written with ``ON CONFLICT DO NOTHING``, so a retry of a batch that had in fact been committed neither fails
+for ever on its unique ids nor writes a row twice, even when a retry in between was refused (a lock, a full disk).
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,17 +41,19 @@ from sqlalchemy.engine import make_url
 log = structlog.get_logger(__name__)
 
 HEADER = 8  # bytes of a frame's length
-# Where this very package was found: the child finds it there whatever put it on the server's path (an install,
-# PYTHONPATH, a test's sys.path); added to the child's path only when missing, and after what is there.
+# Where this very package was found: the child imports it from there whatever put it on the server's path (an
+# install, PYTHONPATH, a test's sys.path): first on the child's path when it is not there already.
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-# The child's first steps: ignore the signals a terminal or a service manager sends to the whole process group
-# (before the imports, which take a third of a second), find the package, write.
+# The child's first steps, before any import: ignore the signals sent to a whole process group, keep its stdout for
+# the answers and point fd 1 at stderr, find the package, write. Run with -P: the working directory is not on its
+# path (a pickle.py there would shadow the real one in the child only).
 BOOT = (
-    "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    "sys.argv[1] in sys.path or sys.path.append(sys.argv[1]); "
-    "from helpline.store.sqlite_writer import main; main(sys.argv[2])"
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN); answers = os.dup(1); os.dup2(2, 1); "
+    "sys.argv[1] in sys.path or sys.path.insert(0, sys.argv[1]); "
+    "from helpline.store.sqlite_writer import main; main(sys.argv[2], answers)"
 )
-CLOSE_TIMEOUT_S = 30.0  # shutdown waits this long for the batch under way (SQLite's busy timeout), then kills
+CLOSE_TIMEOUT_S = 30.0  # shutdown waits this long for the process to exit once its input has ended, then kills
 
 
 class WritingProcessError(RuntimeError):
@@ -62,7 +67,8 @@ class WritingProcess:
     def __init__(self, database_url: str) -> None:
         self._url = database_url
         self._process: asyncio.subprocess.Process | None = None
-        self._unsure = False  # the last batch sent got no answer: the next one is written idempotently
+        self._unsure = False  # a batch got no answer and none has been answered ok since: write idempotently
+        self._number = 0  # of the last batch sent: its answer must carry it
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -80,7 +86,9 @@ class WritingProcess:
             process = self._process
             if process is None or process.returncode is not None:  # not started, or ended between batches
                 process = await self._start()
-            frame = pickle.dumps((self._unsure, sessions, exchanges), protocol=pickle.HIGHEST_PROTOCOL)
+            self._number += 1
+            number = self._number
+            frame = pickle.dumps((number, self._unsure, sessions, exchanges), protocol=pickle.HIGHEST_PROTOCOL)
             stdin, stdout = process.stdin, process.stdout
             assert stdin is not None  # noqa: S101 - both are pipes (see _start)
             assert stdout is not None  # noqa: S101
@@ -94,19 +102,24 @@ class WritingProcess:
                 self._unsure = True
                 self._kill()
                 raise
-            if not answer:
-                self._unsure = True
-                self._kill()
-                code = await process.wait()
-                raise WritingProcessError(f"the writing process exited ({code}) without answering")
-            self._unsure = False
-            if answer != b"ok\n":
-                kind = answer.decode("utf-8", "replace").strip()
-                log.warning("conversation_batch_refused", answer=kind)
-                raise WritingProcessError(kind)
+            if answer == f"ok {number}\n".encode():
+                self._unsure = False
+                return
+            refused = f"error {number} ".encode()
+            if answer.startswith(refused) and answer.endswith(b"\n"):  # rolled back; uncertainty, if any, stays
+                kind = answer[len(refused) : -1].decode("utf-8", "replace")
+                log.warning("conversation_batch_refused", error=kind)
+                raise WritingProcessError(f"refused: {kind}")
+            # No answer (the process died) or not this batch's: its fate is unknown, and the process is not trusted.
+            self._unsure = True
+            self._kill()
+            code = await process.wait()
+            log.warning("conversation_writing_process_lost", exit_code=code, answered=bool(answer))
+            raise WritingProcessError(f"the writing process ended ({code}) without answering")
 
     async def close(self) -> None:
-        """Wait for the batch under way, let the process finish and exit; kill it after ``CLOSE_TIMEOUT_S``."""
+        """Once the batch under way is answered (the lock), end the process's input and wait for it to exit; kill it
+        after ``CLOSE_TIMEOUT_S``."""
         async with self._lock:
             self._closed = True
             process, self._process = self._process, None
@@ -122,7 +135,10 @@ class WritingProcess:
 
     async def _start(self) -> asyncio.subprocess.Process:
         self._process = await asyncio.create_subprocess_exec(
-            *command(self._url), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            *command(self._url),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # out of the terminal's process group (POSIX; ignored elsewhere)
         )
         log.info("conversation_writing_process_started", pid=self._process.pid)
         return self._process
@@ -135,7 +151,7 @@ class WritingProcess:
 
 def command(database_url: str) -> list[str]:
     """How the server starts the writing process (its stdin and stdout then carry the batches and the answers)."""
-    return [sys.executable, "-c", BOOT, PACKAGE_ROOT, database_url]
+    return [sys.executable, "-P", "-c", BOOT, PACKAGE_ROOT, database_url]
 
 
 def for_database(database_url: str) -> WritingProcess | None:
@@ -158,37 +174,37 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
     return bytes(data)
 
 
-def main(database_url: str) -> None:
-    """The child: write each batch read from stdin, answer each on stdout, exit at the end of stdin."""
+def main(database_url: str, answers_fd: int) -> None:
+    """The child (started by ``BOOT``): write each batch read from stdin, answer each on ``answers_fd``, exit at
+    the end of stdin or once the server has gone."""
     import sqlalchemy  # noqa: PLC0415 - the child's own imports: the server's side needs none of them
     from sqlalchemy import event  # noqa: PLC0415
 
     from helpline.store.db import sqlite_options, sqlite_pragmas  # noqa: PLC0415
     from helpline.store.repositories import write_rows  # noqa: PLC0415
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     frames = os.fdopen(os.dup(0), "rb")
-    answers = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)  # anything printed by accident goes to stderr, never into the answers
-    engine = sqlalchemy.create_engine(make_url(database_url).set(drivername="sqlite+pysqlite"), **sqlite_options())
+    answers = os.fdopen(answers_fd, "wb", buffering=0)
+    # hide_parameters: an error's text never carries a shopper's message, wherever it might end up.
+    url = make_url(database_url).set(drivername="sqlite+pysqlite")
+    engine = sqlalchemy.create_engine(url, hide_parameters=True, **sqlite_options())
     event.listen(engine, "connect", sqlite_pragmas)
     try:
         while (header := _read_exactly(frames, HEADER)) is not None:
             frame = _read_exactly(frames, int.from_bytes(header, "big"))
             if frame is None:
                 break
-            idempotent, sessions, exchanges = pickle.loads(frame)  # noqa: S301 - the server that started us
+            number, idempotent, sessions, exchanges = pickle.loads(frame)  # noqa: S301 - the server that started us
             try:
                 with engine.begin() as connection:
                     write_rows(connection, sessions, exchanges, idempotent=idempotent)
             except Exception as error:  # noqa: BLE001 - rolled back; the server retries the batch
-                answers.write(f"error {type(error).__name__}\n".encode())
+                answer = f"error {number} {type(error).__name__}\n"
             else:
-                answers.write(b"ok\n")
+                answer = f"ok {number}\n"
+            try:
+                answers.write(answer.encode())
+            except BrokenPipeError:  # the server has gone: so do we
+                break
     finally:
         engine.dispose()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
