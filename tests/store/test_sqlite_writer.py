@@ -31,7 +31,7 @@ from helpline.store.repositories import (
     ApiKeyRepository,
     ConversationRecord,
     ConversationRepository,
-    _exchange_row,
+    batch_rows,
     write_rows,
 )
 from helpline.store.sqlite_writer import WritingProcess, WritingProcessError
@@ -264,9 +264,7 @@ async def test_a_process_that_ended_between_batches_is_started_again_for_the_nex
 
 
 def frame(number: int, idempotent: bool, items: list[object]) -> bytes:
-    sessions = [(i.session_id, i.owner_key_id, i.locale) for i in items if isinstance(i, PendingSession)]
-    rows = [_exchange_row(i) for i in items if isinstance(i, ConversationRecord)]
-    body = pickle.dumps((number, idempotent, sessions, rows))
+    body = pickle.dumps((number, idempotent, *batch_rows(items)))
     return len(body).to_bytes(sqlite_writer.HEADER, "big") + body
 
 
@@ -380,8 +378,7 @@ async def test_pages_fit_the_databases_parameter_limit(tmp_path: Path) -> None:
 
     limited.dialect.insertmanyvalues_max_parameters = 999  # as SQLAlchemy sets it for SQLite before 3.32
     items = exchanges(150)
-    sessions = [(i.session_id, i.owner_key_id, i.locale) for i in items if isinstance(i, PendingSession)]
-    rows = [_exchange_row(i) for i in items if isinstance(i, ConversationRecord)]
+    sessions, rows = batch_rows(items)
     for idempotent in (False, True):  # the second time, every row is already there: all skipped
         with limited.begin() as connection:
             write_rows(connection, sessions, rows, idempotent=idempotent)

@@ -187,9 +187,7 @@ class ConversationRepository:
         far more per row), sessions first so every exchange finds its session. On an SQLite file, whole on its
         writing process (``sqlite_writer``), as tuples bound by position there (:class:`PositionalInsert`)."""
         if self._writing_process is not None:
-            new = [(i.session_id, i.owner_key_id, i.locale) for i in items if isinstance(i, PendingSession)]
-            rows = [_exchange_row(i) for i in items if isinstance(i, ConversationRecord)]
-            await self._writing_process.write(new, rows)
+            await self._writing_process.write(*batch_rows(items))
             return
         sessions = [
             {"id": i.session_id, "owner_key_id": i.owner_key_id, "locale": i.locale, "created_at": utcnow()}
@@ -356,6 +354,13 @@ if {field.name for field in dataclasses.fields(ConversationRecord)} != set(_EXCH
     raise ImportError("ConversationRecord's fields and the conversations table's columns differ")
 
 
+def batch_rows(items: Sequence[object]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """A write-behind batch as :func:`write_rows` takes it: new sessions as (id, owner_key_id, locale), and each
+    exchange's fields in ``_EXCHANGES.columns``' order."""
+    sessions = [(i.session_id, i.owner_key_id, i.locale) for i in items if isinstance(i, PendingSession)]
+    return sessions, [_exchange_row(i) for i in items if isinstance(i, ConversationRecord)]
+
+
 def write_rows(
     connection: Connection,
     sessions: Sequence[tuple[Any, ...]],
@@ -364,8 +369,7 @@ def write_rows(
     idempotent: bool = False,
 ) -> None:
     """A write-behind batch in SQLite's writing process: sessions first, so every exchange finds its session.
-    ``sessions`` are (id, owner_key_id, locale), created now; ``exchanges`` are records' fields in
-    ``_EXCHANGES.columns``' order (``_exchange_row``)."""
+    ``sessions`` and ``exchanges`` as :func:`batch_rows` makes them; the sessions are created now."""
     if sessions:
         now = utcnow()
         _SESSIONS.execute(connection, [(*session, now) for session in sessions], idempotent=idempotent)

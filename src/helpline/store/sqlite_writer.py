@@ -164,14 +164,10 @@ def for_database(database_url: str) -> WritingProcess | None:
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
-    """``size`` bytes, or None at the end of the stream (before or inside them: a server gone mid-frame)."""
-    data = bytearray()
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return bytes(data)
+    """``size`` bytes, or None at the end of the stream (before or inside them: a server gone mid-frame). A
+    buffered reader's ``read`` already waits for all of them unless the stream ends first."""
+    data = stream.read(size)
+    return data if len(data) == size else None
 
 
 def main(database_url: str, answers_fd: int) -> None:
