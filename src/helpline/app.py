@@ -192,6 +192,7 @@ def create_app(
         await asyncio.to_thread(language, "")
         chat = ChatService(settings, conversations, knowledge, router_provider, cache)
         invalidator = Invalidator(cache, chat, knowledge)
+        await invalidator.start()
         watch_task = asyncio.create_task(invalidator.watch(settings.kb_refresh_s), name="knowledge-watch")
         app.state.services = Services(
             settings=settings,

@@ -147,14 +147,13 @@ def kb_ingest(
     report = asyncio.run(_ingest(settings, documents, show_progress=not as_json))
     if settings.redis_url and (report.updated or report.added):
         try:
-            asyncio.run(_invalidate_changed(settings, [*report.updated, *report.added]))
+            asyncio.run(_invalidate_changed(settings))
         except Exception as error:  # the documents are stored: say what is left to do, without a traceback
             reason = error.message if isinstance(error, CacheUnavailable) else f"{type(error).__name__}: {error}"
-            updated = ", ".join(sorted(report.updated))
-            advice = f"; run `helpline cache invalidate --tag ID` for: {updated}" if updated else ""
+            changed = ", ".join(sorted([*report.updated, *report.added]))
             err.print(
-                f"[red]{reason}[/red]: the documents are stored, but answers given from the knowledge as it was may "
-                f"still be served until they expire{advice}"
+                f"[red]{reason}[/red]: the documents are stored ({changed}); the service serves no cached answer "
+                "until the answers given from the knowledge as it was are removed, which it retries on its own"
             )
             raise typer.Exit(1) from error
     emit(
@@ -185,10 +184,10 @@ async def _ingest(settings: Settings, documents: list[Any], *, show_progress: bo
         await engine.dispose()
 
 
-async def _invalidate_changed(settings: Settings, changed: list[str]) -> None:
-    """The cached answers drawn from another version of the changed documents go, in the shared store: running
-    replicas would also find the change on their next knowledge poll, but one started after this ingest loads the
-    new versions and never sees a change, and would serve the old answers until they expire.
+async def _invalidate_changed(settings: Settings) -> None:
+    """The cached answers drawn from another version of the changed documents go, in the shared store, now: the
+    ingest left its changes in the database's outbox, which running replicas drain on their next knowledge poll
+    (and one started later, at its start), but this command reports whether it went through.
 
     The popular ones among them are then asked again here, from the new text, as an admin PUT does: the first
     shoppers after a price change would otherwise all wait for a provider. The service is started in this process
@@ -200,7 +199,7 @@ async def _invalidate_changed(settings: Settings, changed: list[str]) -> None:
     app = create_app(settings, bootstrap=False)
     async with app.router.lifespan_context(app):
         invalidator = app.state.services.invalidator
-        await invalidator.documents_changed(changed)
+        await invalidator.sync()
         await invalidator.settled()
 
 

@@ -8,7 +8,7 @@ from helpline.cache.keys import KeySpace
 from helpline.cache.redis_backend import RedisBackend
 from helpline.cache.service import OVERLOAD_TIMEOUT_S, AnswerCache, CacheSettings
 from helpline.config import Settings
-from helpline.observability.metrics import record_redis_fallback
+from helpline.observability.metrics import record_cache_reads_held, record_redis_fallback
 from helpline.redisconn import create_redis
 
 NAMESPACE = "hl:c4"  # bump when the stored format changes (c3: tag hashes carry the document version; c4: a scope set)
@@ -35,6 +35,8 @@ def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> Answe
     return AnswerCache(backend, keys, cache_settings, guard, on_event=_on_event)
 
 
-def _on_event(kind: str, _detail: str) -> None:
+def _on_event(kind: str, detail: str) -> None:
     if kind == "store_error":
         record_redis_fallback("cache")
+    elif kind == "reads_held":
+        record_cache_reads_held(detail == "held")

@@ -14,6 +14,8 @@ from helpline.knowledge.base import KnowledgeBase
 from helpline.knowledge.documents import SourceDocument
 
 log = structlog.get_logger(__name__)
+OWED_RETRY_S = 1.0  # the watcher's interval while a removal is owed
+REQUEST_SCAN_FACTOR = 5  # an admin request's budget for invalidation by retrieval, in store timeouts
 SETTLE_ROUNDS = 3  # reads of the knowledge per poll while documents keep changing under it (the next poll goes on)
 DELETED = "-"  # the version of a document that no longer exists (no answer drew on it)
 Question = tuple[str, str]  # a popular question to re-warm, and the locale it was asked in
@@ -32,7 +34,20 @@ class Invalidator:
         self.pending: dict[str, str | None] = {}
         # Documents whose invalidation by retrieval (:meth:`reach`) the store did not confirm, retried likewise.
         self.unreached: set[str] = set()
+        # Knowledge changes read from the database's outbox and not yet drained: change id -> document id.
+        self.changes: dict[int, str] = {}
         self._polling = asyncio.Lock()
+
+    @property
+    def owed(self) -> bool:
+        """A removal this process knows of has not been confirmed by the store yet."""
+        return bool(self.pending or self.unreached or self.changes)
+
+    def _hold_reads(self) -> None:
+        """No cached answer is served while a removal is owed: which ones it will remove is not known until it runs
+        (an added document reaches answers that cite nothing of it)."""
+        if self._cache is not None:
+            self._cache.hold_reads(self.owed)
 
     async def invalidate(
         self, tags: Sequence[str], *, rewarm: bool = True, current: Mapping[str, str] | None = None
@@ -55,6 +70,7 @@ class Invalidator:
             for tag in tags:  # a whole-tag invalidation still pending stays whole
                 whole = tag in self.pending and self.pending[tag] is None
                 self.pending[tag] = None if whole else current.get(tag)
+            self._hold_reads()
             raise
 
     async def reach(self, documents: Sequence[str]) -> int:
@@ -65,7 +81,7 @@ class Invalidator:
         self._start_rewarm(popular)
         return removed
 
-    async def _reach(self, documents: Sequence[str]) -> tuple[int, list[Question]]:
+    async def _reach(self, documents: Sequence[str], budget_s: float | None = None) -> tuple[int, list[Question]]:
         """Also retries the documents earlier attempts left in :attr:`unreached`."""
         if self._cache is None:
             return 0, []
@@ -75,24 +91,20 @@ class Invalidator:
         if not present:
             return 0, []
         try:
-            return await self._cache.invalidate_reached(present, self._chat.retrieves)
+            return await self._cache.invalidate_reached(present, self._chat.retrieves, budget_s=budget_s)
         except BaseException:  # unconfirmed, or cancelled: retried on the next poll
             self.unreached.update(present)
+            self._hold_reads()
             raise
 
-    async def documents_changed(self, documents: Sequence[str]) -> int:
-        """Documents added or changed in the knowledge as this process now has it: the answers that drew on
-        another version of them go (their tags), then those given without them that retrieval now gives them to;
-        the popular ones of both are re-warmed once both are done (re-warmed earlier, an answer drawn on the new
-        text could be taken for one given without it). Until the store confirms, the documents stay pending."""
-        return await self._drop_and_reach(documents, self._current(documents), documents)
-
-    async def _drop_and_reach(self, tags: Sequence[str], current: Mapping[str, str], documents: Sequence[str]) -> int:
+    async def _drop_and_reach(
+        self, tags: Sequence[str], current: Mapping[str, str], documents: Sequence[str], budget_s: float | None
+    ) -> int:
         """Drop ``tags`` (see :meth:`invalidate`), then reach ``documents`` and those left from before; the popular
         answers of both are re-warmed once both are done."""
         self.unreached.update(documents)  # reached below, or on a later poll if anything fails before
         removed, popular = await self._drop_tagged(tags, current)
-        reached, more = await self._reach(())
+        reached, more = await self._reach((), budget_s)
         self._start_rewarm([*popular, *more])
         return removed + reached
 
@@ -104,16 +116,13 @@ class Invalidator:
         task.add_done_callback(self._tasks.discard)
 
     async def upsert_document(self, document: SourceDocument) -> int:
-        """Store the new version, then drop the answers that used the old one (and its ingest tags)."""
-        before = self._knowledge.version(document.id)
+        """Store the new version (a changed text leaves a change in the database's outbox, in the same transaction),
+        then drain the outbox: the answers that used the old version (and its ingest tags) go, then those given
+        without it that retrieval now gives it to. Raises CacheUnavailable when the store does not confirm it: the
+        change stays in the outbox, and every replica serves no cached answer until one of them has drained it."""
         await self._knowledge.upsert(document)
         self._learn_products()
-        if self._knowledge.version(document.id) == before:  # saved again unchanged: nothing to invalidate
-            removed = 0
-        else:
-            removed = await self.documents_changed([document.id])
-        await self.poll()  # another process may have saved the document again meanwhile (see poll)
-        return removed
+        return await self.sync(self._request_budget())
 
     async def delete_document(self, document_id: str) -> int | None:
         """Remove the document, then the answers that drew on it (None: there was no such document). Writes of
@@ -122,9 +131,12 @@ class Invalidator:
         if not await self._knowledge.delete(document_id):
             return None
         self._learn_products()
-        removed = await self.invalidate([document_id], current={document_id: DELETED}, rewarm=False)
-        await self.poll()
-        return removed
+        return await self.sync(self._request_budget())
+
+    def _request_budget(self) -> float | None:
+        """How long an admin request waits for the search of answers retrieval now gives a changed document (it
+        reads every scope's index): past it the request hears 503 and the watcher finishes the job, reads held."""
+        return None if self._cache is None else self._cache.settings.invalidate_timeout_s * REQUEST_SCAN_FACTOR
 
     def _current(self, documents: Sequence[str]) -> dict[str, str]:
         """The version of each document as this process now has it (DELETED for one that is gone)."""
@@ -156,52 +168,94 @@ class Invalidator:
         """Poll the database for knowledge changed by another process (another replica, `helpline kb ingest`), and
         retry invalidations the cache store did not confirm."""
         while True:
-            await asyncio.sleep(interval_s)
             await self.poll()
+            # While a removal is owed no cached answer is served: retried sooner than the usual interval.
+            await asyncio.sleep(min(interval_s, OWED_RETRY_S) if self.owed else interval_s)
+
+    async def start(self) -> None:
+        """At start-up, before the first request: drain the outbox if it is not empty (left by a process that
+        stopped before the store answered, an ingest, the sample knowledge's first load). Reads stay held if the
+        store does not confirm it in time; the watcher then goes on."""
+        self.changes = await self._knowledge.pending_changes()
+        self._hold_reads()
+        if self.changes:
+            with contextlib.suppress(CacheUnavailable):
+                await self.sync(self._request_budget())
 
     async def poll(self) -> None:
-        """One round of :meth:`watch`; never raises (the watcher must outlive any failure).
+        """One round of :meth:`watch`; never raises (the watcher must outlive any failure)."""
+        with contextlib.suppress(CacheUnavailable):
+            await self.sync()
 
-        The knowledge is read again after each invalidation it makes, and what changed meanwhile is invalidated
-        too: versions are content hashes, not ordered, so a replica that read version 2 and invalidated after
-        another had saved and invalidated version 3 set the store back to 2 (refusing the answers of 3, taking
-        those of 2). Its next read sees 3 and sets it right; the last invalidation of every process then names
-        a version read after everything it invalidated before."""
+    async def sync(self, budget_s: float | None = None) -> int:
+        """Bring the cache in line with the knowledge in the database; how many answers it removed. Raises
+        CacheUnavailable when a removal is still owed at the end (kept for the next round, reads held meanwhile).
+
+        What it removes: documents another process changed (this process's copy of the knowledge is reloaded
+        for them), the database's outbox of changes not yet drained (left by any process, also one that stopped
+        before the store answered, or one started after the change, which sees no change in its copy), and what
+        earlier rounds left pending. The knowledge is read again after each invalidation it makes, and what
+        changed meanwhile is invalidated too: versions are content hashes, not ordered, so a replica that read
+        version 2 and invalidated after another had saved and invalidated version 3 set the store back to 2
+        (refusing the answers of 3, taking those of 2). Its next read sees 3 and sets it right; the last
+        invalidation of every process then names a version read after everything it invalidated before."""
+        removed = 0
         async with self._polling:  # one at a time: two overlapping reads of the knowledge could set it back
             for _ in range(SETTLE_ROUNDS):
-                if not await self._poll_once():
-                    return
+                more, count = await self._poll_once(budget_s)
+                removed += count
+                if not more:
+                    break
+        self._hold_reads()
+        if self.owed:
+            raise CacheUnavailable(
+                "the cache store did not confirm removing the answers drawn on the knowledge as it was: none is "
+                "served until it does (retried every few seconds)"
+            )
+        return removed
 
-    async def _poll_once(self) -> bool:
-        """Whether it invalidated documents that changed (their versions may have moved on since it read them)."""
+    async def _poll_once(self, budget_s: float | None) -> tuple[bool, int]:
+        """(whether to read the knowledge again: documents changed under it, or changes were drained, how many
+        answers it removed)."""
         try:
             changed = await self._knowledge.refresh()
+            self.changes = await self._knowledge.pending_changes()
         except Exception as error:  # noqa: BLE001 - a failed poll is retried next interval
             log.warning("knowledge_refresh_failed", error=type(error).__name__)
-            return False
+            return False, 0
         if changed:
             log.info("knowledge_refreshed", documents=len(changed))
             self._learn_products()
         # Every replica sees the same change and invalidates it too: harmless, since an invalidation keeps what
         # drew on the version it names (this replica may also have cached answers from its older copy meanwhile:
         # those go). Pending tags keep a whole-tag invalidation whole.
+        draining = dict(self.changes)
+        documents = list(dict.fromkeys([*changed, *draining.values()]))
         retry, self.pending = self.pending, {}
         whole = [tag for tag, version in retry.items() if version is None]
-        versioned = [tag for tag in dict.fromkeys([*retry, *changed]) if tag not in whole]
+        versioned = [tag for tag in dict.fromkeys([*retry, *documents]) if tag not in whole]
         tags: dict[str, str | None] = {**self._current(versioned), **dict.fromkeys(whole)}
         if not tags and not self.unreached:
-            return False
+            return False, 0
         current = {tag: version for tag, version in tags.items() if version is not None}
         try:  # a document added or rewritten: also the answers given without it
-            await self._drop_and_reach(list(tags), current, changed)
+            removed = await self._drop_and_reach(list(tags), current, documents, budget_s)
         except CacheUnavailable:
             log.warning("cache_invalidation_pending", tags=len(self.pending), documents=len(self.unreached))
-            return False
+            return False, 0
         except Exception:  # keep the tags for the next round, keep watching (logged with its traceback)
             self.pending = {**tags, **self.pending}
             log.exception("cache_invalidation_error")
-            return False
-        return bool(changed)
+            return False, 0
+        if draining:
+            try:
+                await self._knowledge.settle_changes(draining)
+            except Exception as error:  # noqa: BLE001 - drained again next round (invalidating twice is harmless)
+                log.warning("knowledge_changes_not_settled", error=type(error).__name__)
+                return False, removed
+            for change_id in draining:
+                self.changes.pop(change_id, None)
+        return bool(changed or draining), removed
 
     async def settled(self) -> None:
         """Return once the re-warming started so far has finished (tests; a drain before shutdown)."""

@@ -189,6 +189,7 @@ class AnswerCache:
         self.overload_waits = 0  # store calls given more time because our loop, not the store, ran late
         self._flights: dict[str, Flight] = {}
         self.invalidations = 0  # invalidations this process has made (a flight begun before one may be stale)
+        self.reads_held = False  # see hold_reads
         self._cleanups: set[asyncio.Task[None]] = set()
         self._on_event = on_event or (lambda _kind, _detail: None)
         self._hits: Counter[str] = Counter()  # popularity not yet sent to the store
@@ -246,6 +247,18 @@ class AnswerCache:
             log.warning("cache_store_unavailable", operation="connect", error=type(error).__name__)
             return False
 
+    def hold_reads(self, held: bool) -> None:
+        """Serve no cached answer while ``held`` (lookups miss; writes go on): the Invalidator holds them while a
+        removal it knows of is not confirmed by the store (cache/invalidation.py)."""
+        if held == self.reads_held:
+            return
+        self.reads_held = held
+        if held:
+            log.warning("cache_reads_held", reason="a knowledge change's cached answers are not removed yet")
+        else:
+            log.info("cache_reads_released")
+        self._on_event("reads_held", "held" if held else "released")
+
     # -- lookups ---------------------------------------------------------------------------------------------
 
     def entry_key(self, question: str, scope: CacheScope) -> str:
@@ -257,6 +270,8 @@ class AnswerCache:
     async def lookup_exact(self, question: str, scope: CacheScope) -> CacheHit | None:
         """The cheap tier: needs no embedding, so a repeated question costs one store round trip at most (none while
         this process holds a near copy of its answer)."""
+        if self.reads_held:
+            return None
         key = self.entry_key(question, scope)
         found = await self._readable(key, await self._shared_read(key))
         if found is None:
@@ -268,6 +283,8 @@ class AnswerCache:
         return await self._semantic(question, vector, scope)
 
     async def _semantic(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
+        if self.reads_held:
+            return None
         mirror = await self._mirror(scope.id)
         if mirror is None or not mirror.keys:
             return None
@@ -426,7 +443,12 @@ class AnswerCache:
             await asyncio.sleep(self._near.ttl_s)
 
     async def invalidate_reached(
-        self, documents: Sequence[str], retrieves: Callable[[str, Vector], Collection[str]], min_hits: int = 2
+        self,
+        documents: Sequence[str],
+        retrieves: Callable[[str, Vector], Collection[str]],
+        min_hits: int = 2,
+        *,
+        budget_s: float | None = None,
     ) -> tuple[int, list[tuple[str, str]]]:
         """Remove the answers that did not draw on ``documents`` but whose question now retrieves one of them: a
         document added ("we now sell kombucha") or rewritten to cover something new leaves the answers given
@@ -437,10 +459,11 @@ class AnswerCache:
         Which answers drew on ``documents`` is read after the scan, just before the removal, so an answer written
         meanwhile from the new knowledge (a re-warm, a shopper's) is kept; one computed from the knowledge as it
         was is not written at all (``KnowledgeBase.epoch``). Returns (how many were removed, the (question,
-        locale) of the popular ones). Raises :class:`CacheUnavailable` when the store does not answer."""
+        locale) of the popular ones). Raises :class:`CacheUnavailable` when the store does not answer, or when the
+        whole of it takes longer than ``budget_s`` (None: each store call is bounded, not their sum)."""
         wanted = set(documents)
         found: list[str] = []
-        async with self._removing(documents=sorted(wanted)[:20]):
+        async with self._removing(documents=sorted(wanted)[:20]), asyncio.timeout(budget_s):
             async with asyncio.timeout(SCAN_TIMEOUT_FACTOR * self.settings.invalidate_timeout_s):
                 scope_ids = await self.backend.scope_ids()
             for scope_id in scope_ids:
@@ -574,7 +597,11 @@ class AnswerCache:
         The lock is short-lived and renewed, not held for a provider's whole deadline: a holder that dies frees it
         within ``lock_ttl_s``, and one that answers slowly keeps it however long its providers take. Waiting ends
         at once when the holder gives up without a cacheable answer, and after ``wait_s`` (default
-        ``lock_wait_s``) at the latest. With the store down this yields None at once: nobody to wait for."""
+        ``lock_wait_s``) at the latest. With the store down this yields None at once: nobody to wait for; so too
+        while reads are held (:meth:`hold_reads`: what a peer stores meanwhile may be drawn on a removed version)."""
+        if self.reads_held:
+            yield None
+            return
         key = self.entry_key(question, scope)
         lock_key = self.keys.lock(key)
         token = secrets.token_hex(8)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -183,6 +183,13 @@ class KnowledgeBase:
             self._remember(row, np.vstack([from_bytes(c.embedding) for c in chunks]))
         self._hashes = current
         return changed + removed
+
+    async def pending_changes(self) -> dict[int, str]:
+        """Changes whose cached answers are still to be removed, by any process (see KnowledgeChange)."""
+        return await self._repository.pending_changes()
+
+    async def settle_changes(self, change_ids: Collection[int]) -> None:
+        await self._repository.settle_changes(change_ids)
 
     def product_vocabulary(self) -> set[str]:
         """Words that name products but are not common in the FAQ and policies (for the cache's product guard)."""

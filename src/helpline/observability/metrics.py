@@ -106,6 +106,11 @@ RATELIMIT_REFUSALS = Counter("helpline_ratelimit_refusals_total", "Requests refu
 CONVERSATION_WRITE_FAILURES = Counter(
     "helpline_conversation_write_failures_total", "Conversation records that could not be written."
 )
+CACHE_READS_HELD = Gauge(
+    "helpline_cache_reads_held",
+    "1 while no cached answer is served: a knowledge change's removal from the cache store is not confirmed yet.",
+    multiprocess_mode="livemax",
+)
 CONVERSATION_BACKLOG = Gauge(
     "helpline_conversation_write_backlog",
     "Conversation records accepted and not yet written (the largest of the worker processes).",
@@ -206,6 +211,10 @@ def set_conversation_backlog(records: int) -> None:
     """Conversation records accepted and not yet written, in this process."""
     CONVERSATION_BACKLOG.set(records)
     WINDOW.set_conversation_backlog(records)
+
+
+def record_cache_reads_held(held: bool) -> None:
+    CACHE_READS_HELD.set(1 if held else 0)
 
 
 def record_redis_fallback(component: str) -> None:

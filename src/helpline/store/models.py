@@ -142,6 +142,21 @@ class KnowledgeChunk(Base):
     model_id: Mapped[str] = mapped_column(String(64))
 
 
+class KnowledgeChange(Base):
+    """A document added, changed or deleted whose cached answers are still to be removed (an outbox).
+
+    Written in the transaction that changes the document and deleted once the cache store confirmed the removal,
+    so a change is never forgotten: not when the cache store was down at the time, nor when the process that made
+    it stopped before the store answered. Every replica drains it on its knowledge poll, and serves no cached
+    answer while it is not empty (a replica started after the change would otherwise never see it as a change)."""
+
+    __tablename__ = "kb_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    document_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
 class KeyValue(Base):
     """Small facts about this installation (e.g. that the admin token was generated)."""
 
@@ -159,6 +174,7 @@ __all__ = [
     "Conversation",
     "Feedback",
     "KeyValue",
+    "KnowledgeChange",
     "KnowledgeChunk",
     "KnowledgeDocument",
 ]

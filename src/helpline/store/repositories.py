@@ -7,7 +7,7 @@ import hashlib
 import operator
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -21,6 +21,7 @@ from helpline.store.models import (
     Conversation,
     Feedback,
     KeyValue,
+    KnowledgeChange,
     KnowledgeChunk,
     KnowledgeDocument,
     utcnow,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from helpline.store.sqlite_writer import WritingProcess
 
 API_KEY_PREFIX = "hl_"
+CHANGES_READ = 500  # knowledge changes drained per read (and ids per delete)
 
 
 def hash_secret(secret: str) -> str:
@@ -408,8 +410,14 @@ class KnowledgeRepository:
             return int(await session.scalar(select(func.count()).select_from(KnowledgeDocument)) or 0)
 
     async def upsert(self, document: KnowledgeDocument, chunks: Sequence[StoredChunk], model_id: str) -> None:
-        """Replace a document and its chunks in one transaction."""
+        """Replace a document and its chunks in one transaction; a new or changed text also leaves a change to
+        drain (:meth:`pending_changes`) in the same transaction."""
         async with self._sessions.begin() as session:
+            before = await session.scalar(
+                select(KnowledgeDocument.content_hash).where(KnowledgeDocument.id == document.id)
+            )
+            if before != document.content_hash:
+                session.add(KnowledgeChange(document_id=document.id, created_at=utcnow()))
             await session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.document_id == document.id))
             await session.merge(document)
             await session.flush()
@@ -431,11 +439,29 @@ class KnowledgeRepository:
             return await session.get(KnowledgeDocument, document_id)
 
     async def delete(self, document_id: str) -> bool:
-        """Remove a document and its chunks in one transaction; whether it existed."""
+        """Remove a document and its chunks in one transaction, leaving a change to drain; whether it existed."""
         async with self._sessions.begin() as session:
             await session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.document_id == document_id))
             result = await session.execute(delete(KnowledgeDocument).where(KnowledgeDocument.id == document_id))
-            return bool(getattr(result, "rowcount", 0))
+            existed = bool(getattr(result, "rowcount", 0))
+            if existed:
+                session.add(KnowledgeChange(document_id=document_id, created_at=utcnow()))
+            return existed
+
+    async def pending_changes(self, limit: int = CHANGES_READ) -> dict[int, str]:
+        """The oldest changes not yet drained: change id -> document id."""
+        query = select(KnowledgeChange.id, KnowledgeChange.document_id).order_by(KnowledgeChange.id).limit(limit)
+        async with self._sessions() as session:
+            return {change_id: doc_id for change_id, doc_id in (await session.execute(query)).all()}
+
+    async def settle_changes(self, change_ids: Collection[int]) -> None:
+        """Forget changes whose cached answers are gone (only those read: one made since stays)."""
+        ids = sorted(change_ids)
+        for start in range(0, len(ids), CHANGES_READ):
+            async with self._sessions.begin() as session:
+                await session.execute(
+                    delete(KnowledgeChange).where(KnowledgeChange.id.in_(ids[start : start + CHANGES_READ]))
+                )
 
     async def find(self, q: str = "", kind: str = "", limit: int = 500) -> list[tuple[str, str, str, datetime]]:
         """(id, kind, title, updated at) of the documents whose id, title or text contains ``q`` (any case, LIKE

@@ -1,0 +1,146 @@
+"""A knowledge change whose cached answers the store did not confirm removing is never served stale.
+
+Found by a review (session 18): the tags of an unconfirmed invalidation were kept in the memory of the process that
+made the change only. A second PUT of the same text answered 200 `removed: 0` while Redis was still down, the old
+answer was served again once Redis was back until the next poll, and a replica restarted after the failed PUT (or
+started after it) served it for the whole TTL. The change now waits in the database's outbox (`kb_changes`) until the
+store confirms it, and no replica serves a cached answer meanwhile. A PUT on a slow store, which searched every
+conversation's index one round trip at a time (23 s for 100 of them at 0.2 s a trip), now has a budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from helpline.cache.keys import CacheScope
+from helpline.config import Settings
+from helpline.knowledge.embeddings import Embedder
+from helpline.providers.extractive import ExtractiveProvider
+from helpline.providers.fake import FakeProvider, FakeReply
+from helpline.store.repositories import KnowledgeRepository
+from tests.cache.test_cache_api import ADMIN, DELIVERY_TIMES, UNLIMITED, ask
+from tests.conftest import Api, make_settings, running_api
+from tests.fakes.tcp_proxy import TcpProxy
+
+QUESTION = "How long does delivery take?"
+NEW_TEXT = {"title": "Delivery times", "text": "Every order now arrives within 2 hours.", "kind": "policy"}
+OLD = "Two working days."
+NEW = "Within 2 hours."
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    proxy = TcpProxy("127.0.0.1", 6379)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+def settings_through(proxy: TcpProxy, sqlite_url: str, tenant: str) -> Settings:
+    return make_settings(
+        sqlite_url, redis_url=f"redis://127.0.0.1:{proxy.port}/0", cache_timeout_s=0.2, tenant=tenant,
+        kb_refresh_s=3600, **UNLIMITED,
+    )  # fmt: skip
+
+
+async def put_delivery_times(api: Api) -> tuple[int, dict[str, object]]:
+    response = await api.client.put(f"/v1/admin/kb/documents/{DELIVERY_TIMES}", json=NEW_TEXT, headers=ADMIN)
+    body: dict[str, object] = response.json()
+    return response.status_code, body
+
+
+async def cached_old_answer(api: Api, fake: FakeProvider) -> None:
+    fake.default = FakeReply(text=OLD)
+    await ask(api, QUESTION)
+    assert (await ask(api, QUESTION))["cache"] == "exact"
+    fake.default = FakeReply(text=NEW)
+
+
+def lift_lookup_bypass(api: Api) -> None:
+    """The lookups' own short bypass after an outage (a cache-wide pause of a few seconds) is not under test."""
+    assert api.services.cache is not None
+    api.services.cache._bypass_until = 0.0
+
+
+async def test_a_change_the_store_did_not_confirm_is_never_served_stale(
+    sqlite_url: str, embedder: Embedder, proxy: TcpProxy
+) -> None:
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    settings = settings_through(proxy, sqlite_url, "t" + secrets.token_hex(6))
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        await cached_old_answer(api, fake)
+        proxy.blackhole()
+        for attempt in (1, 2):  # the second, same text: not "200, removed 0" while nothing was removed
+            status, body = await put_delivery_times(api)
+            assert status == 503, (attempt, body)
+            assert body["error"]["code"] == "cache_unavailable"  # type: ignore[index]
+        assert api.services.cache is not None
+        assert api.services.cache.reads_held
+        proxy.pass_through()
+        lift_lookup_bypass(api)
+        # Redis is back and the next poll has not run: the old answer is not served.
+        answer = await ask(api, QUESTION)
+        assert (answer["cache"], answer["reply"]) == ("miss", NEW)
+        assert api.services.invalidator is not None
+        await api.services.invalidator.poll()  # what the watcher does (every second while a removal is owed)
+        assert not api.services.cache.reads_held
+        assert await KnowledgeRepository(api.services.sessions).pending_changes() == {}
+        answer = await ask(api, QUESTION)
+        assert (answer["cache"], answer["reply"]) == ("exact", NEW)
+
+
+async def test_a_replica_started_after_an_unconfirmed_change_removes_its_answers_first(
+    sqlite_url: str, embedder: Embedder, proxy: TcpProxy
+) -> None:
+    """The replica that made the change stopped before the store answered; the next one starts with the new text
+    (so its copy of the knowledge sees no change) and must still not serve the answers drawn on the old one."""
+    settings = settings_through(proxy, sqlite_url, "t" + secrets.token_hex(6))
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        await cached_old_answer(api, fake)
+        proxy.blackhole()
+        status, _body = await put_delivery_times(api)
+        assert status == 503
+    proxy.pass_through()
+    fresh = FakeProvider(name="gemini", model="gemini-test", default=FakeReply(text=NEW))
+    async with running_api(settings, embedder, [fresh, ExtractiveProvider(0.5)]) as api:
+        assert await KnowledgeRepository(api.services.sessions).pending_changes() == {}  # drained at start
+        answer = await ask(api, QUESTION)
+        assert (answer["cache"], answer["reply"]) == ("miss", NEW)
+
+
+async def test_a_document_put_on_a_slow_store_answers_within_its_budget(
+    sqlite_url: str, embedder: Embedder, proxy: TcpProxy
+) -> None:
+    """Redis slow but within each call's timeout, and many conversations with a cached follow-up (a scope each):
+    the admin's request hears 503 within its budget, reads are held, and the watcher finishes the job."""
+    tenant = "t" + secrets.token_hex(6)
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    settings = settings_through(proxy, sqlite_url, tenant)
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        cache = api.services.cache
+        assert cache is not None
+        cache.settings = dataclasses.replace(cache.settings, invalidate_timeout_s=0.5)  # a budget of 2.5 s
+        (vector,) = embedder.embed([QUESTION])
+        for n in range(60):  # 60 conversations, each a scope whose index the search reads
+            scope = CacheScope(tenant, "", "rag-v1", "a", "m", context=f"conversation-{n}")
+            await cache.backend.put(
+                cache.keys.entry(scope, "q"), b"x", ttl_s=600, tags=["faq-x"], scope_id=scope.id, question=QUESTION,
+                vector=vector.tobytes(),
+            )  # fmt: skip
+        proxy.add_latency(0.05)  # each way: 0.1 s a round trip, within each call's 0.5 s; 6 s for all 60
+        started = time.perf_counter()
+        status, body = await put_delivery_times(api)
+        took = time.perf_counter() - started
+        assert status == 503, body
+        assert took < 2.5 + 2 * 0.5 + 1.0, f"the PUT took {took:.1f} s"  # budget, the tag step, a loaded machine
+        assert cache.reads_held
+        proxy.pass_through()
+        assert api.services.invalidator is not None
+        await api.services.invalidator.poll()
+        assert not cache.reads_held
