@@ -34,6 +34,15 @@ FOUND_BY_REVIEW = [
 PERSONAL = [
     *FOUND_BY_REVIEW,
     "Hi, I'm Jane Doe. How long does delivery take?",
+    # Introductions the rules missed (a review, session 18): a reply greeting the shopper by name was shared.
+    "This is Jane, how long does delivery take?",
+    "Jane Doe here. How long does delivery take?",
+    "Hello, Mary Jane Watson here! Quick question: how long does delivery take?",
+    "I'm Jane. Do you deliver on Sundays?",
+    "Hi I am Jane Doe, can I change my delivery slot?",
+    "It\u2019s Priya again, do you sell oat milk?",
+    "Hey, Tom here: is there a minimum order?",
+    "my name's jane, what are your opening hours?",
     # Where is my order, in many phrasings, casings and typos.
     "where's my stuff",
     "hi, where's my stuff",
@@ -189,6 +198,12 @@ GENERIC = [
     "how long does delivery take?",
     "do you ship to Canada?",
     "how do I reset my password?",
+    # Capitalised words that are no introduction.
+    "This is urgent: how long does delivery take?",
+    "Is this Greenbasket's own brand?",
+    "It is possible to pay with PayPal?",
+    "Delivery here is slow, how long does it take?",
+    "I am vegan, which of your ready meals are plant based?",
     # Borderline, decided generic: the correct answer is the procedure (the tracking link in the dispatch email, or
     # Account > Orders) and needs nothing of the asker's; nothing of theirs is in the message either. A request to do
     # it ("track my order", "can you track 1Z...") is personal, see above. The same goes for "check the status".

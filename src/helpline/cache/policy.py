@@ -408,11 +408,23 @@ _OWN_DATA = re.compile(
 )
 
 
+# A shopper giving their name, in the forms the lower-case rule above does not list: read on the text as typed, where
+# a capital marks a name ("This is Jane, …", "I am Jane Doe", "Mary Jane Watson here!"; not "this is urgent"). A
+# reply may greet them by it, and names are not redacted: shared, it reached another shopper (a review, session 18).
+_INTRODUCTION = re.compile(
+    r"(?:\b(?:[Tt]his\s+is|[Ii]t's|[Ii]t\s+is|I'm|I\s+am|[Nn]ame's|[Cc]all\s+me)\s+[A-Z][a-z]+"
+    r"|(?:^|[.!?,;:]\s*|\b(?:[Hh]i|[Hh]ello|[Hh]ey)\s*[,!]?\s*)[A-Z][a-z]+(?:\s+[A-Z][a-z]+){0,2}\s+here\s*[.,!:;\-])"
+)
+_MY_NAME = re.compile(r"\b(?:my\s+name\s+is|my\s+name's)\b")
+
+
 @lru_cache(maxsize=1024)  # a pure function of the text; repeated questions are what a cache serves
 def is_personal(message: str) -> bool:
     """A question whose answer depends on who asks; it must never be served to another owner."""
     text = " " + message.lower().replace("\u2019", "'")
     if ("@" in text and _EMAIL.search(text)) or (_DIGIT.search(text) and _identifying_number(text)):
+        return True
+    if _MY_NAME.search(text) or _INTRODUCTION.search(message.replace("\u2019", "'")):
         return True
     if _OWN_STATE.search(text):
         return True

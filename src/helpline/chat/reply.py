@@ -19,7 +19,16 @@ _HANDOFF_PHRASES = re.compile(
     # an apology for not answering ("Sorry, I could not find any information about that.") is not an answer
     r"i (?:could not|couldn't|can't|cannot|was unable to|am unable to) (?:find|help|answer)|i(?:'m| am) unable to|"
     r"(?:a|one of our) (?:person|member of (?:our|the) (?:support )?team|colleague|human)[^.]{0,40}"
-    r"(?:will|shall|can) (?:follow up|get back|contact))",
+    r"(?:will|shall|can) (?:follow up|get back|contact)|"
+    # more of the same, in the forms a review found cached as answers (session 18): no information, no details
+    r"(?:do not|don't|does not|doesn't) have (?:any |the |that |this |those )?(?:information|info|details)|"
+    r"(?:there is|there's|we have|i have|i've got|i found) no (?:information|info|details)|"
+    r"(?:that|this|the|such) (?:information|info|detail)s? (?:is not|isn't|are not|aren't) available|"
+    r"(?:i(?:'m| am)|we(?:'re| are)) not able to (?:answer|help|find|say)|"
+    r"(?:isn't|is not|not) something (?:i|we) can (?:answer|help)|"
+    r"(?:can't|cannot|can not|could not|couldn't|am unable to|are unable to) (?:help|answer|assist)(?: you)? with|"
+    r"(?:the )?(?:passages|sources|documents|help pages|information (?:i have|provided|given)) "
+    r"(?:do not|don't|does not|doesn't) (?:cover|say|mention|include|contain|answer))",
     re.IGNORECASE,
 )
 
