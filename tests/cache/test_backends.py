@@ -11,6 +11,7 @@ import pytest
 
 from helpline.cache import redis_backend
 from helpline.cache.backend import CacheBackend, MemoryBackend
+from helpline.cache.guards import SemanticGuard
 from helpline.cache.keys import CacheScope, KeySpace
 from helpline.cache.redis_backend import VECTOR_SEPARATOR, RedisBackend
 from helpline.cache.service import DECODED_MEMO, AnswerCache, CachedAnswer, CacheHit, CacheSettings
@@ -483,3 +484,44 @@ async def test_a_scope_is_dropped_from_the_set_only_if_its_index_is_still_gone(k
         await backend.invalidate(["doc-1"])
         await backend._redis.delete(scopes)
         await backend.close()
+
+
+async def test_a_slow_index_read_costs_a_semantic_hit_not_the_whole_cache(
+    keyspace: KeySpace, embedder: Embedder
+) -> None:
+    """A scope whose index takes longer to read than a lookup may wait (a busy shared scope: every write moves its
+    version, and each replica then reads it whole): the semantic lookup misses this once, the read goes on for the
+    next one, and the exact tier stays on. It was a cache-wide bypass for seconds (found by a review, session 18)."""
+    client = create_redis(REDIS_URL, timeout_s=2.0)
+    backend = RedisBackend(client, keyspace.prefix)
+    cache = AnswerCache(backend, keyspace, CacheSettings(ttl_s=60, threshold=0.8, timeout_s=0.03), SemanticGuard())
+    try:
+        stored = "How long does delivery take?"
+        await cache.store(stored, embedder.embed([stored])[0], SCOPE, answer(stored, ["doc-1"]))
+        filler = np.zeros(384, dtype=np.float32)
+        filler[0] = 1.0  # far from every question: never a candidate
+        puts = [
+            backend.put(keyspace.entry(SCOPE, f"filler {n}"), b"x", ttl_s=60, tags=["doc-2"], scope_id=SCOPE.id,
+                        question=f"filler {n}", vector=filler.tobytes())
+            for n in range(8000)
+        ]  # fmt: skip
+        for start in range(0, len(puts), 500):
+            await asyncio.gather(*puts[start : start + 500])
+        paraphrase = "how long will my delivery take"
+        vector = embedder.embed([paraphrase])[0]
+        assert await cache.lookup_semantic(paraphrase, vector, SCOPE) is None  # 8,001 entries: more than 30 ms
+        assert cache.available  # not bypassed
+        exact = await cache.lookup_exact(stored, SCOPE)
+        assert exact is not None
+        assert exact.tier == "exact"
+        for _ in range(200):  # the read went on: a later lookup finds the copy it left
+            hit = await cache.lookup_semantic(paraphrase, vector, SCOPE)
+            if hit is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert hit is not None
+        assert hit.matched_question == stored
+    finally:
+        async for key in client.scan_iter(match=keyspace.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
+            await client.delete(key)
+        await cache.close()

@@ -179,6 +179,7 @@ class AnswerCache:
         self.settings = settings
         self.guard = guard or SemanticGuard()
         self._mirrors: OrderedDict[str, _Mirror] = OrderedDict()
+        self._loading: dict[tuple[str, int], asyncio.Task[_Mirror | None]] = {}  # index reads on their way
         self._near = NearCache(settings.near_s) if settings.near_s > 0 else None
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._decompressor = zstandard.ZstdDecompressor()
@@ -348,8 +349,30 @@ class AnswerCache:
         if mirror is not None and mirror.version == version:
             self._mirrors.move_to_end(scope_id)
             return mirror
-        entries = await self._guarded("index", lambda: self.backend.semantic_entries(scope_id), None)
-        if entries is None:
+        load = self._loading.get((scope_id, version))
+        if load is None:
+            # In a context of its own (its log lines belong to no one request) and shared by concurrent lookups.
+            load = asyncio.get_running_loop().create_task(
+                self._load_mirror(scope_id, version), name="cache-index", context=contextvars.Context()
+            )
+            self._loading[scope_id, version] = load
+            load.add_done_callback(lambda _task: self._loading.pop((scope_id, version), None))
+        try:
+            return await asyncio.wait_for(asyncio.shield(load), self.settings.timeout_s)
+        except TimeoutError:
+            # A big index, not a store that is down (its version was just read): no semantic hit this time, and the
+            # read goes on for the next lookup. Not a bypass: that switched the exact tier off too, for seconds.
+            self._on_event("index_slow", scope_id)
+            return None
+
+    async def _load_mirror(self, scope_id: str, version: int) -> _Mirror | None:
+        """Read a scope's index into this process's copy, within the store's longer (invalidation) timeout."""
+        try:
+            async with asyncio.timeout(self.settings.invalidate_timeout_s):
+                entries = await self.backend.semantic_entries(scope_id)
+        except Exception as error:  # noqa: BLE001 - no semantic hit in this scope until a later lookup reads it
+            log.warning("cache_store_unavailable", operation="index", error=type(error).__name__)
+            self._on_event("store_error", "index")
             return None
         matrix = np.vstack([from_bytes(e.vector) for e in entries]) if entries else np.zeros((0, 384), np.float32)
         mirror = _Mirror(
@@ -359,10 +382,12 @@ class AnswerCache:
             [e.answer_key for e in entries],
             matrix.astype(np.float32),
         )
-        self._mirrors[scope_id] = mirror
-        self._mirrors.move_to_end(scope_id)
-        while len(self._mirrors) > self.settings.max_mirrors:
-            self._mirrors.popitem(last=False)
+        current = self._mirrors.get(scope_id)
+        if current is None or current.version <= version:
+            self._mirrors[scope_id] = mirror
+            self._mirrors.move_to_end(scope_id)
+            while len(self._mirrors) > self.settings.max_mirrors:
+                self._mirrors.popitem(last=False)
         return mirror
 
     # -- writes ----------------------------------------------------------------------------------------------
@@ -529,6 +554,7 @@ class AnswerCache:
             await self.flush_popularity()
             if self._near is not None:
                 await self._near.settled()
+            await asyncio.gather(*self._loading.values(), return_exceptions=True)
         finally:
             self._lag.stop()
             await self.backend.close()
