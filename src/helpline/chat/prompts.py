@@ -8,6 +8,7 @@ The model ends its reply with one control line we parse (chat/reply.py)::
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,15 @@ anything, and finish it following the rules (including the final control line).
 <partial_reply>
 {partial}
 </partial_reply>"""
+
+
+def prompt_fingerprint(*knobs: object) -> str:
+    """The prompt version in cache keys: the hand-kept name and a digest of the rules' texts, the store's name and
+    the ``knobs`` that change what a model is shown (how many passages, from what score). Edit a rule, or change a
+    setting that shapes the prompt, and every replica asks again instead of serving the answers of the old prompt
+    for the rest of their TTL (the name alone was bumped by hand, and never was)."""
+    material = "\x00".join([SYSTEM_RULES, CONTINUE_RULE, STORE_NAME, *(repr(knob) for knob in knobs)])
+    return f"{PROMPT_VERSION}-{hashlib.sha256(material.encode()).hexdigest()[:10]}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import structlog
 from helpline.cache.keys import CacheScope, context_digest
 from helpline.cache.policy import cacheable, is_personal, owner_scope
 from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit, Flight
-from helpline.chat.prompts import PROMPT_VERSION, SYSTEM_RULES, estimate_tokens
+from helpline.chat.prompts import SYSTEM_RULES, estimate_tokens, prompt_fingerprint
 from helpline.chat.reply import BLOCKED_REPLY, ControlLineFilter, ParsedReply, PromptLeakGuard, parse_reply
 from helpline.config import Settings
 from helpline.errors import InvalidInput, NotFound
@@ -199,6 +199,7 @@ class ChatService:
         self._router = router
         self._cache = cache
         self._leak_guard = PromptLeakGuard(SYSTEM_RULES)
+        self._prompt_version = prompt_fingerprint(settings.retrieval_top_k, settings.answer_min_score)
         self._producers: set[asyncio.Task[None]] = set()
 
     async def prepare(
@@ -253,7 +254,7 @@ class ChatService:
         return CacheScope(
             tenant=self._settings.tenant,
             locale=(locale or "").lower(),
-            prompt_version=PROMPT_VERSION,
+            prompt_version=self._prompt_version,
             variant=self._settings.prompt_variant,
             kb_version=self._knowledge.embedder.model_id,
             context=context_digest(history),
