@@ -486,6 +486,31 @@ async def test_a_scope_is_dropped_from_the_set_only_if_its_index_is_still_gone(k
         await backend.close()
 
 
+async def test_forgetting_an_entry_as_found_keeps_one_written_since(
+    cache_backend: CacheBackend, keyspace: KeySpace
+) -> None:
+    """A lookup that found an entry expired (or unreadable) removes it and its index field, but not an answer
+    another request or replica has written under the same key since (found by a review, session 18)."""
+    key = keyspace.entry(SCOPE, "q")
+
+    async def put(value: bytes) -> None:
+        await cache_backend.put(key, value, ttl_s=60, tags=["doc-1"], scope_id=SCOPE.id, question="q",
+                                vector=b"\x00" * 1536)  # fmt: skip
+
+    await put(b"fresh")
+    await cache_backend.forget(key, unless=None)  # found gone, but written again since
+    await cache_backend.forget(key, unless=b"unreadable")  # found unreadable, but replaced since
+    assert await cache_backend.get(key) == b"fresh"
+    assert [entry.key for entry in await cache_backend.semantic_entries(SCOPE.id)] == [key]
+    await cache_backend.forget(key, unless=b"fresh")  # still as found: goes, with its index field
+    assert await cache_backend.get(key) is None
+    assert await cache_backend.semantic_entries(SCOPE.id) == []
+    await put(b"again")
+    await cache_backend.forget(key)  # anyway
+    assert await cache_backend.get(key) is None
+    assert await cache_backend.semantic_entries(SCOPE.id) == []
+
+
 async def test_a_slow_index_read_costs_a_semantic_hit_not_the_whole_cache(
     keyspace: KeySpace, embedder: Embedder
 ) -> None:

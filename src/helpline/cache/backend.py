@@ -14,6 +14,7 @@ have removed it (its provider call was still running, or its replica still had t
 
 from __future__ import annotations
 
+import enum
 import itertools
 import time
 from collections import OrderedDict
@@ -22,6 +23,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from helpline.cache.keys import KeySpace
+
+
+class Forget(enum.Enum):
+    """``forget(key, unless=ANYWAY)``: whatever the entry holds now."""
+
+    ANYWAY = "anyway"
+
+
+ANYWAY = Forget.ANYWAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +78,11 @@ class CacheBackend(Protocol):
         """Every scope with a semantic index (each cached entry is in its scope's index)."""
         ...
 
-    async def forget(self, key: str) -> None: ...
+    async def forget(self, key: str, *, unless: bytes | Forget | None = ANYWAY) -> None:
+        """Remove an entry (and its index field). ``unless``: only if the entry is still as the caller found it —
+        ``None``, found gone (an expired entry's index field), or these bytes (an unreadable value) — so an
+        answer written meanwhile by another request or replica is not removed with it."""
+        ...
 
     async def invalidate(
         self, tags: Sequence[str], current: Mapping[str, str] | None = None, mark_ttl_s: float = 0
@@ -231,7 +245,12 @@ class MemoryBackend:
             self._drop(key)
         return list(self._scopes)
 
-    async def forget(self, key: str) -> None:
+    async def forget(self, key: str, *, unless: bytes | Forget | None = ANYWAY) -> None:
+        if unless is not ANYWAY:
+            found = self._values.get(key)
+            now = None if found is None or found[1] <= self._clock() else found[0]
+            if now is not None and now != unless:
+                return  # written again since the caller read it
         self._drop(key)
 
     async def invalidate(

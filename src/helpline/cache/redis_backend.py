@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from helpline.cache.backend import IndexedQuestion
+from helpline.cache.backend import ANYWAY, Forget, IndexedQuestion
 from helpline.cache.keys import KeySpace
 from helpline.redisconn import pool_size
 
@@ -111,6 +111,19 @@ for i = 1, #ARGV, 2 do
 end
 return removed
 """
+# Remove an entry and its index field. KEYS: entry, its scope's index, the index version, the popularity set. ARGV:
+# 'anyway', or only if the entry is still as found: 'absent', or 'value' and those bytes (the entry may be gone).
+FORGET = """
+if ARGV[1] == 'absent' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[1] == 'value' then
+  local now = redis.call('GET', KEYS[1])
+  if now and now ~= ARGV[2] then return 0 end
+end
+redis.call('DEL', KEYS[1])
+if redis.call('HDEL', KEYS[2], KEYS[1]) == 1 then redis.call('INCR', KEYS[3]) end
+redis.call('ZREM', KEYS[4], KEYS[1])
+return 1
+"""
 # Compare and delete: a holder whose lock expired (and was taken by another) must not remove the new holder's.
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -157,6 +170,7 @@ class RedisBackend:
         self._invalidate = client.register_script(INVALIDATE)
         self._put = client.register_script(PUT)
         self._unlock = client.register_script(UNLOCK)
+        self._forget = client.register_script(FORGET)
         self._extend = client.register_script(EXTEND)
         self._prune = client.register_script(PRUNE)
         self._drop_scopes = client.register_script(DROP_SCOPES)
@@ -254,14 +268,13 @@ class RedisBackend:
         return live
 
     @_gated
-    async def forget(self, key: str) -> None:
+    async def forget(self, key: str, *, unless: bytes | Forget | None = ANYWAY) -> None:
         scope_id = KeySpace.scope_of(key)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.hdel(f"{self._prefix}:s:{scope_id}", key)
-            pipe.incr(f"{self._prefix}:sv:{scope_id}")
-            pipe.zrem(f"{self._prefix}:pop", key)
-            await pipe.execute()
+        keys = [key, f"{self._prefix}:s:{scope_id}", f"{self._prefix}:sv:{scope_id}", f"{self._prefix}:pop"]
+        if unless is ANYWAY:
+            await self._forget(keys=keys, args=["anyway", b""])
+        else:
+            await self._forget(keys=keys, args=["absent" if unless is None else "value", unless or b""])
 
     @_gated
     async def invalidate(

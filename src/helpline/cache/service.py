@@ -304,8 +304,8 @@ class AnswerCache:
 
     async def _fetch(self, key: str, similarity: float, matched: str, scope: CacheScope) -> CacheHit | None:
         raw = await self._shared_read(key)
-        if raw is None:  # expired: drop it from the index
-            await self._guarded("forget", lambda: self.backend.forget(key), None)
+        if raw is None:  # expired: drop it from the index (unless a request or replica has just written it again)
+            await self._guarded("forget", lambda: self.backend.forget(key, unless=None), None)
             return None
         found = await self._readable(key, raw)
         if found is None:
@@ -737,7 +737,7 @@ class AnswerCache:
             if self._near is not None:
                 self._near.drop(key)
             self._on_event("unreadable", "get")
-            await self._guarded("forget", lambda: self.backend.forget(key), None)
+            await self._guarded("forget", lambda: self.backend.forget(key, unless=raw), None)
             return None
 
 
