@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpline.chat.reply import looks_like_handoff
+from helpline.chat.reply import ControlLineFilter, looks_like_handoff
 
 NON_ANSWERS = [
     "Sorry, I could not find any information about that.",
@@ -43,3 +43,27 @@ def test_a_reply_that_answers_nothing_is_a_handoff(reply: str) -> None:
 @pytest.mark.parametrize("reply", ANSWERS)
 def test_an_answer_is_not_a_handoff(reply: str) -> None:
     assert not looks_like_handoff(reply)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        ["Standard delivery", " takes two days.", "\n", "<<ACTION=answer; SOURCES=x>>"],
+        ["Standard delivery takes two days.\n<", "<ACTION=answer; SOURCES=x>>"],
+        ["Standard delivery takes two days. \n\n", "<<ACTION=answer;", " SOURCES=x>>\n"],
+    ],
+)
+def test_a_stream_shows_the_reply_without_the_whitespace_before_its_control_line(chunks: list[str]) -> None:
+    """What a shopper sees streamed is what a replay from the cache shows (the stripped reply)."""
+    control = ControlLineFilter()
+    shown = "".join(control.feed(chunk) for chunk in chunks)
+    rest, line = control.finish()
+    assert shown + rest == "Standard delivery takes two days."
+    assert line.startswith("<<ACTION=answer")
+
+
+def test_whitespace_inside_a_streamed_reply_is_kept() -> None:
+    control = ControlLineFilter()
+    shown = "".join(control.feed(chunk) for chunk in ["Line one.", "\n\n", "Line two ", "and more."])
+    rest, line = control.finish()
+    assert (shown + rest, line) == ("Line one.\n\nLine two and more.", "")

@@ -49,6 +49,11 @@ class ControlLineFilter:
             self._held = ""
         else:
             text, self._held = text[:cut], text[cut:]
+        # Trailing whitespace waits for what follows: before the control line it is not the reply's (a stream showed
+        # "…days.\n", its replay from the cache "…days.").
+        shown = text.rstrip()
+        if len(shown) < len(text):
+            text, self._held = shown, text[len(shown) :] + self._held
         self.visible += text
         return text
 
