@@ -23,6 +23,7 @@ from helpline.knowledge.embeddings import Embedder
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
 from helpline.store.repositories import KnowledgeRepository
+from tests.api.test_streaming import parse_sse
 from tests.cache.test_cache_api import ADMIN, DELIVERY_TIMES, UNLIMITED, ask
 from tests.conftest import Api, make_settings, running_api
 from tests.fakes.tcp_proxy import TcpProxy
@@ -144,3 +145,49 @@ async def test_a_document_put_on_a_slow_store_answers_within_its_budget(
         assert api.services.invalidator is not None
         await api.services.invalidator.poll()
         assert not cache.reads_held
+
+
+@pytest.mark.parametrize("mode", ["blackhole", "cut", "latency"])
+async def test_a_streamed_question_during_a_redis_outage_is_answered_in_full(
+    sqlite_url: str, embedder: Embedder, proxy: TcpProxy, mode: str
+) -> None:
+    """The streamed path makes more store calls than the plain one (lookup, the cross-replica lock, its renewal, the
+    write once complete): each is bounded and the stream ends with its answer, fast, with Redis blackholed, cut or
+    slow (tested for plain requests in test_cache_api.py)."""
+    fake = FakeProvider(name="gemini", model="gemini-test", default=FakeReply(text=NEW))
+    settings = settings_through(proxy, sqlite_url, "t" + secrets.token_hex(6))
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        await ask(api, "Do you deliver on Sundays?")  # healthy: connected
+        proxy.add_latency(1.0) if mode == "latency" else getattr(proxy, mode)()
+        for question in (QUESTION, QUESTION, "Is there a minimum order?"):
+            started = time.perf_counter()
+            response = await api.client.post("/v1/chat", json={"message": question, "stream": True})
+            took = time.perf_counter() - started
+            assert response.status_code == 200
+            events = parse_sse(response.text)
+            assert events[-1][0] == "done", events[-1]
+            assert events[-1][1]["reply"] == NEW
+            assert "".join(str(data["text"]) for kind, data in events if kind == "delta") == NEW
+            assert took < 1.5, f"{mode}: the stream took {took:.1f} s"
+
+
+async def test_a_document_deleted_during_an_outage_is_not_served_once_redis_is_back(
+    sqlite_url: str, embedder: Embedder, proxy: TcpProxy
+) -> None:
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    settings = settings_through(proxy, sqlite_url, "t" + secrets.token_hex(6))
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        await cached_old_answer(api, fake)
+        proxy.blackhole()
+        response = await api.client.delete(f"/v1/admin/kb/documents/{DELIVERY_TIMES}", headers=ADMIN)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "cache_unavailable"
+        assert await KnowledgeRepository(api.services.sessions).get(DELIVERY_TIMES) is None  # deleted all the same
+        proxy.pass_through()
+        lift_lookup_bypass(api)
+        assert (await ask(api, QUESTION))["reply"] == NEW  # not the old answer, drawn on the deleted policy
+        assert api.services.invalidator is not None
+        await api.services.invalidator.poll()
+        assert api.services.cache is not None
+        assert not api.services.cache.reads_held
+        assert await KnowledgeRepository(api.services.sessions).pending_changes() == {}
