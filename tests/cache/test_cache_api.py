@@ -956,3 +956,19 @@ async def test_deleting_a_document_removes_it_and_the_answers_that_drew_on_it(
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "document_not_found")
     invalid = await api.client.delete("/v1/admin/kb/documents/bad%20id!", headers=ADMIN)
     assert invalid.status_code == 422
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_last_resort_answers_are_cached_only_when_a_setting_says_so(
+    sqlite_url: str, embedder: Embedder, allowed: bool
+) -> None:
+    """Gemini down, the knowledge base's own answer stands in: not cached by default (the model should answer once it
+    is back), cached with CACHE_FALLBACK_ANSWERS."""
+    down = FakeProvider(name="gemini", default=FakeReply(error=Unavailable("down")))
+    settings = make_settings(sqlite_url, cache_fallback_answers=allowed, **UNLIMITED)
+    async with running_api(settings, embedder, [down, ExtractiveProvider(0.5)]) as api:
+        first = await ask(api, "How long does delivery take?")
+        second = await ask(api, "How long does delivery take?")
+    assert (first["provider"], first["action"]) == ("extractive", "answer")
+    assert second["cache"] == ("exact" if allowed else "miss")
+    assert second["reply"] == first["reply"]
