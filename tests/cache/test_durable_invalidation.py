@@ -19,9 +19,11 @@ import pytest
 
 from helpline.cache.keys import CacheScope
 from helpline.config import Settings
+from helpline.knowledge.documents import SourceDocument
 from helpline.knowledge.embeddings import Embedder
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
+from helpline.store import repositories
 from helpline.store.repositories import KnowledgeRepository
 from tests.api.test_streaming import parse_sse
 from tests.cache.test_cache_api import ADMIN, DELIVERY_TIMES, UNLIMITED, ask
@@ -191,3 +193,30 @@ async def test_a_document_deleted_during_an_outage_is_not_served_once_redis_is_b
         assert api.services.cache is not None
         assert not api.services.cache.reads_held
         assert await KnowledgeRepository(api.services.sessions).pending_changes() == {}
+
+
+async def test_an_ingest_larger_than_one_read_of_the_outbox_is_drained_in_one_sync(
+    database_url: str, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`helpline kb ingest` of a whole catalogue leaves a change per document; the sync after it reads the outbox
+    as often as it takes (it stopped after three reads, and reported the rest as unconfirmed). On each database."""
+    monkeypatch.setattr(repositories, "CHANGES_READ", 3)
+    documents = [
+        SourceDocument(f"prod-test-{n}", "product", f"Test product {n}", f"Test product number {n}, EUR {n}.90.", {})
+        for n in range(11)
+    ]
+    async with running_api(make_settings(database_url, kb_refresh_s=3600), embedder) as api:
+        outbox = KnowledgeRepository(api.services.sessions)
+        invalidator, cache = api.services.invalidator, api.services.cache
+        assert invalidator is not None
+        assert cache is not None
+        try:
+            await api.services.knowledge.ingest(documents)
+            assert len(await outbox.pending_changes()) == 3  # one read's worth
+            await invalidator.sync()
+            assert await outbox.pending_changes() == {}
+            assert not cache.reads_held
+        finally:  # the database is shared by this run's tests
+            for document in documents:
+                await api.services.knowledge.delete(document.id)
+            await invalidator.sync()

@@ -199,12 +199,15 @@ class Invalidator:
         version 2 and invalidated after another had saved and invalidated version 3 set the store back to 2
         (refusing the answers of 3, taking those of 2). Its next read sees 3 and sets it right; the last
         invalidation of every process then names a version read after everything it invalidated before."""
-        removed = 0
+        removed = rounds = 0
         async with self._polling:  # one at a time: two overlapping reads of the knowledge could set it back
-            for _ in range(SETTLE_ROUNDS):
-                more, count = await self._poll_once(budget_s)
+            while True:
+                changed, drained, count = await self._poll_once(budget_s)
                 removed += count
-                if not more:
+                rounds += changed
+                # Read again while documents changed under it (a few rounds; the next poll goes on) and while the
+                # outbox was being drained (a whole catalogue's ingest takes several reads of it).
+                if not (changed or drained) or rounds >= SETTLE_ROUNDS:
                     break
         self._hold_reads()
         if self.owed:
@@ -214,15 +217,15 @@ class Invalidator:
             )
         return removed
 
-    async def _poll_once(self, budget_s: float | None) -> tuple[bool, int]:
-        """(whether to read the knowledge again: documents changed under it, or changes were drained, how many
+    async def _poll_once(self, budget_s: float | None) -> tuple[bool, bool, int]:
+        """(whether documents changed under this process's copy, whether outbox changes were drained, how many
         answers it removed)."""
         try:
             changed = await self._knowledge.refresh()
             self.changes = await self._knowledge.pending_changes()
         except Exception as error:  # noqa: BLE001 - a failed poll is retried next interval
             log.warning("knowledge_refresh_failed", error=type(error).__name__)
-            return False, 0
+            return False, False, 0
         if changed:
             log.info("knowledge_refreshed", documents=len(changed))
             self._learn_products()
@@ -236,26 +239,26 @@ class Invalidator:
         versioned = [tag for tag in dict.fromkeys([*retry, *documents]) if tag not in whole]
         tags: dict[str, str | None] = {**self._current(versioned), **dict.fromkeys(whole)}
         if not tags and not self.unreached:
-            return False, 0
+            return False, False, 0
         current = {tag: version for tag, version in tags.items() if version is not None}
         try:  # a document added or rewritten: also the answers given without it
             removed = await self._drop_and_reach(list(tags), current, documents, budget_s)
         except CacheUnavailable:
             log.warning("cache_invalidation_pending", tags=len(self.pending), documents=len(self.unreached))
-            return False, 0
+            return False, False, 0
         except Exception:  # keep the tags for the next round, keep watching (logged with its traceback)
             self.pending = {**tags, **self.pending}
             log.exception("cache_invalidation_error")
-            return False, 0
+            return False, False, 0
         if draining:
             try:
                 await self._knowledge.settle_changes(draining)
             except Exception as error:  # noqa: BLE001 - drained again next round (invalidating twice is harmless)
                 log.warning("knowledge_changes_not_settled", error=type(error).__name__)
-                return False, removed
+                return False, False, removed
             for change_id in draining:
                 self.changes.pop(change_id, None)
-        return bool(changed or draining), removed
+        return bool(changed), bool(draining), removed
 
     async def settled(self) -> None:
         """Return once the re-warming started so far has finished (tests; a drain before shutdown)."""

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from helpline.store.sqlite_writer import WritingProcess
 
 API_KEY_PREFIX = "hl_"
-CHANGES_READ = 500  # knowledge changes drained per read (and ids per delete)
+CHANGES_READ = 5000  # knowledge changes drained per read (an ingest of a whole catalogue leaves one per document)
+CHANGES_DELETED = 500  # ids per delete statement
 
 
 def hash_secret(secret: str) -> str:
@@ -448,19 +449,20 @@ class KnowledgeRepository:
                 session.add(KnowledgeChange(document_id=document_id, created_at=utcnow()))
             return existed
 
-    async def pending_changes(self, limit: int = CHANGES_READ) -> dict[int, str]:
-        """The oldest changes not yet drained: change id -> document id."""
-        query = select(KnowledgeChange.id, KnowledgeChange.document_id).order_by(KnowledgeChange.id).limit(limit)
+    async def pending_changes(self) -> dict[int, str]:
+        """The oldest changes not yet drained (at most CHANGES_READ): change id -> document id."""
+        query = select(KnowledgeChange.id, KnowledgeChange.document_id).order_by(KnowledgeChange.id)
+        query = query.limit(CHANGES_READ)
         async with self._sessions() as session:
             return {change_id: doc_id for change_id, doc_id in (await session.execute(query)).all()}
 
     async def settle_changes(self, change_ids: Collection[int]) -> None:
         """Forget changes whose cached answers are gone (only those read: one made since stays)."""
         ids = sorted(change_ids)
-        for start in range(0, len(ids), CHANGES_READ):
+        for start in range(0, len(ids), CHANGES_DELETED):
             async with self._sessions.begin() as session:
                 await session.execute(
-                    delete(KnowledgeChange).where(KnowledgeChange.id.in_(ids[start : start + CHANGES_READ]))
+                    delete(KnowledgeChange).where(KnowledgeChange.id.in_(ids[start : start + CHANGES_DELETED]))
                 )
 
     async def find(self, q: str = "", kind: str = "", limit: int = 500) -> list[tuple[str, str, str, datetime]]:
