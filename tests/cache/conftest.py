@@ -14,6 +14,7 @@ from helpline.cache.keys import KeySpace
 from helpline.cache.redis_backend import RedisBackend
 from helpline.cache.service import AnswerCache, CacheSettings
 from helpline.redisconn import create_redis
+from tests.fakes.tcp_proxy import TcpProxy
 from tests.redis_cluster import redis_cluster
 
 REDIS_URL = os.environ.get("HELPLINE_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -59,3 +60,12 @@ async def cache_backend(
 def answer_cache(cache_backend: CacheBackend, keyspace: KeySpace) -> AnswerCache:
     settings = CacheSettings(ttl_s=60, threshold=0.8, timeout_s=2.0)  # generous: the machine is shared and busy
     return AnswerCache(cache_backend, keyspace, settings, SemanticGuard({"banana"}))
+
+
+@pytest.fixture
+def blackhole_redis() -> Iterator[TcpProxy]:
+    """The local Redis through a TCP fault proxy (latency, cut, blackhole, refuse: tests/fakes/tcp_proxy.py)."""
+    proxy = TcpProxy("127.0.0.1", 6379)
+    proxy.start()
+    yield proxy
+    proxy.stop()

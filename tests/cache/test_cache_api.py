@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from structlog.testing import capture_logs
@@ -242,14 +242,6 @@ async def test_concurrent_streamed_misses_make_one_provider_call(cached: tuple[A
         text = "".join(str(data["text"]) for kind, data in events if kind == "delta")
         # The same text streamed and replayed (a streamed miss sent the newline before its control line too).
         assert text == events[-1][1]["reply"] == "Standard delivery takes one to two working days."
-
-
-@pytest.fixture
-def blackhole_redis() -> Iterator[TcpProxy]:
-    proxy = TcpProxy("127.0.0.1", 6379)
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 @pytest.mark.parametrize("mode", ["blackhole", "cut", "latency"])

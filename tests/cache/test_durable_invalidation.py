@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -34,14 +35,6 @@ QUESTION = "How long does delivery take?"
 NEW_TEXT = {"title": "Delivery times", "text": "Every order now arrives within 2 hours.", "kind": "policy"}
 OLD = "Two working days."
 NEW = "Within 2 hours."
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    proxy = TcpProxy("127.0.0.1", 6379)
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 def settings_through(proxy: TcpProxy, sqlite_url: str, tenant: str) -> Settings:
@@ -70,21 +63,28 @@ def lift_lookup_bypass(api: Api) -> None:
     api.services.cache._bypass_until = 0.0
 
 
-async def test_a_change_the_store_did_not_confirm_is_never_served_stale(
-    sqlite_url: str, embedder: Embedder, proxy: TcpProxy
-) -> None:
+@asynccontextmanager
+async def answered_then_blackholed(sqlite_url: str, embedder: Embedder, proxy: TcpProxy) -> AsyncIterator[Api]:
+    """A replica with the old answer cached, then Redis blackholed; its provider answers NEW from then on."""
     fake = FakeProvider(name="gemini", model="gemini-test")
-    settings = settings_through(proxy, sqlite_url, "t" + secrets.token_hex(6))
-    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+    async with running_api(settings_through(proxy, sqlite_url, "t" + secrets.token_hex(6)), embedder,
+                           [fake, ExtractiveProvider(0.5)]) as api:  # fmt: skip
         await cached_old_answer(api, fake)
         proxy.blackhole()
+        yield api
+
+
+async def test_a_change_the_store_did_not_confirm_is_never_served_stale(
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy
+) -> None:
+    async with answered_then_blackholed(sqlite_url, embedder, blackhole_redis) as api:
         for attempt in (1, 2):  # the second, same text: not "200, removed 0" while nothing was removed
             status, body = await put_delivery_times(api)
             assert status == 503, (attempt, body)
             assert body["error"]["code"] == "cache_unavailable"  # type: ignore[index]
         assert api.services.cache is not None
         assert api.services.cache.reads_held
-        proxy.pass_through()
+        blackhole_redis.pass_through()
         lift_lookup_bypass(api)
         # Redis is back and the next poll has not run: the old answer is not served.
         answer = await ask(api, QUESTION)
@@ -98,18 +98,18 @@ async def test_a_change_the_store_did_not_confirm_is_never_served_stale(
 
 
 async def test_a_replica_started_after_an_unconfirmed_change_removes_its_answers_first(
-    sqlite_url: str, embedder: Embedder, proxy: TcpProxy
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy
 ) -> None:
     """The replica that made the change stopped before the store answered; the next one starts with the new text
     (so its copy of the knowledge sees no change) and must still not serve the answers drawn on the old one."""
-    settings = settings_through(proxy, sqlite_url, "t" + secrets.token_hex(6))
+    settings = settings_through(blackhole_redis, sqlite_url, "t" + secrets.token_hex(6))
     fake = FakeProvider(name="gemini", model="gemini-test")
     async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
         await cached_old_answer(api, fake)
-        proxy.blackhole()
+        blackhole_redis.blackhole()
         status, _body = await put_delivery_times(api)
         assert status == 503
-    proxy.pass_through()
+    blackhole_redis.pass_through()
     fresh = FakeProvider(name="gemini", model="gemini-test", default=FakeReply(text=NEW))
     async with running_api(settings, embedder, [fresh, ExtractiveProvider(0.5)]) as api:
         assert await KnowledgeRepository(api.services.sessions).pending_changes() == {}  # drained at start
@@ -118,13 +118,13 @@ async def test_a_replica_started_after_an_unconfirmed_change_removes_its_answers
 
 
 async def test_a_document_put_on_a_slow_store_answers_within_its_budget(
-    sqlite_url: str, embedder: Embedder, proxy: TcpProxy
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy
 ) -> None:
     """Redis slow but within each call's timeout, and many conversations with a cached follow-up (a scope each):
     the admin's request hears 503 within its budget, reads are held, and the watcher finishes the job."""
     tenant = "t" + secrets.token_hex(6)
     fake = FakeProvider(name="gemini", model="gemini-test")
-    settings = settings_through(proxy, sqlite_url, tenant)
+    settings = settings_through(blackhole_redis, sqlite_url, tenant)
     async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
         cache = api.services.cache
         assert cache is not None
@@ -136,14 +136,14 @@ async def test_a_document_put_on_a_slow_store_answers_within_its_budget(
                 cache.keys.entry(scope, "q"), b"x", ttl_s=600, tags=["faq-x"], scope_id=scope.id, question=QUESTION,
                 vector=vector.tobytes(),
             )  # fmt: skip
-        proxy.add_latency(0.05)  # each way: 0.1 s a round trip, within each call's 0.5 s; 6 s for all 60
+        blackhole_redis.add_latency(0.05)  # each way: 0.1 s a round trip, within each call's 0.5 s; 6 s for all 60
         started = time.perf_counter()
         status, body = await put_delivery_times(api)
         took = time.perf_counter() - started
         assert status == 503, body
         assert took < 2.5 + 2 * 0.5 + 1.0, f"the PUT took {took:.1f} s"  # budget, the tag step, a loaded machine
         assert cache.reads_held
-        proxy.pass_through()
+        blackhole_redis.pass_through()
         assert api.services.invalidator is not None
         await api.services.invalidator.poll()
         assert not cache.reads_held
@@ -151,16 +151,16 @@ async def test_a_document_put_on_a_slow_store_answers_within_its_budget(
 
 @pytest.mark.parametrize("mode", ["blackhole", "cut", "latency"])
 async def test_a_streamed_question_during_a_redis_outage_is_answered_in_full(
-    sqlite_url: str, embedder: Embedder, proxy: TcpProxy, mode: str
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy, mode: str
 ) -> None:
     """The streamed path makes more store calls than the plain one (lookup, the cross-replica lock, its renewal, the
     write once complete): each is bounded and the stream ends with its answer, fast, with Redis blackholed, cut or
     slow (tested for plain requests in test_cache_api.py)."""
     fake = FakeProvider(name="gemini", model="gemini-test", default=FakeReply(text=NEW))
-    settings = settings_through(proxy, sqlite_url, "t" + secrets.token_hex(6))
+    settings = settings_through(blackhole_redis, sqlite_url, "t" + secrets.token_hex(6))
     async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
         await ask(api, "Do you deliver on Sundays?")  # healthy: connected
-        proxy.add_latency(1.0) if mode == "latency" else getattr(proxy, mode)()
+        blackhole_redis.add_latency(1.0) if mode == "latency" else getattr(blackhole_redis, mode)()
         for question in (QUESTION, QUESTION, "Is there a minimum order?"):
             started = time.perf_counter()
             response = await api.client.post("/v1/chat", json={"message": question, "stream": True})
@@ -174,18 +174,14 @@ async def test_a_streamed_question_during_a_redis_outage_is_answered_in_full(
 
 
 async def test_a_document_deleted_during_an_outage_is_not_served_once_redis_is_back(
-    sqlite_url: str, embedder: Embedder, proxy: TcpProxy
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy
 ) -> None:
-    fake = FakeProvider(name="gemini", model="gemini-test")
-    settings = settings_through(proxy, sqlite_url, "t" + secrets.token_hex(6))
-    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
-        await cached_old_answer(api, fake)
-        proxy.blackhole()
+    async with answered_then_blackholed(sqlite_url, embedder, blackhole_redis) as api:
         response = await api.client.delete(f"/v1/admin/kb/documents/{DELIVERY_TIMES}", headers=ADMIN)
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "cache_unavailable"
         assert await KnowledgeRepository(api.services.sessions).get(DELIVERY_TIMES) is None  # deleted all the same
-        proxy.pass_through()
+        blackhole_redis.pass_through()
         lift_lookup_bypass(api)
         assert (await ask(api, QUESTION))["reply"] == NEW  # not the old answer, drawn on the deleted policy
         assert api.services.invalidator is not None
