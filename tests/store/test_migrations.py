@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -38,3 +40,42 @@ async def test_migrations_go_down_to_zero_and_back_up(engine: AsyncEngine) -> No
     assert {"request_id", "provider", "cache_state", "action", "tokens_in", "tokens_out", "error", "user_key_id"} <= (
         conversation_columns
     )
+
+
+async def _add_change(engine: AsyncEngine, document_id: str) -> int:
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            sa.text("INSERT INTO kb_changes (document_id, created_at) VALUES (:doc, CURRENT_TIMESTAMP) RETURNING id"),
+            {"doc": document_id},
+        )
+        return int(result.scalar_one())
+
+
+async def _changes(engine: AsyncEngine, prefix: str) -> list[tuple[int, str]]:
+    query = sa.text("SELECT id, document_id FROM kb_changes WHERE document_id LIKE :p ORDER BY id")
+    async with engine.connect() as connection:
+        return [(int(i), str(d)) for i, d in (await connection.execute(query, {"p": prefix + "%"})).all()]
+
+
+async def _settle(engine: AsyncEngine, *change_ids: int) -> None:
+    async with engine.begin() as connection:
+        for change_id in change_ids:
+            await connection.execute(sa.text("DELETE FROM kb_changes WHERE id = :id"), {"id": change_id})
+
+
+async def test_an_outbox_id_is_never_given_twice(engine: AsyncEngine) -> None:
+    """A drainer settles the ids it read: a change written after the newest was settled must not get its id (SQLite
+    reused the highest rowid; found by a review, session 19), also on a database migrated before the fix (0005)."""
+    prefix = f"doc-{secrets.token_hex(4)}-"
+    await db.downgrade(engine, "0005")
+    first = await _add_change(engine, prefix + "a")
+    await db.upgrade(engine, "head")  # 0006 copies the table on SQLite: the change and its id stay
+    assert await _changes(engine, prefix) == [(first, prefix + "a")]
+    await _settle(engine, first)
+    second = await _add_change(engine, prefix + "a")
+    assert second > first
+    await _settle(engine, second)
+    third = await _add_change(engine, prefix + "b")
+    assert third > second
+    await _settle(engine, third)
+    assert await _changes(engine, prefix) == []

@@ -151,6 +151,9 @@ class KnowledgeChange(Base):
     answer while it is not empty (a replica started after the change would otherwise never see it as a change)."""
 
     __tablename__ = "kb_changes"
+    # SQLite reuses the highest rowid once it is deleted: a drainer settling the ids it read could delete a change
+    # written since under the same id. AUTOINCREMENT never reuses one (PostgreSQL and MariaDB never do).
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 - SQLAlchemy's declarative attribute
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     document_id: Mapped[str] = mapped_column(String(128))

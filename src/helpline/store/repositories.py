@@ -414,8 +414,10 @@ class KnowledgeRepository:
         """Replace a document and its chunks in one transaction; a new or changed text also leaves a change to
         drain (:meth:`pending_changes`) in the same transaction."""
         async with self._sessions.begin() as session:
+            # Locked until commit (PostgreSQL, MariaDB): two writers of one document each compare with the version
+            # the other left, so a change back to an older text still leaves its change.
             before = await session.scalar(
-                select(KnowledgeDocument.content_hash).where(KnowledgeDocument.id == document.id)
+                select(KnowledgeDocument.content_hash).where(KnowledgeDocument.id == document.id).with_for_update()
             )
             if before != document.content_hash:
                 session.add(KnowledgeChange(document_id=document.id, created_at=utcnow()))
