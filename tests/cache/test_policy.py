@@ -43,6 +43,10 @@ PERSONAL = [
     "It\u2019s Priya again, do you sell oat milk?",
     "Hey, Tom here: is there a minimum order?",
     "my name's jane, what are your opening hours?",
+    "Jane here",
+    "Jane here again, do you sell oat milk?",
+    "This is Urgent, Jane here. Do you deliver today?",
+    "I'm April, and I'm Vegan: do you sell oat milk?",
     # Where is my order, in many phrasings, casings and typos.
     "where's my stuff",
     "hi, where's my stuff",
@@ -204,6 +208,13 @@ GENERIC = [
     "It is possible to pay with PayPal?",
     "Delivery here is slow, how long does it take?",
     "I am vegan, which of your ready meals are plant based?",
+    # Capitalised words a review found taken for names (session 19).
+    "I'm Vegan, which of your ready meals are plant based?",
+    "I'm German, do you ship to Germany?",
+    "It's Friday: do you deliver on Saturdays?",
+    "This is Urgent! Do you deliver today?",
+    "Apple Pay here: is it accepted at checkout?",
+    "Student here. Is there a student discount?",
     # Borderline, decided generic: the correct answer is the procedure (the tracking link in the dispatch email, or
     # Account > Orders) and needs nothing of the asker's; nothing of theirs is in the message either. A request to do
     # it ("track my order", "can you track 1Z...") is personal, see above. The same goes for "check the status".

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from helpline.chat.reply import ControlLineFilter, looks_like_handoff
+from helpline.cache.policy import cacheable
+from helpline.chat.reply import ControlLineFilter, ParsedReply, parse_reply
+from helpline.knowledge.base import Passage
 
-NON_ANSWERS = [
+PASSAGE = Passage(id="faq-delivery", kind="faq", title="Delivery", text="Slots run Monday to Saturday.", score=0.9)
+
+# Say nothing, whatever they cite.
+HANDOFFS = [
     "Sorry, I could not find any information about that.",
-    # Found cached as answers by a review (session 18).
-    "Unfortunately, we don't have any information about that.",
+    "I'm not sure. A member of our support team will get back to you.",
+    "I don't know, sorry.",
+    "I am unable to look that up.",
     "I'm sorry, but I can't help with that.",
+]
+# Found cached as answers by a review (session 18): they say there is nothing on the question.
+HEDGES = [
+    "Unfortunately, we don't have any information about that.",
     "Apologies, that isn't something I can answer.",
     "Sorry, I don't have details on that.",
     "We're sorry, there is no information on this in our help pages.",
@@ -20,7 +30,16 @@ NON_ANSWERS = [
     "The passages don't say, sorry.",
     "I found no information about gift wrapping.",
     "We are not able to help with that question here.",
-    "I'm not sure. A member of our support team will get back to you.",
+]
+# Real answers in the same words (found by the next review): an answer that cites a passage keeps its citations
+# and stays an answer; it is only not cached.
+CITED_HEDGES = [
+    "Our drivers can't help with carrying items upstairs; they deliver to your front door.",
+    "Sorry, we cannot help with custom cakes: our bakery sells the cakes listed in the catalogue.",
+    "There's no information needed from you: the refund goes back to your card in 3 to 5 days.",
+    "The documents don't include VAT; it is added at checkout.",
+    "This information is not available offline: the app needs a connection to show your orders.",
+    "We don't have details of your bank's times, but refunds leave us within one working day.",
 ]
 ANSWERS = [
     "Sorry, we don't deliver on Sundays. Slots run Monday to Saturday, 7am to 10pm.",
@@ -35,14 +54,43 @@ ANSWERS = [
 ]
 
 
-@pytest.mark.parametrize("reply", NON_ANSWERS)
-def test_a_reply_that_answers_nothing_is_a_handoff(reply: str) -> None:
-    assert looks_like_handoff(reply)
+def parsed(text: str, *, cites: bool) -> ParsedReply:
+    sources = PASSAGE.id if cites else ""
+    return parse_reply(f"{text}\n<<ACTION=answer; SOURCES={sources}>>", (PASSAGE,))
+
+
+def cached(reply: ParsedReply) -> bool:
+    return cacheable(
+        action=reply.action, grounded=reply.grounded, provider="gemini", error=None, last_resort=False,
+        allow_fallback=False, hedged=reply.hedged,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("cites", [False, True])
+@pytest.mark.parametrize("reply", HANDOFFS)
+def test_a_reply_that_defers_is_a_handoff_whatever_it_cites(reply: str, cites: bool) -> None:
+    result = parsed(reply, cites=cites)
+    assert (result.action, result.citations, cached(result)) == ("handoff", (), False)
+
+
+@pytest.mark.parametrize("reply", HEDGES)
+def test_a_reply_that_answers_nothing_and_cites_nothing_is_a_handoff(reply: str) -> None:
+    result = parsed(reply, cites=False)
+    assert (result.action, cached(result)) == ("handoff", False)
+
+
+@pytest.mark.parametrize("reply", HEDGES + CITED_HEDGES)
+def test_a_cited_answer_that_hedges_keeps_its_citations_and_is_never_cached(reply: str) -> None:
+    result = parsed(reply, cites=True)
+    assert (result.action, [c.id for c in result.citations], result.hedged) == ("answer", [PASSAGE.id], True)
+    assert not cached(result)
 
 
 @pytest.mark.parametrize("reply", ANSWERS)
-def test_an_answer_is_not_a_handoff(reply: str) -> None:
-    assert not looks_like_handoff(reply)
+def test_an_answer_is_an_answer_and_cached(reply: str) -> None:
+    result = parsed(reply, cites=True)
+    assert (result.action, result.hedged, cached(result)) == ("answer", False, True)
+    assert parsed(reply, cites=False).action == "answer"  # not grounded (not cached), but not a handoff either
 
 
 @pytest.mark.parametrize(

@@ -412,9 +412,24 @@ _OWN_DATA = re.compile(
 # a capital marks a name ("This is Jane, …", "I am Jane Doe", "Mary Jane Watson here!"; not "this is urgent"). A
 # reply may greet them by it, and names are not redacted: shared, it reached another shopper (a review, session 18).
 _INTRODUCTION = re.compile(
-    r"(?:\b(?:[Tt]his\s+is|[Ii]t's|[Ii]t\s+is|I'm|I\s+am|[Nn]ame's|[Cc]all\s+me)\s+[A-Z][a-z]+"
-    r"|(?:^|[.!?,;:]\s*|\b(?:[Hh]i|[Hh]ello|[Hh]ey)\s*[,!]?\s*)[A-Z][a-z]+(?:\s+[A-Z][a-z]+){0,2}\s+here\s*[.,!:;\-])"
+    r"(?:\b(?:[Tt]his\s+is|[Ii]t's|[Ii]t\s+is|I'm|I\s+am|[Nn]ame's|[Cc]all\s+me)\s+(?P<name>[A-Z][a-z]+)"
+    r"|(?:^|[.!?,;:]\s*|\b(?:[Hh]i|[Hh]ello|[Hh]ey)\s*[,!]?\s*)(?P<signed>[A-Z][a-z]+)(?:\s+[A-Z][a-z]+){0,2}"
+    r"\s+here(?:\s*(?:[.,!:;\-]|$)|\s+again\b))"
 )
+# Capitalised words after "I'm", "It's", "This is" or before "here" that are no name (a review, session 19): days,
+# months that are no first name, nationalities, diets, roles, payment brands, moods. Names that are also words
+# (April, May, June, Grace, Hope) stay names: a false "personal" costs a cache hit, a missed one shares a greeting.
+_NOT_NAME_WORDS = """
+monday tuesday wednesday thursday friday saturday sunday january february march july september october november
+december christmas easter today tomorrow tonight weekend morning evening english british german french spanish
+italian irish scottish welsh american canadian australian dutch polish indian chinese japanese european swiss
+austrian belgian portuguese swedish danish norwegian finnish greek turkish vegan vegetarian veggie kosher halal
+coeliac celiac diabetic pescatarian lactose gluten allergic pregnant student customer member newbie mum mom dad
+parent teacher nurse business shop company admin plus premium prime guest apple google amazon paypal visa
+mastercard amex klarna urgent important new not very really just still also back sorry interested unable done
+the about regarding re ok okay yes no
+"""
+_NOT_NAMES = frozenset(_NOT_NAME_WORDS.split())
 _MY_NAME = re.compile(r"\b(?:my\s+name\s+is|my\s+name's)\b")
 
 
@@ -424,12 +439,20 @@ def is_personal(message: str) -> bool:
     text = " " + message.lower().replace("\u2019", "'")
     if ("@" in text and _EMAIL.search(text)) or (_DIGIT.search(text) and _identifying_number(text)):
         return True
-    if _MY_NAME.search(text) or _INTRODUCTION.search(message.replace("\u2019", "'")):
+    if _MY_NAME.search(text) or _introduces(message.replace("\u2019", "'")):
         return True
     if _OWN_STATE.search(text):
         return True
     asked = _HOW_TO.sub(";", text)
     return bool(_OWN_REQUEST.search(asked) or _OWN_DATA.search(asked))
+
+
+def _introduces(message: str) -> bool:
+    """The shopper says who they are ("This is Jane", "Jane Doe here."), not "It's Friday" or "Student here"."""
+    for match in _INTRODUCTION.finditer(message):
+        if (match.group("name") or match.group("signed")).lower() not in _NOT_NAMES:
+            return True
+    return False
 
 
 def owner_scope(personal: bool, key_id: int | None, session_id: str, end_user: str | None = None) -> str:
@@ -445,9 +468,17 @@ def owner_scope(personal: bool, key_id: int | None, session_id: str, end_user: s
 
 
 def cacheable(
-    *, action: str, grounded: bool, provider: str, error: str | None, last_resort: bool, allow_fallback: bool
+    *,
+    action: str,
+    grounded: bool,
+    provider: str,
+    error: str | None,
+    last_resort: bool,
+    allow_fallback: bool,
+    hedged: bool = False,
 ) -> bool:
-    """Only good answers are cached: no errors, apologies, handoffs, ungrounded or fallback replies."""
-    if action != "answer" or not grounded or error is not None or provider in ("none", ""):
+    """Only good answers are cached: no errors, apologies, handoffs, hedged ("we have no details of…"), ungrounded
+    or fallback replies."""
+    if action != "answer" or not grounded or hedged or error is not None or provider in ("none", ""):
         return False
     return allow_fallback or not last_resort

@@ -19,9 +19,14 @@ _HANDOFF_PHRASES = re.compile(
     # an apology for not answering ("Sorry, I could not find any information about that.") is not an answer
     r"i (?:could not|couldn't|can't|cannot|was unable to|am unable to) (?:find|help|answer)|i(?:'m| am) unable to|"
     r"(?:a|one of our) (?:person|member of (?:our|the) (?:support )?team|colleague|human)[^.]{0,40}"
-    r"(?:will|shall|can) (?:follow up|get back|contact)|"
-    # more of the same, in the forms a review found cached as answers (session 18): no information, no details
-    r"(?:do not|don't|does not|doesn't) have (?:any |the |that |this |those )?(?:information|info|details)|"
+    r"(?:will|shall|can) (?:follow up|get back|contact))",
+    re.IGNORECASE,
+)
+# Wordings of "I have nothing on that" a review found cached as answers (session 18). They also occur in real answers
+# ("we cannot help with custom cakes", "the documents don't include VAT", "there's no information needed from you"),
+# so a reply using one is never cached, and is a handoff only when it cites none of the passages it was given.
+_HEDGES = re.compile(
+    r"\b(?:(?:do not|don't|does not|doesn't) have (?:any |the |that |this |those )?(?:information|info|details)|"
     r"(?:there is|there's|we have|i have|i've got|i found) no (?:information|info|details)|"
     r"(?:that|this|the|such) (?:information|info|detail)s? (?:is not|isn't|are not|aren't) available|"
     r"(?:i(?:'m| am)|we(?:'re| are)) not able to (?:answer|help|find|say)|"
@@ -74,6 +79,7 @@ class ParsedReply:
     grounded: bool  # cites at least one passage we gave it (or is a handoff)
     had_control_line: bool
     blocked: bool = False  # replaced because it quoted our rules
+    hedged: bool = False  # says it has nothing on part of the question (see _HEDGES): shown, never cached
 
 
 def parse_reply(raw: str, passages: tuple[Passage, ...]) -> ParsedReply:
@@ -90,10 +96,13 @@ def parse_reply(raw: str, passages: tuple[Passage, ...]) -> ParsedReply:
         action = "handoff"
     known = {p.id: p for p in passages}
     citations = tuple(dict.fromkeys(Citation(i, known[i].title) for i in cited if i in known))
+    hedged = action == "answer" and hedges(text)
+    if hedged and not citations:
+        action = "handoff"
     if action == "handoff":
         citations = ()
     grounded = action == "handoff" or bool(citations)
-    return ParsedReply(text.strip(), action, citations, grounded, bool(control))
+    return ParsedReply(text.strip(), action, citations, grounded, bool(control), hedged=hedged)
 
 
 def _split_control(raw: str) -> tuple[str, str]:
@@ -132,3 +141,8 @@ def strip_control(raw: str) -> str:
 def looks_like_handoff(text: str) -> bool:
     """Model text that defers to a person, whatever action it declared."""
     return bool(_HANDOFF_PHRASES.search(text))
+
+
+def hedges(text: str) -> bool:
+    """Model text that says it has nothing on (part of) the question; an answer only if it cites a passage."""
+    return bool(_HEDGES.search(text))

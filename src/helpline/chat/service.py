@@ -556,7 +556,7 @@ class ChatService:
         last_resort = usage.provider == "extractive" and len(self._router.providers) > 1
         if not cacheable(
             action=reply.action, grounded=reply.grounded, provider=usage.provider, error=None,
-            last_resort=last_resort, allow_fallback=self._settings.cache_fallback_answers,
+            last_resort=last_resort, allow_fallback=self._settings.cache_fallback_answers, hedged=reply.hedged,
         ):  # fmt: skip
             return None
         return CachedAnswer(
