@@ -8,9 +8,10 @@ import time
 
 import numpy as np
 import pytest
+from redis.asyncio import Redis, RedisCluster
 
 from helpline.cache import redis_backend
-from helpline.cache.backend import CacheBackend, MemoryBackend
+from helpline.cache.backend import CacheBackend, IndexedQuestion, MemoryBackend
 from helpline.cache.guards import SemanticGuard
 from helpline.cache.keys import CacheScope, KeySpace
 from helpline.cache.redis_backend import VECTOR_SEPARATOR, RedisBackend
@@ -549,4 +550,85 @@ async def test_a_slow_index_read_costs_a_semantic_hit_not_the_whole_cache(
     finally:
         async for key in client.scan_iter(match=keyspace.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
             await client.delete(key)
+        await cache.close()
+
+
+class TimedIndexReads(RedisBackend):
+    """The real Redis backend, counting its index reads (each made to take a while, as a big index's does)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.reads = self.in_flight = self.most_at_once = 0
+
+    async def semantic_entries(self, scope_id: str) -> list[IndexedQuestion]:
+        self.reads += 1
+        self.in_flight += 1
+        self.most_at_once = max(self.most_at_once, self.in_flight)
+        try:
+            await asyncio.sleep(0.02)
+            return await super().semantic_entries(scope_id)
+        finally:
+            self.in_flight -= 1
+
+
+async def _purge(client: Redis | RedisCluster, keyspace: KeySpace) -> None:
+    async for key in client.scan_iter(match=keyspace.prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
+        await client.delete(key)
+
+
+async def test_a_busy_scope_reads_its_index_once_at_a_time(keyspace: KeySpace, embedder: Embedder) -> None:
+    """Every write moves a scope's version; a read of the whole index per version piled up under writes and lookups
+    (found by a review, session 19). One read per scope at a time, and the lookups still find what was stored."""
+    client = create_redis(REDIS_URL, timeout_s=2.0)
+    backend = TimedIndexReads(client, keyspace.prefix)
+    cache = AnswerCache(backend, keyspace, CacheSettings(ttl_s=60, threshold=0.8, timeout_s=1.0), SemanticGuard())
+    stored = "How long does delivery take?"
+    paraphrase = "how long will my delivery take"
+    vector = embedder.embed([paraphrase])[0]
+    filler = np.zeros(384, dtype=np.float32)
+    filler[0] = 1.0  # far from every question: never a candidate
+    try:
+        await cache.store(stored, embedder.embed([stored])[0], SCOPE, answer(stored, ["doc-1"]))
+
+        async def write(n: int) -> None:
+            await backend.put(keyspace.entry(SCOPE, f"filler {n}"), b"x", ttl_s=60, tags=["doc-2"],
+                              scope_id=SCOPE.id, question=f"filler {n}", vector=filler.tobytes())  # fmt: skip
+
+        rounds = [asyncio.gather(write(n), *(cache.lookup_semantic(paraphrase, vector, SCOPE) for _ in range(4)))
+                  for n in range(30)]  # fmt: skip
+        results = await asyncio.gather(*rounds)
+        hits = [hit for _write, *lookups in results for hit in lookups if hit is not None]
+        assert backend.most_at_once == 1
+        assert backend.reads < 30  # not one per version
+        assert hits
+        assert all(hit.matched_question == stored for hit in hits)
+    finally:
+        await _purge(client, keyspace)
+        await cache.close()
+
+
+async def test_an_index_copy_follows_a_store_whose_counter_started_again(
+    keyspace: KeySpace, embedder: Embedder
+) -> None:
+    """A flushed or restarted Redis counts a scope's versions from 1 again: the copy read then must be kept (it was
+    not, being 'older' than the copy before, so every lookup read the whole index again; a review, session 19)."""
+    client = create_redis(REDIS_URL, timeout_s=2.0)
+    backend = TimedIndexReads(client, keyspace.prefix)
+    cache = AnswerCache(backend, keyspace, CacheSettings(ttl_s=60, threshold=0.8, timeout_s=1.0), SemanticGuard())
+    try:
+        for question in ("Do you deliver on Sundays?", "Is there a minimum order?", "Can I pay with PayPal?"):
+            await cache.store(question, embedder.embed([question])[0], SCOPE, answer(question, ["doc-1"]))
+        probe = "do you deliver on a sunday"
+        assert await cache.lookup_semantic(probe, embedder.embed([probe])[0], SCOPE) is not None
+        await _purge(client, keyspace)  # the store starts again: version 1 < the copy's 3
+        stored, paraphrase = "How long does delivery take?", "how long will my delivery take"
+        await cache.store(stored, embedder.embed([stored])[0], SCOPE, answer(stored, ["doc-1"]))
+        vector = embedder.embed([paraphrase])[0]
+        for _ in range(3):
+            hit = await cache.lookup_semantic(paraphrase, vector, SCOPE)
+            assert hit is not None
+            assert hit.matched_question == stored
+        assert backend.reads == 2  # one read before the restart, one after
+    finally:
+        await _purge(client, keyspace)
         await cache.close()

@@ -179,7 +179,7 @@ class AnswerCache:
         self.settings = settings
         self.guard = guard or SemanticGuard()
         self._mirrors: OrderedDict[str, _Mirror] = OrderedDict()
-        self._loading: dict[tuple[str, int], asyncio.Task[_Mirror | None]] = {}  # index reads on their way
+        self._loading: dict[str, asyncio.Task[_Mirror | None]] = {}  # index reads on their way, one per scope
         self._near = NearCache(settings.near_s) if settings.near_s > 0 else None
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._decompressor = zstandard.ZstdDecompressor()
@@ -349,14 +349,17 @@ class AnswerCache:
         if mirror is not None and mirror.version == version:
             self._mirrors.move_to_end(scope_id)
             return mirror
-        load = self._loading.get((scope_id, version))
+        load = self._loading.get(scope_id)
         if load is None:
-            # In a context of its own (its log lines belong to no one request) and shared by concurrent lookups.
+            # In a context of its own (its log lines belong to no one request) and shared by concurrent lookups. One
+            # read per scope at a time: in a busy scope every write moves the version, and a read per version piled
+            # up full reads of one index. A lookup that saw a newer version than the read under way takes what that
+            # read gives (an index a few writes old: at worst a semantic hit fewer); the next lookup reads again.
             load = asyncio.get_running_loop().create_task(
                 self._load_mirror(scope_id, version), name="cache-index", context=contextvars.Context()
             )
-            self._loading[scope_id, version] = load
-            load.add_done_callback(lambda _task: self._loading.pop((scope_id, version), None))
+            self._loading[scope_id] = load
+            load.add_done_callback(lambda _task: self._loading.pop(scope_id, None))
         try:
             return await asyncio.wait_for(asyncio.shield(load), self.settings.timeout_s)
         except TimeoutError:
@@ -382,12 +385,12 @@ class AnswerCache:
             [e.answer_key for e in entries],
             matrix.astype(np.float32),
         )
-        current = self._mirrors.get(scope_id)
-        if current is None or current.version <= version:
-            self._mirrors[scope_id] = mirror
-            self._mirrors.move_to_end(scope_id)
-            while len(self._mirrors) > self.settings.max_mirrors:
-                self._mirrors.popitem(last=False)
+        # The newest read of this scope (reads of one scope do not overlap): kept even if its version is lower than
+        # the copy's, which happens when the store's counter started again (a restarted or flushed Redis).
+        self._mirrors[scope_id] = mirror
+        self._mirrors.move_to_end(scope_id)
+        while len(self._mirrors) > self.settings.max_mirrors:
+            self._mirrors.popitem(last=False)
         return mirror
 
     # -- writes ----------------------------------------------------------------------------------------------
