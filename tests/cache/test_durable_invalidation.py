@@ -10,8 +10,10 @@ conversation's index one round trip at a time (23 s for 100 of them at 0.2 s a t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +21,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from helpline.cache.keys import CacheScope
+from helpline.cache.service import CacheUnavailable
 from helpline.config import Settings
 from helpline.knowledge.documents import SourceDocument
 from helpline.knowledge.embeddings import Embedder
@@ -188,6 +191,97 @@ async def test_a_document_deleted_during_an_outage_is_not_served_once_redis_is_b
         await api.services.invalidator.poll()
         assert api.services.cache is not None
         assert not api.services.cache.reads_held
+        assert await KnowledgeRepository(api.services.sessions).pending_changes() == {}
+
+
+async def test_a_put_behind_a_running_drain_answers_within_its_budget_and_holds_reads(
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy
+) -> None:
+    """The watcher's round has no budget (it finishes a long search of the indexes): a PUT waited behind it without
+    limit. It waits within its budget, answers 503, and no cached answer is served until a later round has read
+    its change from the outbox (found by a review, session 19)."""
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    settings = settings_through(blackhole_redis, sqlite_url, "t" + secrets.token_hex(6))
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        cache, invalidator = api.services.cache, api.services.invalidator
+        assert cache is not None
+        assert invalidator is not None
+        await cached_old_answer(api, fake)
+        cache.settings = dataclasses.replace(cache.settings, invalidate_timeout_s=0.2)  # a budget of 1 s
+        await invalidator._polling.acquire()  # a round under way (what a watcher's long search looks like)
+        try:
+            started = time.perf_counter()
+            status, body = await put_delivery_times(api)
+            took = time.perf_counter() - started
+            assert status == 503, body
+            assert 1.0 <= took < 2.5, f"the PUT took {took:.1f} s"
+            assert cache.reads_held
+            answer = await ask(api, QUESTION)
+            assert (answer["cache"], answer["reply"]) == ("miss", NEW)
+        finally:
+            invalidator._polling.release()
+        await invalidator.poll()
+        assert not cache.reads_held
+        assert await KnowledgeRepository(api.services.sessions).pending_changes() == {}
+        await ask(api, QUESTION)
+        answer = await ask(api, QUESTION)
+        assert (answer["cache"], answer["reply"]) == ("exact", NEW)
+
+
+async def test_a_cancelled_sync_leaves_what_it_owed_owed(
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy
+) -> None:
+    """A sync cancelled while the store does not answer (an admin whose request went away, a shutdown): an
+    invalidation it was retrying is kept, and reads are held (it dropped the retried tags and left reads served;
+    found by a review, session 19)."""
+    async with answered_then_blackholed(sqlite_url, embedder, blackhole_redis) as api:
+        cache, invalidator = api.services.cache, api.services.invalidator
+        assert cache is not None
+        assert invalidator is not None
+        response = await api.client.post("/v1/admin/cache/invalidate", json={"tags": ["policy"]}, headers=ADMIN)
+        assert response.status_code == 503, response.text
+        assert invalidator.pending == {"policy": None}
+        cache.hold_reads(False)  # as if a round had ended before this one: what matters is what this one leaves
+        await api.services.knowledge.upsert(SourceDocument(DELIVERY_TIMES, "policy", "Delivery times", NEW, {}))
+        sync = asyncio.create_task(invalidator.sync())
+        await asyncio.sleep(0.5)  # reading the outbox, then waiting on the blackholed store
+        assert not sync.done()
+        sync.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sync
+        assert invalidator.pending.get("policy", "lost") is None  # still a whole-tag invalidation
+        assert cache.reads_held
+        blackhole_redis.pass_through()
+        lift_lookup_bypass(api)
+        await invalidator.poll()
+        assert (invalidator.owed, cache.reads_held) == (False, False)
+        assert (await ask(api, QUESTION))["reply"] == NEW
+
+
+async def test_a_database_failing_during_a_drain_is_named_and_reads_stay_held(
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy
+) -> None:
+    """The outbox cannot be read (here: its table is gone for a while): the error names the database, not the cache
+    store it blamed, and no cached answer is served until the change is drained."""
+    async with answered_then_blackholed(sqlite_url, embedder, blackhole_redis) as api:
+        cache, invalidator = api.services.cache, api.services.invalidator
+        assert cache is not None
+        assert invalidator is not None
+        status, _body = await put_delivery_times(api)
+        assert status == 503
+        blackhole_redis.pass_through()
+        lift_lookup_bypass(api)
+        path = sqlite_url.removeprefix("sqlite+aiosqlite:///")
+        with sqlite3.connect(path) as database:
+            database.execute("ALTER TABLE kb_changes RENAME TO kb_changes_away")
+        with pytest.raises(CacheUnavailable, match=r"the database failed \(OperationalError\)"):
+            await invalidator.sync()
+        assert cache.reads_held
+        assert (await ask(api, QUESTION))["reply"] == NEW
+        with sqlite3.connect(path) as database:
+            database.execute("ALTER TABLE kb_changes_away RENAME TO kb_changes")
+        await invalidator.poll()
+        assert (invalidator.owed, cache.reads_held) == (False, False)
         assert await KnowledgeRepository(api.services.sessions).pending_changes() == {}
 
 

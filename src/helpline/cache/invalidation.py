@@ -36,12 +36,16 @@ class Invalidator:
         self.unreached: set[str] = set()
         # Knowledge changes read from the database's outbox and not yet drained: change id -> document id.
         self.changes: dict[int, str] = {}
+        # This process wrote a change that no read of the outbox has seen yet (its request could not wait for one).
+        self.unread = False
+        # Why the last round could not read or settle the outbox (the database, not the cache store, failed).
+        self._database_error: str | None = None
         self._polling = asyncio.Lock()
 
     @property
     def owed(self) -> bool:
         """A removal this process knows of has not been confirmed by the store yet."""
-        return bool(self.pending or self.unreached or self.changes)
+        return bool(self.pending or self.unreached or self.changes or self.unread)
 
     def _hold_reads(self) -> None:
         """No cached answer is served while a removal is owed: which ones it will remove is not known until it runs
@@ -83,7 +87,8 @@ class Invalidator:
 
     async def _reach(self, documents: Sequence[str], budget_s: float | None = None) -> tuple[int, list[Question]]:
         """Also retries the documents earlier attempts left in :attr:`unreached`."""
-        if self._cache is None:
+        if self._cache is None:  # no cached answer to reach
+            self.unreached.clear()
             return 0, []
         candidates = list(dict.fromkeys([*self.unreached, *documents]))
         self.unreached.difference_update(candidates)
@@ -122,7 +127,7 @@ class Invalidator:
         change stays in the outbox, and every replica serves no cached answer until one of them has drained it."""
         await self._knowledge.upsert(document)
         self._learn_products()
-        return await self.sync(self._request_budget())
+        return await self.sync(self._request_budget(), wrote=True)
 
     async def delete_document(self, document_id: str) -> int | None:
         """Remove the document, then the answers that drew on it (None: there was no such document). Writes of
@@ -131,7 +136,7 @@ class Invalidator:
         if not await self._knowledge.delete(document_id):
             return None
         self._learn_products()
-        return await self.sync(self._request_budget())
+        return await self.sync(self._request_budget(), wrote=True)
 
     def _request_budget(self) -> float | None:
         """How long an admin request waits for the search of answers retrieval now gives a changed document (it
@@ -187,9 +192,11 @@ class Invalidator:
         with contextlib.suppress(CacheUnavailable):
             await self.sync()
 
-    async def sync(self, budget_s: float | None = None) -> int:
+    async def sync(self, budget_s: float | None = None, *, wrote: bool = False) -> int:
         """Bring the cache in line with the knowledge in the database; how many answers it removed. Raises
         CacheUnavailable when a removal is still owed at the end (kept for the next round, reads held meanwhile).
+        ``budget_s`` bounds the whole call, the wait for a round already running included (an admin request's);
+        ``wrote``: the caller has just written a change to the outbox, so reads are held until a read of it.
 
         What it removes: documents another process changed (this process's copy of the knowledge is reloaded
         for them), the database's outbox of changes not yet drained (left by any process, also one that stopped
@@ -199,17 +206,38 @@ class Invalidator:
         version 2 and invalidated after another had saved and invalidated version 3 set the store back to 2
         (refusing the answers of 3, taking those of 2). Its next read sees 3 and sets it right; the last
         invalidation of every process then names a version read after everything it invalidated before."""
+        clock = asyncio.get_running_loop().time
+        deadline = None if budget_s is None else clock() + budget_s
+        if wrote:
+            self.unread = True
+            self._hold_reads()
         removed = rounds = 0
-        async with self._polling:  # one at a time: two overlapping reads of the knowledge could set it back
-            while True:
-                changed, drained, count = await self._poll_once(budget_s)
+        try:
+            async with asyncio.timeout_at(deadline):  # a watcher's round may be running (it has no budget)
+                await self._polling.acquire()
+        except TimeoutError:
+            raise CacheUnavailable(
+                "the knowledge is being synchronised with the cache store by another task that has not finished: "
+                "no cached answer is served until this change is drained too (within seconds)"
+            ) from None
+        try:  # one at a time: two overlapping reads of the knowledge could set it back
+            while deadline is None or clock() < deadline:
+                left = None if deadline is None else deadline - clock()
+                changed, drained, count = await self._poll_once(left)
                 removed += count
                 rounds += changed
                 # Read again while documents changed under it (a few rounds; the next poll goes on) and while the
                 # outbox was being drained (a whole catalogue's ingest takes several reads of it).
                 if not (changed or drained) or rounds >= SETTLE_ROUNDS:
                     break
-        self._hold_reads()
+        finally:
+            self._polling.release()
+            self._hold_reads()  # also when cancelled: what it left owed is kept
+        if self._database_error is not None and self.owed:
+            raise CacheUnavailable(
+                f"the database failed ({self._database_error}) while the knowledge changes were drained: no cached "
+                "answer is served until they are (retried every few seconds)"
+            )
         if self.owed:
             raise CacheUnavailable(
                 "the cache store did not confirm removing the answers drawn on the knowledge as it was: none is "
@@ -220,12 +248,18 @@ class Invalidator:
     async def _poll_once(self, budget_s: float | None) -> tuple[bool, bool, int]:
         """(whether documents changed under this process's copy, whether outbox changes were drained, how many
         answers it removed)."""
+        # The outbox first: a change committed after this read is seen as changed by the refresh below (and its
+        # entry drained next round), and a refresh that fails after it loses nothing.
+        unread, self.unread = self.unread, False
         try:
-            changed = await self._knowledge.refresh()
             self.changes = await self._knowledge.pending_changes()
+            changed = await self._knowledge.refresh()
         except Exception as error:  # noqa: BLE001 - a failed poll is retried next interval
+            self.unread = self.unread or unread
+            self._database_error = type(error).__name__
             log.warning("knowledge_refresh_failed", error=type(error).__name__)
             return False, False, 0
+        self._database_error = None
         if changed:
             log.info("knowledge_refreshed", documents=len(changed))
             self._learn_products()
@@ -250,10 +284,14 @@ class Invalidator:
             self.pending = {**tags, **self.pending}
             log.exception("cache_invalidation_error")
             return False, False, 0
+        except BaseException:  # cancelled (a request gone, shutdown): the tags stay owed
+            self.pending = {**tags, **self.pending}
+            raise
         if draining:
             try:
                 await self._knowledge.settle_changes(draining)
             except Exception as error:  # noqa: BLE001 - drained again next round (invalidating twice is harmless)
+                self._database_error = type(error).__name__
                 log.warning("knowledge_changes_not_settled", error=type(error).__name__)
                 return False, False, removed
             for change_id in draining:
