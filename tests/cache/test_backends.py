@@ -556,17 +556,20 @@ async def test_a_slow_index_read_costs_a_semantic_hit_not_the_whole_cache(
 class TimedIndexReads(RedisBackend):
     """The real Redis backend, counting its index reads (each made to take a while, as a big index's does)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: object, lasts_s: float = 0.02, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lasts_s = lasts_s
         self.reads = self.in_flight = self.most_at_once = 0
 
     async def semantic_entries(self, scope_id: str) -> list[IndexedQuestion]:
+        """Reads the index, then takes a while to hand it over (a big index's transfer and decoding)."""
         self.reads += 1
         self.in_flight += 1
         self.most_at_once = max(self.most_at_once, self.in_flight)
         try:
-            await asyncio.sleep(0.02)
-            return await super().semantic_entries(scope_id)
+            entries = await super().semantic_entries(scope_id)
+            await asyncio.sleep(self.lasts_s)
+            return entries
         finally:
             self.in_flight -= 1
 
@@ -629,6 +632,37 @@ async def test_an_index_copy_follows_a_store_whose_counter_started_again(
             assert hit is not None
             assert hit.matched_question == stored
         assert backend.reads == 2  # one read before the restart, one after
+    finally:
+        await _purge(client, keyspace)
+        await cache.close()
+
+
+async def test_a_lookup_that_saw_a_newer_version_takes_no_hit_from_an_older_read(
+    keyspace: KeySpace, embedder: Embedder
+) -> None:
+    """A lookup joining an index read begun before a closer question was written would match without weighing it:
+    the margin rule needs every close question with a different answer (found by a review, session 19)."""
+    client = create_redis(REDIS_URL, timeout_s=2.0)
+    backend = TimedIndexReads(client, keyspace.prefix, lasts_s=0.3)
+    settings = CacheSettings(ttl_s=60, threshold=0.8, margin=0.1, timeout_s=1.0)
+    cache = AnswerCache(backend, keyspace, settings, SemanticGuard())
+    older, closer, probe = "How long does delivery take?", "How long will delivery take?", "How long will delivery take"
+    vector = embedder.embed([probe])[0]
+    try:
+        await cache.store(older, embedder.embed([older])[0], SCOPE, answer(older, ["doc-1"]))
+        first = asyncio.create_task(cache.lookup_semantic(probe, vector, SCOPE))  # starts a read of the index
+        await asyncio.sleep(0.1)  # the read has the index (one question), and takes a while to hand it over
+        assert backend.in_flight == 1
+        await cache.store(closer, embedder.embed([closer])[0], SCOPE, answer(closer, ["doc-2"]))  # another answer
+        joined = await cache.lookup_semantic(probe, vector, SCOPE)  # saw the newer version, joined the older read
+        assert joined is None
+        started = await first  # saw the version its read began at: may use it
+        assert started is not None
+        assert started.matched_question == older
+        assert backend.reads == 1
+        fresh = await cache.lookup_semantic(probe, vector, SCOPE)  # reads both: the closer one, or none by margin
+        assert fresh is None or fresh.matched_question == closer
+        assert backend.reads == 2
     finally:
         await _purge(client, keyspace)
         await cache.close()

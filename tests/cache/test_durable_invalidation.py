@@ -285,6 +285,77 @@ async def test_a_database_failing_during_a_drain_is_named_and_reads_stay_held(
         assert await KnowledgeRepository(api.services.sessions).pending_changes() == {}
 
 
+async def test_a_put_whose_budget_ends_before_its_change_is_read_is_not_a_success(
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Older changes fill the first reads of the outbox (an ingest's), and the PUT's budget ends before a read
+    reaches its own: it answered 200 with its change unread and reads served (found by a review, session 19). It is
+    503 now, reads held until the watcher has drained it."""
+    monkeypatch.setattr(repositories, "CHANGES_READ", 1)
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    settings = settings_through(blackhole_redis, sqlite_url, "t" + secrets.token_hex(6))
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        cache, invalidator = api.services.cache, api.services.invalidator
+        assert cache is not None
+        assert invalidator is not None
+        await cached_old_answer(api, fake)
+        older = [SourceDocument(f"prod-old-{n}", "product", f"Old product {n}", f"Old product {n}, EUR 1.{n}0.", {})
+                 for n in range(8)]  # fmt: skip
+        for document in older:  # written by another process: in the outbox, not yet drained
+            await api.services.knowledge.upsert(document)
+        cache.settings = dataclasses.replace(cache.settings, invalidate_timeout_s=0.5)  # a budget of 2.5 s
+        blackhole_redis.add_latency(0.1)  # 0.2 s a store call (within its 0.5 s): one change a round, 9 rounds
+        status, body = await put_delivery_times(api)
+        assert status == 503, body
+        assert "cache store did not confirm" in body["error"]["message"]  # type: ignore[index]
+        assert cache.reads_held
+        with sqlite3.connect(sqlite_url.removeprefix("sqlite+aiosqlite:///")) as database:
+            left = [doc for (doc,) in database.execute("SELECT document_id FROM kb_changes")]
+        assert DELIVERY_TIMES in left  # not drained: reads stay held for it
+        blackhole_redis.pass_through()
+        lift_lookup_bypass(api)
+        answer = await ask(api, QUESTION)
+        assert (answer["cache"], answer["reply"]) == ("miss", NEW)
+        await invalidator.poll()
+        assert (invalidator.owed, cache.reads_held) == (False, False)
+        assert await KnowledgeRepository(api.services.sessions).pending_changes() == {}
+        for document in older:
+            await api.services.knowledge.delete(document.id)
+        await invalidator.sync()
+
+
+async def test_a_put_cancelled_while_it_reads_the_outbox_holds_reads(
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin's request goes away while its sync reads the outbox: its change may not have been read, so reads
+    stay held until a later read has (the flag was dropped, and the old answer served; a review, session 19)."""
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    settings = settings_through(blackhole_redis, sqlite_url, "t" + secrets.token_hex(6))
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        cache, invalidator, knowledge = api.services.cache, api.services.invalidator, api.services.knowledge
+        assert cache is not None
+        assert invalidator is not None
+        await cached_old_answer(api, fake)
+        read_outbox = knowledge.pending_changes
+
+        async def slow_read() -> dict[int, str]:  # the real read, after a while (a loaded database)
+            await asyncio.sleep(0.5)
+            return await read_outbox()
+
+        monkeypatch.setattr(knowledge, "pending_changes", slow_read)
+        await knowledge.upsert(SourceDocument(DELIVERY_TIMES, "policy", "Delivery times", NEW, {}))
+        sync = asyncio.create_task(invalidator.sync(5.0, wrote=True))
+        await asyncio.sleep(0.1)
+        sync.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sync
+        assert (invalidator.unread, cache.reads_held) == (True, True)
+        assert (await ask(api, QUESTION))["reply"] == NEW
+        monkeypatch.setattr(knowledge, "pending_changes", read_outbox)
+        await invalidator.poll()
+        assert (invalidator.owed, cache.reads_held) == (False, False)
+
+
 async def test_an_ingest_larger_than_one_read_of_the_outbox_is_drained_in_one_sync(
     database_url: str, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,6 +46,14 @@ PERSONAL = [
     "Jane here",
     "Jane here again, do you sell oat milk?",
     "This is Urgent, Jane here. Do you deliver today?",
+    # Names a stop-list word comes before, and names of other shapes (the same review).
+    "Student Jane here: is there a discount?",
+    "Nurse Jackie here. Do you deliver to hospitals?",
+    "Member Tom Jones here - is there a minimum order?",
+    "Jane McDonald here. Do you sell oat milk?",
+    "Jane O'Brien here, do you sell oat milk?",
+    "Anne-Marie here! Do you sell oat milk?",
+    "Jane here? Do you sell oat milk?",
     "I'm April, and I'm Vegan: do you sell oat milk?",
     # Where is my order, in many phrasings, casings and typos.
     "where's my stuff",
@@ -215,6 +223,10 @@ GENERIC = [
     "This is Urgent! Do you deliver today?",
     "Apple Pay here: is it accepted at checkout?",
     "Student here. Is there a student discount?",
+    "It's Black Friday, are there any deals?",
+    "Same here. Do you deliver on Sundays?",
+    "Quick Question here: do you sell oat milk?",
+    "I'm Confused, how do I change my delivery slot?",
     # Borderline, decided generic: the correct answer is the procedure (the tracking link in the dispatch email, or
     # Account > Orders) and needs nothing of the asker's; nothing of theirs is in the message either. A request to do
     # it ("track my order", "can you track 1Z...") is personal, see above. The same goes for "check the status".

@@ -30,6 +30,14 @@ HEDGES = [
     "The passages don't say, sorry.",
     "I found no information about gift wrapping.",
     "We are not able to help with that question here.",
+    # More, from the next review (session 19).
+    "Our delivery policy does not say whether drivers carry items upstairs.",
+    "I don't have enough information to answer that.",
+    "Sorry, our FAQ doesn't cover that.",
+    "I'm afraid I can't say.",
+    "The passages do not specify a time.",
+    "No information is available about gift cards.",
+    "I cannot provide details on that.",
 ]
 # Real answers in the same words (found by the next review): an answer that cites a passage keeps its citations
 # and stays an answer; it is only not cached.

@@ -12,6 +12,7 @@ from helpline.cache.service import AnswerCache, CacheUnavailable
 from helpline.chat.service import ChatService
 from helpline.knowledge.base import KnowledgeBase
 from helpline.knowledge.documents import SourceDocument
+from helpline.store import repositories
 
 log = structlog.get_logger(__name__)
 OWED_RETRY_S = 1.0  # the watcher's interval while a removal is owed
@@ -208,6 +209,7 @@ class Invalidator:
         invalidation of every process then names a version read after everything it invalidated before."""
         clock = asyncio.get_running_loop().time
         deadline = None if budget_s is None else clock() + budget_s
+        self._database_error = None  # a failure of an earlier call is not this one's
         if wrote:
             self.unread = True
             self._hold_reads()
@@ -245,19 +247,34 @@ class Invalidator:
             )
         return removed
 
-    async def _poll_once(self, budget_s: float | None) -> tuple[bool, bool, int]:
-        """(whether documents changed under this process's copy, whether outbox changes were drained, how many
-        answers it removed)."""
-        # The outbox first: a change committed after this read is seen as changed by the refresh below (and its
-        # entry drained next round), and a refresh that fails after it loses nothing.
+    async def _read_knowledge(self) -> list[str] | None:
+        """Read the outbox into :attr:`changes`, then this process's copy of the knowledge: the documents changed
+        under it, or None when the database failed.
+
+        The outbox first: a change committed after this read is seen as changed by the refresh (and its entry
+        drained next round), and a refresh that fails after it loses nothing. A change written by this process is
+        known to be among those read only once a read reached the end of the outbox (one read takes the oldest
+        CHANGES_READ)."""
         unread, self.unread = self.unread, False
         try:
             self.changes = await self._knowledge.pending_changes()
-            changed = await self._knowledge.refresh()
+            if len(self.changes) >= repositories.CHANGES_READ:
+                self.unread = self.unread or unread
+            return await self._knowledge.refresh()
         except Exception as error:  # noqa: BLE001 - a failed poll is retried next interval
             self.unread = self.unread or unread
             self._database_error = type(error).__name__
             log.warning("knowledge_refresh_failed", error=type(error).__name__)
+            return None
+        except BaseException:  # cancelled: the change may not have been read
+            self.unread = self.unread or unread
+            raise
+
+    async def _poll_once(self, budget_s: float | None) -> tuple[bool, bool, int]:
+        """(whether documents changed under this process's copy, whether outbox changes were drained, how many
+        answers it removed)."""
+        changed = await self._read_knowledge()
+        if changed is None:
             return False, False, 0
         self._database_error = None
         if changed:

@@ -411,11 +411,14 @@ _OWN_DATA = re.compile(
 # A shopper giving their name, in the forms the lower-case rule above does not list: read on the text as typed, where
 # a capital marks a name ("This is Jane, …", "I am Jane Doe", "Mary Jane Watson here!"; not "this is urgent"). A
 # reply may greet them by it, and names are not redacted: shared, it reached another shopper (a review, session 18).
+_NAME_WORD = r"[A-Z](?:'[A-Z])?[a-z]+(?:[A-Z][a-z]+|-[A-Z][a-z]+)?"  # Jane, McDonald, O'Brien, Anne-Marie
 _INTRODUCTION = re.compile(
-    r"(?:\b(?:[Tt]his\s+is|[Ii]t's|[Ii]t\s+is|I'm|I\s+am|[Nn]ame's|[Cc]all\s+me)\s+(?P<name>[A-Z][a-z]+)"
-    r"|(?:^|[.!?,;:]\s*|\b(?:[Hh]i|[Hh]ello|[Hh]ey)\s*[,!]?\s*)(?P<signed>[A-Z][a-z]+)(?:\s+[A-Z][a-z]+){0,2}"
-    r"\s+here(?:\s*(?:[.,!:;\-]|$)|\s+again\b))"
+    rf"(?:\b(?:[Tt]his\s+is|[Ii]t's|[Ii]t\s+is|I'm|I\s+am|[Nn]ame's|[Cc]all\s+me)\s+(?P<name>{_NAME_WORD}"
+    rf"(?:\s+{_NAME_WORD}){{0,2}})"
+    rf"|(?:^|[.!?,;:]\s*|\b(?:[Hh]i|[Hh]ello|[Hh]ey)\s*[,!]?\s*)(?P<signed>{_NAME_WORD}(?:\s+{_NAME_WORD}){{0,3}})"
+    r"\s+here(?:\s*(?:[.,!?:;\-]|$)|\s+(?:again|and)\b))"
 )
+_CAPITALISED = re.compile(_NAME_WORD)
 # Capitalised words after "I'm", "It's", "This is" or before "here" that are no name (a review, session 19): days,
 # months that are no first name, nationalities, diets, roles, payment brands, moods. Names that are also words
 # (April, May, June, Grace, Hope) stay names: a false "personal" costs a cache hit, a missed one shares a greeting.
@@ -426,8 +429,9 @@ italian irish scottish welsh american canadian australian dutch polish indian ch
 austrian belgian portuguese swedish danish norwegian finnish greek turkish vegan vegetarian veggie kosher halal
 coeliac celiac diabetic pescatarian lactose gluten allergic pregnant student customer member newbie mum mom dad
 parent teacher nurse business shop company admin plus premium prime guest apple google amazon paypal visa
-mastercard amex klarna urgent important new not very really just still also back sorry interested unable done
-the about regarding re ok okay yes no
+mastercard amex klarna pay urgent important new not very really just still also back sorry interested unable done
+the about regarding re ok okay yes no black cyber boxing day same quick question confused broken damaged looking
+wondering writing asking trying hoping calling
 """
 _NOT_NAMES = frozenset(_NOT_NAME_WORDS.split())
 _MY_NAME = re.compile(r"\b(?:my\s+name\s+is|my\s+name's)\b")
@@ -448,9 +452,11 @@ def is_personal(message: str) -> bool:
 
 
 def _introduces(message: str) -> bool:
-    """The shopper says who they are ("This is Jane", "Jane Doe here."), not "It's Friday" or "Student here"."""
+    """The shopper says who they are ("This is Jane", "Student Jane here."), not "It's Black Friday" or "Student
+    here": some capitalised word of the name is no word of _NOT_NAMES."""
     for match in _INTRODUCTION.finditer(message):
-        if (match.group("name") or match.group("signed")).lower() not in _NOT_NAMES:
+        words = _CAPITALISED.findall(match.group("name") or match.group("signed"))
+        if any(word.lower() not in _NOT_NAMES for word in words):
             return True
     return False
 

@@ -353,20 +353,26 @@ class AnswerCache:
         if load is None:
             # In a context of its own (its log lines belong to no one request) and shared by concurrent lookups. One
             # read per scope at a time: in a busy scope every write moves the version, and a read per version piled
-            # up full reads of one index. A lookup that saw a newer version than the read under way takes what that
-            # read gives (an index a few writes old: at worst a semantic hit fewer); the next lookup reads again.
+            # up full reads of one index. A lookup that saw a newer version than the read under way gets no
+            # semantic hit from it (below); the next lookup reads again.
             load = asyncio.get_running_loop().create_task(
                 self._load_mirror(scope_id, version), name="cache-index", context=contextvars.Context()
             )
             self._loading[scope_id] = load
             load.add_done_callback(lambda _task: self._loading.pop(scope_id, None))
         try:
-            return await asyncio.wait_for(asyncio.shield(load), self.settings.timeout_s)
+            found = await asyncio.wait_for(asyncio.shield(load), self.settings.timeout_s)
         except TimeoutError:
             # A big index, not a store that is down (its version was just read): no semantic hit this time, and the
             # read goes on for the next lookup. Not a bypass: that switched the exact tier off too, for seconds.
             self._on_event("index_slow", scope_id)
             return None
+        # A read begun at an older version may lack a closer question written since, whose different answer the
+        # margin would have weighed (a review, session 19): that read is no ground for a hit. (A lower version than
+        # the read's own is a store whose counter started again: its copy is the newest there is.)
+        if found is not None and found.version < version:
+            return None
+        return found
 
     async def _load_mirror(self, scope_id: str, version: int) -> _Mirror | None:
         """Read a scope's index into this process's copy, within the store's longer (invalidation) timeout."""

@@ -32,8 +32,11 @@ _HEDGES = re.compile(
     r"(?:i(?:'m| am)|we(?:'re| are)) not able to (?:answer|help|find|say)|"
     r"(?:isn't|is not|not) something (?:i|we) can (?:answer|help)|"
     r"(?:can't|cannot|can not|could not|couldn't|am unable to|are unable to) (?:help|answer|assist)(?: you)? with|"
-    r"(?:the )?(?:passages|sources|documents|help pages|information (?:i have|provided|given)) "
-    r"(?:do not|don't|does not|doesn't) (?:cover|say|mention|include|contain|answer))",
+    r"(?:passages?|sources?|documents?|pages?|policy|policies|faq|catalogue|information (?:i have|provided|given)) "
+    r"(?:do not|don't|does not|doesn't) (?:cover|say|mention|include|contain|answer|specify|state)|"
+    # more, from the next review (session 19)
+    r"(?:do not|don't) have enough (?:information|info|details)|no (?:information|info|details) (?:is|are) available|"
+    r"(?:can't|cannot|can not) (?:say|provide (?:any )?(?:details|information|info)))",
     re.IGNORECASE,
 )
 
