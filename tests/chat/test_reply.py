@@ -45,7 +45,6 @@ CITED_HEDGES = [
     "Our drivers can't help with carrying items upstairs; they deliver to your front door.",
     "Sorry, we cannot help with custom cakes: our bakery sells the cakes listed in the catalogue.",
     "There's no information needed from you: the refund goes back to your card in 3 to 5 days.",
-    "The documents don't include VAT; it is added at checkout.",
     "This information is not available offline: the app needs a connection to show your orders.",
     "We don't have details of your bank's times, but refunds leave us within one working day.",
 ]
@@ -59,6 +58,17 @@ ANSWERS = [
     "You can't cancel an order after the cut-off, but you can refuse items at the door.",
     "There is no minimum order for Plus members; others spend at least EUR 40.",
     "Our documents are available in your account, under Orders > Invoices.",
+    # Answers the second round of wordings took for hedges (a review, session 19).
+    "Our warranty policy does not cover accidental damage, but you can add cover at checkout.",
+    "Our catalogue doesn't include alcohol.",
+    "We cannot provide details of your card over chat for security reasons.",
+    "We can't say exactly when the driver arrives, but you get a one-hour window by SMS.",
+    "Our sources don't include any Robusta: all our coffee is Arabica.",
+    "The product pages don't state a best-before date; it is printed on the pack.",
+    "Our policy does not mention marketplace sellers; they have their own returns.",
+    "If you don't have enough information on the label, call us.",
+    "No details are available until dispatch; you will get an email then.",
+    "The documents don't include VAT; it is added at checkout.",
 ]
 
 

@@ -209,7 +209,6 @@ class Invalidator:
         invalidation of every process then names a version read after everything it invalidated before."""
         clock = asyncio.get_running_loop().time
         deadline = None if budget_s is None else clock() + budget_s
-        self._database_error = None  # a failure of an earlier call is not this one's
         if wrote:
             self.unread = True
             self._hold_reads()
@@ -223,6 +222,7 @@ class Invalidator:
                 "no cached answer is served until this change is drained too (within seconds)"
             ) from None
         try:  # one at a time: two overlapping reads of the knowledge could set it back
+            self._database_error = None  # a failure of an earlier call is not this one's
             while deadline is None or clock() < deadline:
                 left = None if deadline is None else deadline - clock()
                 changed, drained, count = await self._poll_once(left)

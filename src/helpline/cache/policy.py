@@ -415,7 +415,7 @@ _NAME_WORD = r"[A-Z](?:'[A-Z])?[a-z]+(?:[A-Z][a-z]+|-[A-Z][a-z]+)?"  # Jane, McD
 _INTRODUCTION = re.compile(
     rf"(?:\b(?:[Tt]his\s+is|[Ii]t's|[Ii]t\s+is|I'm|I\s+am|[Nn]ame's|[Cc]all\s+me)\s+(?P<name>{_NAME_WORD}"
     rf"(?:\s+{_NAME_WORD}){{0,2}})"
-    rf"|(?:^|[.!?,;:]\s*|\b(?:[Hh]i|[Hh]ello|[Hh]ey)\s*[,!]?\s*)(?P<signed>{_NAME_WORD}(?:\s+{_NAME_WORD}){{0,3}})"
+    rf"|(?:^|[.!?,;:]\s*|\b(?:[Hh]i|[Hh]ello|[Hh]ey)\s*(?:[,!]\s*)?)(?P<signed>{_NAME_WORD}(?:\s+{_NAME_WORD}){{0,3}})"
     r"\s+here(?:\s*(?:[.,!?:;\-]|$)|\s+(?:again|and)\b))"
 )
 _CAPITALISED = re.compile(_NAME_WORD)

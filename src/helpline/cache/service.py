@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import secrets
 import time
 from collections import Counter, OrderedDict
@@ -349,30 +350,37 @@ class AnswerCache:
         if mirror is not None and mirror.version == version:
             self._mirrors.move_to_end(scope_id)
             return mirror
-        load = self._loading.get(scope_id)
-        if load is None:
-            # In a context of its own (its log lines belong to no one request) and shared by concurrent lookups. One
-            # read per scope at a time: in a busy scope every write moves the version, and a read per version piled
-            # up full reads of one index. A lookup that saw a newer version than the read under way gets no
-            # semantic hit from it (below); the next lookup reads again.
-            load = asyncio.get_running_loop().create_task(
-                self._load_mirror(scope_id, version), name="cache-index", context=contextvars.Context()
-            )
-            self._loading[scope_id] = load
-            load.add_done_callback(lambda _task: self._loading.pop(scope_id, None))
-        try:
-            found = await asyncio.wait_for(asyncio.shield(load), self.settings.timeout_s)
-        except TimeoutError:
-            # A big index, not a store that is down (its version was just read): no semantic hit this time, and the
-            # read goes on for the next lookup. Not a bypass: that switched the exact tier off too, for seconds.
-            self._on_event("index_slow", scope_id)
-            return None
-        # A read begun at an older version may lack a closer question written since, whose different answer the
-        # margin would have weighed (a review, session 19): that read is no ground for a hit. (A lower version than
-        # the read's own is a store whose counter started again: its copy is the newest there is.)
-        if found is not None and found.version < version:
-            return None
-        return found
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.timeout_s
+        while True:
+            load = self._loading.get(scope_id)
+            if load is None or load.done():
+                # In a context of its own (its log lines belong to no one request) and shared by concurrent lookups.
+                # One read per scope at a time: in a busy scope every write moves the version, and a read per
+                # version piled up full reads of one index.
+                load = loop.create_task(
+                    self._load_mirror(scope_id, version), name="cache-index", context=contextvars.Context()
+                )
+                self._loading[scope_id] = load
+                load.add_done_callback(functools.partial(self._loaded, scope_id))
+            try:
+                found = await asyncio.wait_for(asyncio.shield(load), deadline - loop.time())
+            except TimeoutError:
+                # A big index, not a store that is down (its version was just read): no semantic hit this time, and
+                # the read goes on for the next lookup. Not a bypass: that switched the exact tier off too, for
+                # seconds.
+                self._on_event("index_slow", scope_id)
+                return None
+            # A read begun at an older version may lack a closer question written since, whose different answer the
+            # margin would have weighed (a review, session 19): the lookups that saw a newer version share one
+            # read after it, within their time. (A lower version than the read's own is a store whose counter
+            # started again: its copy is the newest there is.)
+            if found is None or found.version >= version:
+                return found
+
+    def _loaded(self, scope_id: str, load: asyncio.Task[_Mirror | None]) -> None:
+        if self._loading.get(scope_id) is load:
+            del self._loading[scope_id]
 
     async def _load_mirror(self, scope_id: str, version: int) -> _Mirror | None:
         """Read a scope's index into this process's copy, within the store's longer (invalidation) timeout."""

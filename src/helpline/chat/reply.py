@@ -32,11 +32,16 @@ _HEDGES = re.compile(
     r"(?:i(?:'m| am)|we(?:'re| are)) not able to (?:answer|help|find|say)|"
     r"(?:isn't|is not|not) something (?:i|we) can (?:answer|help)|"
     r"(?:can't|cannot|can not|could not|couldn't|am unable to|are unable to) (?:help|answer|assist)(?: you)? with|"
-    r"(?:passages?|sources?|documents?|pages?|policy|policies|faq|catalogue|information (?:i have|provided|given)) "
-    r"(?:do not|don't|does not|doesn't) (?:cover|say|mention|include|contain|answer|specify|state)|"
-    # more, from the next review (session 19)
-    r"(?:do not|don't) have enough (?:information|info|details)|no (?:information|info|details) (?:is|are) available|"
-    r"(?:can't|cannot|can not) (?:say|provide (?:any )?(?:details|information|info)))",
+    # What the model was given says nothing on it. Only the words a model uses for its passages: "our policy does
+    # not cover accidental damage", "the catalogue doesn't include alcohol" are answers (the next review).
+    r"(?:passages?|help pages|faq|information (?:i have|provided|given)) "
+    r"(?:do not|don't|does not|doesn't) (?:cover|say|mention|include|contain|answer|specify)|"
+    r"(?:sources?|documents?) (?:do not|don't|does not|doesn't) (?:cover|say|mention|specify)|"
+    r"(?:policy|policies) (?:do not|don't|does not|doesn't) (?:say|specify)|"
+    # more, from the next review (session 19): in the first person, the assistant's (not "we cannot provide
+    # details of your card over chat", "if you don't have enough information on the label")
+    r"i (?:do not|don't) have enough (?:information|info|details)|no (?:information|info) is available|"
+    r"i (?:can't|cannot|can not) (?:say|provide (?:any )?(?:details|information|info)))",
     re.IGNORECASE,
 )
 

@@ -415,15 +415,17 @@ class KnowledgeRepository:
             return int(await session.scalar(select(func.count()).select_from(KnowledgeDocument)) or 0)
 
     async def _transaction(self, work: Callable[[AsyncSession], Awaitable[_T]]) -> _T:
-        """Run ``work`` in a transaction, again when the database aborted it to break a deadlock: two writes of new
-        documents at once deadlock on MariaDB (the gap locks of their chunk deletes; found by a review, session 19),
-        and the loser's change would otherwise be a 500 for an admin or a failed ingest."""
+        """Run ``work`` in a transaction, again when the database aborted it to break a deadlock (two writes of new
+        documents at once deadlock on MariaDB: the gap locks of their chunk deletes; found by a review, session 19)
+        or because another transaction inserted the same new document first (PostgreSQL: a duplicate key; the next
+        attempt finds it and updates it). The loser's change was a 500 for an admin or a failed ingest."""
         for attempt in range(1, DEADLOCK_TRIES + 1):
             try:
                 async with self._sessions.begin() as session:
                     return await work(session)
             except DBAPIError as error:
-                if attempt == DEADLOCK_TRIES or "deadlock" not in str(error.orig).lower():
+                reason = str(error.orig).lower()
+                if attempt == DEADLOCK_TRIES or ("deadlock" not in reason and "duplicate" not in reason):
                     raise
                 await asyncio.sleep(0.01 * attempt + secrets.randbelow(10) / 1000)
         raise AssertionError  # pragma: no cover - the loop returns or raises
