@@ -67,12 +67,19 @@ def lift_lookup_bypass(api: Api) -> None:
 
 
 @asynccontextmanager
-async def answered_then_blackholed(sqlite_url: str, embedder: Embedder, proxy: TcpProxy) -> AsyncIterator[Api]:
-    """A replica with the old answer cached, then Redis blackholed; its provider answers NEW from then on."""
+async def answered(sqlite_url: str, embedder: Embedder, proxy: TcpProxy) -> AsyncIterator[Api]:
+    """A replica (Redis through ``proxy``) with the old answer cached; its provider answers NEW from then on."""
     fake = FakeProvider(name="gemini", model="gemini-test")
     async with running_api(settings_through(proxy, sqlite_url, "t" + secrets.token_hex(6)), embedder,
                            [fake, ExtractiveProvider(0.5)]) as api:  # fmt: skip
         await cached_old_answer(api, fake)
+        yield api
+
+
+@asynccontextmanager
+async def answered_then_blackholed(sqlite_url: str, embedder: Embedder, proxy: TcpProxy) -> AsyncIterator[Api]:
+    """As :func:`answered`, then Redis blackholed."""
+    async with answered(sqlite_url, embedder, proxy) as api:
         proxy.blackhole()
         yield api
 
@@ -200,13 +207,10 @@ async def test_a_put_behind_a_running_drain_answers_within_its_budget_and_holds_
     """The watcher's round has no budget (it finishes a long search of the indexes): a PUT waited behind it without
     limit. It waits within its budget, answers 503, and no cached answer is served until a later round has read
     its change from the outbox (found by a review, session 19)."""
-    fake = FakeProvider(name="gemini", model="gemini-test")
-    settings = settings_through(blackhole_redis, sqlite_url, "t" + secrets.token_hex(6))
-    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+    async with answered(sqlite_url, embedder, blackhole_redis) as api:
         cache, invalidator = api.services.cache, api.services.invalidator
         assert cache is not None
         assert invalidator is not None
-        await cached_old_answer(api, fake)
         cache.settings = dataclasses.replace(cache.settings, invalidate_timeout_s=0.2)  # a budget of 1 s
         await invalidator._polling.acquire()  # a round under way (what a watcher's long search looks like)
         try:
@@ -292,13 +296,10 @@ async def test_a_put_whose_budget_ends_before_its_change_is_read_is_not_a_succes
     reaches its own: it answered 200 with its change unread and reads served (found by a review, session 19). It is
     503 now, reads held until the watcher has drained it."""
     monkeypatch.setattr(repositories, "CHANGES_READ", 1)
-    fake = FakeProvider(name="gemini", model="gemini-test")
-    settings = settings_through(blackhole_redis, sqlite_url, "t" + secrets.token_hex(6))
-    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+    async with answered(sqlite_url, embedder, blackhole_redis) as api:
         cache, invalidator = api.services.cache, api.services.invalidator
         assert cache is not None
         assert invalidator is not None
-        await cached_old_answer(api, fake)
         older = [SourceDocument(f"prod-old-{n}", "product", f"Old product {n}", f"Old product {n}, EUR 1.{n}0.", {})
                  for n in range(8)]  # fmt: skip
         for document in older:  # written by another process: in the outbox, not yet drained
@@ -329,13 +330,10 @@ async def test_a_put_cancelled_while_it_reads_the_outbox_holds_reads(
 ) -> None:
     """The admin's request goes away while its sync reads the outbox: its change may not have been read, so reads
     stay held until a later read has (the flag was dropped, and the old answer served; a review, session 19)."""
-    fake = FakeProvider(name="gemini", model="gemini-test")
-    settings = settings_through(blackhole_redis, sqlite_url, "t" + secrets.token_hex(6))
-    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+    async with answered(sqlite_url, embedder, blackhole_redis) as api:
         cache, invalidator, knowledge = api.services.cache, api.services.invalidator, api.services.knowledge
         assert cache is not None
         assert invalidator is not None
-        await cached_old_answer(api, fake)
         read_outbox = knowledge.pending_changes
 
         async def slow_read() -> dict[int, str]:  # the real read, after a while (a loaded database)
