@@ -23,7 +23,8 @@ _HANDOFF_PHRASES = re.compile(
     re.IGNORECASE,
 )
 # Wordings of "I have nothing on that" a review found cached as answers (session 18). They also occur in real answers
-# ("we cannot help with custom cakes", "the documents don't include VAT", "there's no information needed from you"),
+# ("we cannot help with custom cakes", "our couriers cannot help with installation", "there's no information
+# needed from you"),
 # so a reply using one is never cached, and is a handoff only when it cites none of the passages it was given.
 _HEDGES = re.compile(
     r"\b(?:(?:do not|don't|does not|doesn't) have (?:any |the |that |this |those )?(?:information|info|details)|"
