@@ -661,9 +661,9 @@ async def test_concurrent_identical_misses_on_two_replicas_make_one_provider_cal
 async def test_a_replica_that_invalidated_an_older_version_late_sets_it_right(
     sqlite_url: str, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Versions are content hashes, not ordered. Replica B reads version 2 of a document; replica A then saves
-    version 3 and invalidates it; B's invalidation of version 2 lands last and sets the store back to 2. B reads
-    the knowledge again after invalidating and invalidates version 3: answers drawn from it are cached again."""
+    """Replica B reads version 2 of a document; replica A then saves version 3 and invalidates it; B's
+    invalidation of version 2 lands last. Version 3 stays current (versions are ordered; before, B's next read of
+    the knowledge set it right): answers drawn from it are cached."""
     cited, save = DELIVERY_TIMES, save_delivery_times
 
     async with two_replicas(sqlite_url, embedder) as (a, _fake_a, b, _fake_b):
@@ -687,6 +687,41 @@ async def test_a_replica_that_invalidated_an_older_version_late_sets_it_right(
         assert cited in [citation["id"] for citation in first["citations"]]
         again = (await a.client.post("/v1/chat", json=question)).json()
         assert (first["cache"], again["cache"]) == ("miss", "exact")  # version 3's answer was cached
+
+
+async def test_a_replica_whose_late_invalidation_named_an_older_version_caches_nothing_from_it(
+    sqlite_url: str, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, and B's next read of the database fails: B answers from its copy of version 2 until it can read
+    again. Those answers are refused by the store, so no replica serves them (found by a review, session 19: B's
+    late invalidation set the store back to version 2, and A served B's old answer as a hit)."""
+    async with two_replicas(sqlite_url, embedder) as (a, _fake_a, b, fake_b):
+        await save_delivery_times(a, "Every order arrives within 3 hours.")  # version 2
+        knowledge, read = b.services.knowledge, b.services.knowledge.refresh
+        reads: list[bool] = []
+
+        async def read_then_a_saves_then_the_database_fails() -> list[str]:
+            reads.append(True)
+            if len(reads) > 1:
+                raise ConnectionError("the database went away")
+            changed = await read()
+            await save_delivery_times(a)  # version 3 is saved and invalidated before B's invalidation lands
+            return changed
+
+        monkeypatch.setattr(knowledge, "refresh", read_then_a_saves_then_the_database_fails)
+        assert b.services.invalidator is not None
+        await b.services.invalidator.poll()
+        assert len(reads) == 2  # B read again after invalidating, and could not
+        assert "3 hours" in (knowledge.get(DELIVERY_TIMES) or pytest.fail("no document")).text  # B's copy is old
+        question = {"message": "How long does delivery take?", "locale": "en-GB"}  # not re-warmed by A
+        fake_b.default = FakeReply(text="Every order arrives within 3 hours.")
+        stale = (await b.client.post("/v1/chat", json=question)).json()
+        assert DELIVERY_TIMES in [citation["id"] for citation in stale["citations"]]
+        assert (await b.client.post("/v1/chat", json=question)).json()["cache"] == "miss"  # refused by the store
+        first = (await a.client.post("/v1/chat", json=question)).json()
+        again = (await a.client.post("/v1/chat", json=question)).json()
+        assert (first["cache"], again["cache"]) == ("miss", "exact")  # A answers from version 3 and caches it
+        assert first["reply"] != stale["reply"]
 
 
 async def test_streamed_requests_whose_call_went_away_before_any_text_do_not_all_call_again(

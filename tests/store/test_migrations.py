@@ -79,3 +79,39 @@ async def test_an_outbox_id_is_never_given_twice(engine: AsyncEngine) -> None:
     assert third > second
     await _settle(engine, third)
     assert await _changes(engine, prefix) == []
+
+
+async def test_documents_stored_before_revisions_keep_their_text_at_revision_0(engine: AsyncEngine) -> None:
+    """0007 adds kb_documents.revision in place: the rows (and their chunks, which a copy of the table would have
+    cascade-deleted on SQLite) stay, at revision 0, older than any version written from then on."""
+    doc_id = f"doc-{secrets.token_hex(4)}"
+    await db.downgrade(engine, "0006")
+    async with engine.begin() as connection:
+        await connection.execute(
+            sa.text(
+                "INSERT INTO kb_documents (id, kind, title, text, metadata, tags, source, content_hash, updated_at) "
+                "VALUES (:id, 'faq', 'T', 'x', '{}', '[]', '', 'h', CURRENT_TIMESTAMP)"
+            ),
+            {"id": doc_id},
+        )
+        await connection.execute(
+            sa.text(
+                "INSERT INTO kb_chunks (document_id, ordinal, text, embedding, model_id) "
+                "VALUES (:id, 0, 'x', :vector, 'm')"
+            ),
+            {"id": doc_id, "vector": b"\0" * 8},
+        )
+    await db.upgrade(engine, "head")
+    async with engine.begin() as connection:
+        found = (
+            await connection.execute(
+                sa.text("SELECT revision, content_hash FROM kb_documents WHERE id = :id"), {"id": doc_id}
+            )
+        ).all()
+        chunks = await connection.scalar(
+            sa.text("SELECT count(*) FROM kb_chunks WHERE document_id = :id"), {"id": doc_id}
+        )
+        await connection.execute(sa.text("DELETE FROM kb_chunks WHERE document_id = :id"), {"id": doc_id})
+        await connection.execute(sa.text("DELETE FROM kb_documents WHERE id = :id"), {"id": doc_id})
+    assert [tuple(row) for row in found] == [(0, "h")]
+    assert chunks == 1

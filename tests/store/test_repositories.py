@@ -145,6 +145,45 @@ async def test_two_new_documents_written_at_once_are_both_saved(
         assert saved.content_hash in hashes
     changes = await repository.pending_changes()
     assert {doc for doc in changes.values() if doc in ids} == set(ids)
+    for document_id in set(ids):  # the text saved last is the one its revision names: the newest change of it
+        saved = await repository.get(document_id)
+        assert saved is not None
+        assert saved.revision == max(i for i, doc in changes.items() if doc == document_id)
     for document_id in set(ids):
         assert await repository.delete(document_id)
     await repository.settle_changes([i for i, doc in (await repository.pending_changes()).items() if doc in ids])
+
+
+async def test_a_documents_revision_is_the_change_that_wrote_its_text(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Revisions order a document's versions across writers (the cache store keeps the newest one any replica
+    declared): every new text gets a higher one, also a text changed back or a document deleted and written again;
+    an unchanged text keeps its revision and leaves no change."""
+    repository = KnowledgeRepository(sessions)
+    doc_id = f"faq-revision-{secrets.token_hex(3)}"
+
+    async def write(content_hash: str) -> int:
+        document = KnowledgeDocument(id=doc_id, kind="faq", title="T", text=content_hash, content_hash=content_hash)
+        await repository.upsert(document, [StoredChunk(doc_id, 0, content_hash, b"\0" * 8)], "m")
+        assert (await repository.revisions())[doc_id] == (document.revision, content_hash)
+        return document.revision
+
+    async def changes() -> list[int]:
+        return [i for i, doc in (await repository.pending_changes()).items() if doc == doc_id]
+
+    first = await write("h1")
+    assert await changes() == [first]
+    assert await write("h1") == first
+    assert await changes() == [first]
+    second = await write("h2")
+    third = await write("h1")  # back to the first text: a new version all the same
+    assert first < second < third
+    assert await changes() == [first, second, third]
+    assert await repository.delete(doc_id)
+    assert doc_id not in await repository.revisions()
+    deletion = max(await changes())
+    assert deletion > third
+    assert await write("h1") > deletion
+    assert await repository.delete(doc_id)
+    await repository.settle_changes(await changes())

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from helpline.cache.keys import KeySpace
+from helpline.knowledge.versions import newest
 
 
 class Forget(enum.Enum):
@@ -92,7 +93,9 @@ class CacheBackend(Protocol):
         A tag in ``current`` is a document that changed to that version: only entries that drew on another
         version go, and writes of other versions are refused for ``mark_ttl_s`` (see :meth:`put`). So a second
         invalidation of the same change (every replica polls the knowledge) keeps what was cached since, the
-        re-warmed answers among them. Any other tag goes whole, and moves the generation on."""
+        re-warmed answers among them. A version older (knowledge/versions.py) than the one the tag's mark holds
+        (an invalidation arriving late from a replica's older copy) leaves the mark as it is, and only entries
+        that drew on another version than the mark's go. Any other tag goes whole, and moves the generation on."""
         ...
 
     async def tag_members(self, tag: str, keep: str | None = None) -> list[str]:
@@ -262,12 +265,16 @@ class MemoryBackend:
             self._generation += 1
         removed = []
         for tag in tags:
-            for key in await self.tag_members(tag, current.get(tag)):
+            keep = current.get(tag)
+            mark, until = self._current.get(tag, ("", 0.0))
+            if keep is not None and until > now:
+                keep = newest(keep, mark)
+            for key in await self.tag_members(tag, keep):
                 if key in self._values:
                     removed.append(key)
                 self._drop(key)
-            if tag in current:
-                self._current[tag] = (current[tag], now + mark_ttl_s)
+            if keep is not None:
+                self._current[tag] = (keep, now + mark_ttl_s)
         self._current = {tag: mark for tag, mark in self._current.items() if mark[1] > now}
         return removed
 

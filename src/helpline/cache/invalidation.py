@@ -10,6 +10,7 @@ import structlog
 
 from helpline.cache.service import AnswerCache, CacheUnavailable
 from helpline.chat.service import ChatService
+from helpline.knowledge import versions
 from helpline.knowledge.base import KnowledgeBase
 from helpline.knowledge.documents import SourceDocument
 from helpline.store import repositories
@@ -18,7 +19,6 @@ log = structlog.get_logger(__name__)
 OWED_RETRY_S = 1.0  # the watcher's interval while a removal is owed
 REQUEST_SCAN_FACTOR = 5  # an admin request's budget for invalidation by retrieval, in store timeouts
 SETTLE_ROUNDS = 3  # reads of the knowledge per poll while documents keep changing under it (the next poll goes on)
-DELETED = "-"  # the version of a document that no longer exists (no answer drew on it)
 Question = tuple[str, str]  # a popular question to re-warm, and the locale it was asked in
 
 
@@ -132,7 +132,7 @@ class Invalidator:
 
     async def delete_document(self, document_id: str) -> int | None:
         """Remove the document, then the answers that drew on it (None: there was no such document). Writes of
-        answers drawn on it are refused for a while, as after a change (its version is now DELETED), so a
+        answers drawn on it are refused for a while, as after a change (its version is now a deletion), so a
         replica that has not polled the deletion yet cannot cache a new one."""
         if not await self._knowledge.delete(document_id):
             return None
@@ -144,9 +144,18 @@ class Invalidator:
         reads every scope's index): past it the request hears 503 and the watcher finishes the job, reads held."""
         return None if self._cache is None else self._cache.settings.invalidate_timeout_s * REQUEST_SCAN_FACTOR
 
-    def _current(self, documents: Sequence[str]) -> dict[str, str]:
-        """The version of each document as this process now has it (DELETED for one that is gone)."""
-        return {doc_id: self._knowledge.version(doc_id) or DELETED for doc_id in documents}
+    def _current(self, documents: Sequence[str], changes: Mapping[int, str]) -> dict[str, str]:
+        """The version of each document as this process now has it; for one that is gone, its deletion after the
+        newest revision known of it (the last this copy had, or the newest change of it read from the outbox:
+        both at most the deletion's own change, so older than any version written after it)."""
+        newest: dict[str, int] = {}
+        for change_id, doc_id in changes.items():
+            newest[doc_id] = max(change_id, newest.get(doc_id, -1))
+        return {
+            doc_id: self._knowledge.version(doc_id)
+            or versions.deleted(max(self._knowledge.last_revision(doc_id), newest.get(doc_id, 0)))
+            for doc_id in documents
+        }
 
     def _learn_products(self) -> None:
         """The cache's product guard names what the store sells now: a product added after start-up (or renamed)
@@ -203,10 +212,10 @@ class Invalidator:
         for them), the database's outbox of changes not yet drained (left by any process, also one that stopped
         before the store answered, or one started after the change, which sees no change in its copy), and what
         earlier rounds left pending. The knowledge is read again after each invalidation it makes, and what
-        changed meanwhile is invalidated too: versions are content hashes, not ordered, so a replica that read
-        version 2 and invalidated after another had saved and invalidated version 3 set the store back to 2
-        (refusing the answers of 3, taking those of 2). Its next read sees 3 and sets it right; the last
-        invalidation of every process then names a version read after everything it invalidated before."""
+        changed meanwhile is invalidated too. Versions are ordered (knowledge/versions.py): a replica that read
+        version 2 and invalidated after another had saved and invalidated version 3 removes what did not draw on
+        3 and leaves the store's mark at 3, so what it answers from its copy of 2 until its next read (which may
+        fail: the database is down) is refused by the store, not served by the other replicas."""
         clock = asyncio.get_running_loop().time
         deadline = None if budget_s is None else clock() + budget_s
         if wrote:
@@ -288,7 +297,7 @@ class Invalidator:
         retry, self.pending = self.pending, {}
         whole = [tag for tag, version in retry.items() if version is None]
         versioned = [tag for tag in dict.fromkeys([*retry, *documents]) if tag not in whole]
-        tags: dict[str, str | None] = {**self._current(versioned), **dict.fromkeys(whole)}
+        tags: dict[str, str | None] = {**self._current(versioned, draining), **dict.fromkeys(whole)}
         if not tags and not self.unreached:
             return False, False, 0
         current = {tag: version for tag, version in tags.items() if version is not None}

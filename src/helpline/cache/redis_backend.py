@@ -21,13 +21,26 @@ from helpline.redisconn import pool_size
 
 # KEYS: n tag hashes (entry key -> the tag's version it drew on), then their n current-version marks.
 # ARGV: the prefix, the marks' TTL in seconds, then per tag the version to keep ('' = remove every entry).
+# A version is '<revision>:<hash>' ('<revision>:-': deleted after it), ordered as knowledge/versions.py orders
+# them: the newer of the one given and the tag's mark is kept, so an invalidation arriving late from a replica's
+# older copy of a document sets the mark nothing back (its answers stay refused, the newer version's stay).
 INVALIDATE = """
+local function order(version)
+  local revision, hash = string.match(version, '^(%d+):(.*)$')
+  if not revision then return -2 end
+  return 2 * tonumber(revision) + (hash == '-' and 1 or 0)
+end
 local n = #KEYS / 2
 local removed = {}
 local whole = false
 for i = 1, n do
   local keep = ARGV[2 + i]
-  if keep == '' then whole = true end
+  if keep == '' then
+    whole = true
+  else
+    local mark = redis.call('GET', KEYS[n + i])
+    if mark and order(mark) > order(keep) then keep = mark end
+  end
   local fields = redis.call('HGETALL', KEYS[i])
   for j = 1, #fields, 2 do
     local key = fields[j]

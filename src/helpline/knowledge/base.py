@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from helpline.knowledge import versions
 from helpline.knowledge.documents import SourceDocument
 from helpline.knowledge.embeddings import Embedder, Vectors, from_bytes, to_bytes
 from helpline.knowledge.index import IndexEntry, MemoryVectorIndex
@@ -36,7 +37,7 @@ class Passage:
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
-    version: str = ""  # the document's content hash: which version of it an answer drew on
+    version: str = ""  # which version of the document an answer drew on (see knowledge/versions.py)
 
 
 @dataclass(slots=True)
@@ -57,7 +58,9 @@ class KnowledgeBase:
         self._index = MemoryVectorIndex(embedder.dimensions)
         self._documents: dict[str, Passage] = {}
         self._lexical = LexicalScorer()
-        self._hashes: dict[str, str] = {}
+        self._versions: dict[str, str] = {}  # document id -> its version in this copy
+        # Documents this copy no longer has -> the revision it last had of each (orders their deletion).
+        self._gone: dict[str, int] = {}
         # Moves on with every change this process makes to its copy of the knowledge. An answer retrieved under
         # one epoch and finished under another may have missed a document added meanwhile (no version reaches
         # that): it is not cached (see ChatService).
@@ -76,7 +79,7 @@ class KnowledgeBase:
         chunks = await self._repository.all_chunks()
         self._documents = {row.id: _passage(row) for row in documents}
         self._lexical.load((doc.id, _lexical_text(doc)) for doc in self._documents.values())
-        self._hashes = {row.id: row.content_hash for row in documents}
+        self._versions = {row.id: _version(row) for row in documents}
         vectors = (
             np.vstack([from_bytes(chunk.embedding) for chunk in chunks])
             if chunks
@@ -125,14 +128,17 @@ class KnowledgeBase:
         passage = _passage(row)
         self._documents[row.id] = passage
         self._lexical.replace(row.id, _lexical_text(passage))
-        self._hashes[row.id] = row.content_hash
+        self._versions[row.id] = _version(row)
+        self._gone.pop(row.id, None)
 
     def _forget(self, document_id: str) -> None:
         self.epoch += 1
         self._index.remove_document(document_id)
         self._lexical.remove(document_id)
         self._documents.pop(document_id, None)
-        self._hashes.pop(document_id, None)
+        last = self._versions.pop(document_id, None)
+        if last is not None:
+            self._gone[document_id] = max(versions.revision(last), self._gone.get(document_id, -1))
 
     async def _store(self, document: SourceDocument, texts: list[str], vectors: Vectors) -> None:
         row = KnowledgeDocument(
@@ -171,17 +177,20 @@ class KnowledgeBase:
     async def refresh(self) -> list[str]:
         """Pick up documents another process added, changed or deleted; the ids that changed.
 
-        Every replica keeps its own index, so each polls the database's content hashes (cheap: one small query)
-        and reloads only what moved."""
-        current = await self._repository.content_hashes()
-        changed = [doc_id for doc_id, digest in current.items() if self._hashes.get(doc_id) != digest]
-        removed = [doc_id for doc_id in self._hashes if doc_id not in current]
+        Every replica keeps its own index, so each polls the database's versions (cheap: one small query) and
+        reloads only what moved. A document is taken at the version of the row it reloaded (it may have changed
+        again since the first query: the next poll picks that up)."""
+        current = {doc_id: versions.version(*found) for doc_id, found in (await self._repository.revisions()).items()}
+        changed = [doc_id for doc_id, version in current.items() if self._versions.get(doc_id) != version]
+        removed = [doc_id for doc_id in self._versions if doc_id not in current]
         for doc_id in removed:
             self._forget(doc_id)
-        for row in await self._repository.documents(changed) if changed else []:
+        reloaded = await self._repository.documents(changed) if changed else []
+        for row in reloaded:
             chunks = await self._repository.chunks_for(row.id)
             self._remember(row, np.vstack([from_bytes(c.embedding) for c in chunks]))
-        self._hashes = current
+        for doc_id in set(changed).difference(row.id for row in reloaded):  # deleted since the first query
+            self._forget(doc_id)
         return changed + removed
 
     async def pending_changes(self) -> dict[int, str]:
@@ -202,15 +211,24 @@ class KnowledgeBase:
         return self._documents.get(document_id)
 
     def version(self, document_id: str) -> str | None:
-        """The content hash of the document as this process has it; None when it has no such document."""
-        return self._hashes.get(document_id)
+        """The version of the document this process has (knowledge/versions.py); None when it has no such
+        document."""
+        return self._versions.get(document_id)
+
+    def last_revision(self, document_id: str) -> int:
+        """The revision this process last had of a document it no longer has (-1: it never had it)."""
+        return self._gone.get(document_id, -1)
 
 
 def _passage(row: KnowledgeDocument) -> Passage:
     return Passage(
         row.id, row.kind, row.title, row.text, 0.0, dict(row.doc_metadata or {}), tuple(row.tags or ()),
-        row.content_hash,
+        _version(row),
     )  # fmt: skip
+
+
+def _version(row: KnowledgeDocument) -> str:
+    return versions.version(row.revision or 0, row.content_hash)
 
 
 def _with_score(passage: Passage, score: float) -> Passage:

@@ -125,6 +125,9 @@ class KnowledgeDocument(Base):
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     source: Mapped[str] = mapped_column(String(300), default="")
     content_hash: Mapped[str] = mapped_column(String(64))
+    # The id of the change (kb_changes) that wrote this text: ordered across every writer of the document, unlike
+    # the hash (a cache store keeps the newest version any replica declared, not the last one to arrive).
+    revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 

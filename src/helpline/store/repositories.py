@@ -410,6 +410,13 @@ class KnowledgeRepository:
             rows = await session.execute(select(KnowledgeDocument.id, KnowledgeDocument.content_hash))
             return {doc_id: digest for doc_id, digest in rows.all()}
 
+    async def revisions(self) -> dict[str, tuple[int, str]]:
+        """Every document's (revision, content hash): which version of it the database has."""
+        query = select(KnowledgeDocument.id, KnowledgeDocument.revision, KnowledgeDocument.content_hash)
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        return {doc_id: (int(revision), digest) for doc_id, revision, digest in rows}
+
     async def count(self) -> int:
         async with self._sessions() as session:
             return int(await session.scalar(select(func.count()).select_from(KnowledgeDocument)) or 0)
@@ -432,16 +439,28 @@ class KnowledgeRepository:
 
     async def upsert(self, document: KnowledgeDocument, chunks: Sequence[StoredChunk], model_id: str) -> None:
         """Replace a document and its chunks in one transaction; a new or changed text also leaves a change to
-        drain (:meth:`pending_changes`) in the same transaction."""
+        drain (:meth:`pending_changes`) in the same transaction, whose id becomes the document's revision (set on
+        ``document``; an unchanged text keeps the one it had)."""
 
         async def write(session: AsyncSession) -> None:
-            # Locked until commit (PostgreSQL, MariaDB): two writers of one document each compare with the version
-            # the other left, so a change back to an older text still leaves its change.
-            before = await session.scalar(
-                select(KnowledgeDocument.content_hash).where(KnowledgeDocument.id == document.id).with_for_update()
-            )
-            if before != document.content_hash:
-                session.add(KnowledgeChange(document_id=document.id, created_at=utcnow()))
+            # Locked until commit (PostgreSQL, MariaDB; SQLite has one writer): two writers of one document each
+            # compare with the version the other left, so a change back to an older text still leaves its change,
+            # and the later writer's change gets the higher id (it is written after the lock is taken; a new
+            # document's second writer fails on the duplicate key and runs again, see _transaction).
+            before = (
+                await session.execute(
+                    select(KnowledgeDocument.content_hash, KnowledgeDocument.revision)
+                    .where(KnowledgeDocument.id == document.id)
+                    .with_for_update()
+                )
+            ).first()
+            if before is None or before.content_hash != document.content_hash:
+                change = KnowledgeChange(document_id=document.id, created_at=utcnow())
+                session.add(change)
+                await session.flush()
+                document.revision = change.id
+            else:
+                document.revision = before.revision
             await session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.document_id == document.id))
             await session.merge(document)
             await session.flush()
