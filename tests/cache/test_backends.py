@@ -125,6 +125,38 @@ async def test_an_invalidation_arriving_late_from_an_older_copy_sets_no_version_
     assert not await put("deleted", new)
 
 
+async def test_answers_from_a_copy_older_than_the_newest_declared_knowledge_are_refused(
+    cache_backend: CacheBackend, keyspace: KeySpace
+) -> None:
+    """A replica that invalidated from its copy at knowledge revision 7 declares it: an answer drawn from a copy
+    at 6 (a replica that has not polled the document added at 7 yet) is refused, one from 7 or later is not; a
+    declaration from an older copy arriving later lowers nothing, and a write that names no revision is unchecked."""
+
+    async def put(name: str, revision: int | None) -> bool:
+        return await cache_backend.put(keyspace.entry(SCOPE, name), name.encode(), ttl_s=60, tags=["doc-1"],
+                                       scope_id=SCOPE.id, question=name, vector=b"\x00" * 1536,
+                                       revision=revision)  # fmt: skip
+
+    assert await put("before", 6)  # nothing declared yet
+    assert await cache_backend.invalidate(["doc-2"], {"doc-2": "7:aaa"}, 60, revision=7) == []
+    assert not await put("behind", 6)
+    assert await put("current", 7)
+    assert await put("ahead", 8)
+    assert await put("unchecked", None)
+    assert await cache_backend.invalidate(["doc-3"], {"doc-3": "5:bbb"}, 60, revision=6) == []  # late, older copy
+    assert not await put("behind", 6)
+    assert await cache_backend.invalidate(["doc-3"], {"doc-3": "9:ccc"}, 60, revision=9) == []
+    assert not await put("was-current", 7)
+    assert await put("current", 9)
+    assert await cache_backend.invalidate(["doc-3"], {"doc-3": "9:ccc"}, 60) == []  # declares nothing
+    assert await put("current-again", 9)
+    assert [await cache_backend.get(keyspace.entry(SCOPE, name)) for name in ("before", "behind", "current")] == [
+        b"before",
+        None,
+        b"current",
+    ]
+
+
 async def test_popularity_and_locks(cache_backend: CacheBackend, keyspace: KeySpace) -> None:
     key = keyspace.entry(SCOPE, "p")
     await cache_backend.bump_popularity({key: 2})

@@ -955,6 +955,30 @@ async def test_a_document_added_by_another_process_reaches_every_replica_on_its_
     assert len(fake.requests) == 2
 
 
+async def test_a_replica_that_has_not_polled_an_added_document_caches_nothing_without_it(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """Replica A adds matcha to the catalogue; replica B has not polled it yet and answers "no matcha" from its
+    copy. That answer is not cached (A's invalidation declared the knowledge revision it read, and B's copy is
+    older), so no replica serves it once B's copy has matcha (found by a review, session 19: it was cached until
+    B's own poll removed it, up to KB_REFRESH_S later). Once B has polled, its answers are cached again."""
+    question = {"message": "Do you sell matcha green tea powder?", "locale": "en-GB"}  # not re-warmed by A
+    async with two_replicas(sqlite_url, embedder) as (a, _fake_a, b, fake_b):
+        assert b.services.invalidator is not None
+        await add_matcha(a)
+        fake_b.default = FakeReply(text="Sorry, matcha is not in our range.")
+        stale = (await b.client.post("/v1/chat", json=question)).json()
+        assert "prod-matcha" not in {citation["id"] for citation in stale["citations"]}  # B's copy has no matcha
+        assert (await b.client.post("/v1/chat", json=question)).json()["cache"] == "miss"  # refused: not cached
+        await b.services.invalidator.poll()
+        fake_b.default = FakeReply(text="Yes: organic matcha green tea powder, EUR 14.90 a tin.")
+        fresh = (await b.client.post("/v1/chat", json=question)).json()
+        again = (await b.client.post("/v1/chat", json=question)).json()
+        assert "prod-matcha" in {citation["id"] for citation in fresh["citations"]}
+        assert (fresh["cache"], again["cache"], again["reply"]) == ("miss", "exact", fresh["reply"])
+        assert len(fake_b.requests) == 3
+
+
 async def test_deleting_a_document_removes_it_and_the_answers_that_drew_on_it(
     cached: tuple[Api, FakeProvider],
 ) -> None:
@@ -983,6 +1007,35 @@ async def test_deleting_a_document_removes_it_and_the_answers_that_drew_on_it(
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "document_not_found")
     invalid = await api.client.delete("/v1/admin/kb/documents/bad%20id!", headers=ADMIN)
     assert invalid.status_code == 422
+
+
+async def test_a_document_deleted_through_a_replica_with_an_older_copy_takes_its_answers_with_it(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """Replica A saves a new text and caches an answer drawn on it; replica B, which has not polled that change,
+    deletes the document. B's deletion is newer than A's version, whatever B's copy held: the answer goes (found
+    by a review, session 20: the deletion was ordered after the version B last had, older than A's, so the store
+    kept A's answer and served it after the document was gone)."""
+    question = {"message": "How long does delivery take?", "locale": "en-GB"}
+    async with two_replicas(sqlite_url, embedder) as (a, fake_a, b, fake_b):
+        await save_delivery_times(a)
+        fake_a.default = FakeReply(text="Every order now arrives within 2 hours.")
+        fake_b.default = FakeReply(text="Delivery times are on our shipping page.")
+        first = (await a.client.post("/v1/chat", json=question)).json()
+        again = (await a.client.post("/v1/chat", json=question)).json()
+        assert DELIVERY_TIMES in [citation["id"] for citation in first["citations"]]
+        assert (first["cache"], again["cache"]) == ("miss", "exact")
+        assert b.services.knowledge.version(DELIVERY_TIMES) != a.services.knowledge.version(DELIVERY_TIMES)
+        response = await b.client.delete(f"/v1/admin/kb/documents/{DELIVERY_TIMES}", headers=ADMIN)
+        assert response.status_code == 200, response.text
+        assert response.json()["removed"] >= 1
+        from_b = (await b.client.post("/v1/chat", json=question)).json()
+        from_a = (await a.client.post("/v1/chat", json=question)).json()
+        assert from_b["cache"] == "miss"  # then cached, drawn without the document: A's hit is that answer
+        assert (from_a["cache"], from_a["reply"]) == ("exact", from_b["reply"])
+        for after in (from_b, from_a):
+            assert after["reply"] != first["reply"]
+            assert DELIVERY_TIMES not in [citation["id"] for citation in after["citations"]]
 
 
 @pytest.mark.parametrize("allowed", [False, True])

@@ -10,7 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from helpline.store import db
 from helpline.store.models import Base
 
-TABLES = {"api_keys", "chat_sessions", "conversations", "kb_documents", "kb_chunks", "app_state"}
+TABLES = {
+    "api_keys", "chat_sessions", "conversations", "kb_documents", "kb_chunks", "kb_changes", "kb_revision", "app_state",
+}  # fmt: skip
 
 
 def _inspect(connection: sa.Connection) -> dict[str, set[str]]:

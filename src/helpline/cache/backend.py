@@ -61,10 +61,12 @@ class CacheBackend(Protocol):
         answer_key: str = "",
         generation: int | None = None,
         versions: Mapping[str, str] | None = None,
+        revision: int | None = None,
     ) -> bool:
         """Store the entry; with ``generation``, only if no invalidation happened since it was read; with
-        ``versions`` (tag → the version of that document the answer drew on), only if none of them is older than
-        the version an invalidation last declared current for its tag (False: refused)."""
+        ``versions`` (tag → the version of that document the answer drew on), only if none of them is other than
+        the version an invalidation declared current for its tag; with ``revision`` (the knowledge revision of the
+        copy the answer was drawn from), only if no invalidation declared a newer one (False: refused)."""
         ...
 
     async def generation(self) -> int:
@@ -86,7 +88,11 @@ class CacheBackend(Protocol):
         ...
 
     async def invalidate(
-        self, tags: Sequence[str], current: Mapping[str, str] | None = None, mark_ttl_s: float = 0
+        self,
+        tags: Sequence[str],
+        current: Mapping[str, str] | None = None,
+        mark_ttl_s: float = 0,
+        revision: int | None = None,
     ) -> list[str]:
         """Remove the entries tagged with ``tags``, atomically; the keys removed.
 
@@ -95,7 +101,9 @@ class CacheBackend(Protocol):
         invalidation of the same change (every replica polls the knowledge) keeps what was cached since, the
         re-warmed answers among them. A version older (knowledge/versions.py) than the one the tag's mark holds
         (an invalidation arriving late from a replica's older copy) leaves the mark as it is, and only entries
-        that drew on another version than the mark's go. Any other tag goes whole, and moves the generation on."""
+        that drew on another version than the mark's go. Any other tag goes whole, and moves the generation on.
+        ``revision``: the knowledge revision the invalidating replica's copy was read at, declared (kept for
+        ``mark_ttl_s``) if newer than the one declared before (see :meth:`put`)."""
         ...
 
     async def tag_members(self, tag: str, keep: str | None = None) -> list[str]:
@@ -155,6 +163,7 @@ class MemoryBackend:
         self._scopes: dict[str, _Scope] = {}
         self._tags: dict[str, dict[str, str]] = {}  # tag -> {entry key: the tag's version it drew on, or ""}
         self._current: dict[str, tuple[str, float]] = {}  # tag -> (its current version, until when it is checked)
+        self._knowledge: tuple[int, float] = (-1, 0.0)  # the newest knowledge revision declared, until when
         self._key_tags: dict[str, tuple[str, ...]] = {}
         self._popularity: dict[str, int] = {}
         self._locks: dict[str, tuple[float, str]] = {}  # key -> (until, holder)
@@ -185,11 +194,14 @@ class MemoryBackend:
         answer_key: str = "",
         generation: int | None = None,
         versions: Mapping[str, str] | None = None,
+        revision: int | None = None,
     ) -> bool:
         versions = {tag: version for tag, version in (versions or {}).items() if version}  # "": unversioned
         if generation is not None and generation != self._generation:
             return False
         now = self._clock()
+        if revision is not None and self._knowledge[1] > now and self._knowledge[0] > revision:
+            return False
         for tag, version in versions.items():
             current, until = self._current.get(tag, ("", 0.0))
             if until > now and current != version:
@@ -257,7 +269,11 @@ class MemoryBackend:
         self._drop(key)
 
     async def invalidate(
-        self, tags: Sequence[str], current: Mapping[str, str] | None = None, mark_ttl_s: float = 0
+        self,
+        tags: Sequence[str],
+        current: Mapping[str, str] | None = None,
+        mark_ttl_s: float = 0,
+        revision: int | None = None,
     ) -> list[str]:
         current = {tag: version for tag, version in (current or {}).items() if version}  # "": the whole tag
         now = self._clock()
@@ -276,6 +292,8 @@ class MemoryBackend:
             if keep is not None:
                 self._current[tag] = (keep, now + mark_ttl_s)
         self._current = {tag: mark for tag, mark in self._current.items() if mark[1] > now}
+        if revision is not None and (revision >= self._knowledge[0] or self._knowledge[1] <= now):
+            self._knowledge = (revision, now + mark_ttl_s)
         return removed
 
     async def tag_members(self, tag: str, keep: str | None = None) -> list[str]:

@@ -66,11 +66,13 @@ class Invalidator:
             self._start_rewarm(popular)
         return removed
 
-    async def _drop_tagged(self, tags: Sequence[str], current: Mapping[str, str]) -> tuple[int, list[Question]]:
+    async def _drop_tagged(
+        self, tags: Sequence[str], current: Mapping[str, str], revision: int | None = None
+    ) -> tuple[int, list[Question]]:
         if self._cache is None or not tags:
             return 0, []
         try:
-            return await self._cache.invalidate(list(dict.fromkeys(tags)), current=current)
+            return await self._cache.invalidate(list(dict.fromkeys(tags)), current=current, revision=revision)
         except CacheUnavailable:
             for tag in tags:  # a whole-tag invalidation still pending stays whole
                 whole = tag in self.pending and self.pending[tag] is None
@@ -107,9 +109,11 @@ class Invalidator:
         self, tags: Sequence[str], current: Mapping[str, str], documents: Sequence[str], budget_s: float | None
     ) -> int:
         """Drop ``tags`` (see :meth:`invalidate`), then reach ``documents`` and those left from before; the popular
-        answers of both are re-warmed once both are done."""
+        answers of both are re-warmed once both are done. The drop declares the knowledge revision this copy was
+        read at: from then on no replica caches an answer drawn from an older copy, which may lack a document
+        added since (one that has not polled it yet), so none is written behind the search by retrieval."""
         self.unreached.update(documents)  # reached below, or on a later poll if anything fails before
-        removed, popular = await self._drop_tagged(tags, current)
+        removed, popular = await self._drop_tagged(tags, current, self._knowledge.revision)
         reached, more = await self._reach((), budget_s)
         self._start_rewarm([*popular, *more])
         return removed + reached
@@ -144,16 +148,13 @@ class Invalidator:
         reads every scope's index): past it the request hears 503 and the watcher finishes the job, reads held."""
         return None if self._cache is None else self._cache.settings.invalidate_timeout_s * REQUEST_SCAN_FACTOR
 
-    def _current(self, documents: Sequence[str], changes: Mapping[int, str]) -> dict[str, str]:
-        """The version of each document as this process now has it; for one that is gone, its deletion after the
-        newest revision known of it (the last this copy had, or the newest change of it read from the outbox:
-        both at most the deletion's own change, so older than any version written after it)."""
-        newest: dict[str, int] = {}
-        for change_id, doc_id in changes.items():
-            newest[doc_id] = max(change_id, newest.get(doc_id, -1))
+    def _current(self, documents: Sequence[str]) -> dict[str, str]:
+        """The version of each document as this process now has it (called after a read of the knowledge); for one
+        that is gone, its deletion at the revision that read found it gone at: newer than any version it had
+        (another replica's among them), older than any written after. (The last revision this copy had of it was
+        older than another replica's newer version, whose answers then stayed; found by a review, session 20.)"""
         return {
-            doc_id: self._knowledge.version(doc_id)
-            or versions.deleted(max(self._knowledge.last_revision(doc_id), newest.get(doc_id, 0)))
+            doc_id: self._knowledge.version(doc_id) or versions.deleted(self._knowledge.revision)
             for doc_id in documents
         }
 
@@ -297,7 +298,7 @@ class Invalidator:
         retry, self.pending = self.pending, {}
         whole = [tag for tag, version in retry.items() if version is None]
         versioned = [tag for tag in dict.fromkeys([*retry, *documents]) if tag not in whole]
-        tags: dict[str, str | None] = {**self._current(versioned, draining), **dict.fromkeys(whole)}
+        tags: dict[str, str | None] = {**self._current(versioned), **dict.fromkeys(whole)}
         if not tags and not self.unreached:
             return False, False, 0
         current = {tag: version for tag, version in tags.items() if version is not None}

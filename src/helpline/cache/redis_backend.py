@@ -19,8 +19,9 @@ from helpline.cache.backend import ANYWAY, Forget, IndexedQuestion
 from helpline.cache.keys import KeySpace
 from helpline.redisconn import pool_size
 
-# KEYS: n tag hashes (entry key -> the tag's version it drew on), then their n current-version marks.
-# ARGV: the prefix, the marks' TTL in seconds, then per tag the version to keep ('' = remove every entry).
+# KEYS: n tag hashes (entry key -> the tag's version it drew on), then their n current-version marks, then the
+# knowledge mark. ARGV: the prefix, the marks' TTL in seconds, the knowledge revision the invalidating replica's copy
+# was read at ('' = none: the mark stays), then per tag the version to keep ('' = remove every entry).
 # A version is '<revision>:<hash>' ('<revision>:-': deleted after it), ordered as knowledge/versions.py orders
 # them: the newer of the one given and the tag's mark is kept, so an invalidation arriving late from a replica's
 # older copy of a document sets the mark nothing back (its answers stay refused, the newer version's stay).
@@ -30,11 +31,11 @@ local function order(version)
   if not revision then return -2 end
   return 2 * tonumber(revision) + (hash == '-' and 1 or 0)
 end
-local n = #KEYS / 2
+local n = (#KEYS - 1) / 2
 local removed = {}
 local whole = false
 for i = 1, n do
-  local keep = ARGV[2 + i]
+  local keep = ARGV[3 + i]
   if keep == '' then
     whole = true
   else
@@ -59,20 +60,27 @@ for i = 1, n do
   if keep == '' then redis.call('DEL', KEYS[i]) else redis.call('SET', KEYS[n + i], keep, 'EX', ARGV[2]) end
 end
 if whole then redis.call('INCR', ARGV[1] .. ':gen') end
+-- The newest knowledge revision declared: a write drawn from an older copy is refused (it may lack a document
+-- added since, which no tag of its answer names).
+if ARGV[3] ~= '' and tonumber(ARGV[3]) >= tonumber(redis.call('GET', KEYS[#KEYS]) or '-1') then
+  redis.call('SET', KEYS[#KEYS], ARGV[3], 'EX', ARGV[2])
+end
 return removed
 """
 TAG_SAMPLE = 4  # members of each tag hash a write checks for expired entries
-# KEYS: entry, semantic index, index version, invalidation generation, the tenant's scope set, n tag hashes, their
-# n current-version marks. ARGV: value, TTL in seconds, packed index field, the generation the answer was computed
-# under ('' = unchecked), the scope id, until when its index lives and now (Unix seconds), then per tag the version
-# of it the answer drew on ('' = unversioned).
+# KEYS: entry, semantic index, index version, invalidation generation, the tenant's scope set, the knowledge mark,
+# n tag hashes, their n current-version marks. ARGV: value, TTL in seconds, packed index field, the generation the
+# answer was computed under ('' = unchecked), the scope id, until when its index lives and now (Unix seconds), the
+# knowledge revision of the copy it was drawn from ('' = unchecked), then per tag the version of it the answer drew
+# on ('' = unversioned).
 PUT = """
 if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return 0 end
-local n = (#KEYS - 5) / 2
+if ARGV[8] ~= '' and tonumber(redis.call('GET', KEYS[6]) or '-1') > tonumber(ARGV[8]) then return 0 end
+local n = (#KEYS - 6) / 2
 for i = 1, n do
-  local version = ARGV[7 + i]
+  local version = ARGV[8 + i]
   if version ~= '' then
-    local current = redis.call('GET', KEYS[5 + n + i])
+    local current = redis.call('GET', KEYS[6 + n + i])
     if current and current ~= version then return 0 end
   end
 end
@@ -90,8 +98,8 @@ redis.call('ZADD', KEYS[5], 'GT', ARGV[6], ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[7])
 if redis.call('TTL', KEYS[5]) < ttl * 2 then redis.call('EXPIRE', KEYS[5], ttl * 2) end
 for i = 1, n do
-  local tag = KEYS[5 + i]
-  redis.call('HSET', tag, KEYS[1], ARGV[7 + i])
+  local tag = KEYS[6 + i]
+  redis.call('HSET', tag, KEYS[1], ARGV[8 + i])
   redis.call('EXPIRE', tag, ttl * 2)
   -- A busy tag's hash never expires and keeps the keys of expired entries, which makes its invalidation (one
   -- script, blocking Redis while it runs) ever longer: each write checks a few random members and drops the gone.
@@ -179,6 +187,7 @@ class RedisBackend:
         self._redis = client
         self._prefix = prefix
         self._scopes = f"{prefix}:scopes"
+        self._knowledge = f"{prefix}:kr"  # the knowledge mark: the newest knowledge revision declared
         self._gate = asyncio.Semaphore(max_in_flight or pool_size(client) or 64)
         self._invalidate = client.register_script(INVALIDATE)
         self._put = client.register_script(PUT)
@@ -207,16 +216,20 @@ class RedisBackend:
         answer_key: str = "",
         generation: int | None = None,
         versions: Mapping[str, str] | None = None,
+        revision: int | None = None,
     ) -> bool:
         versions = versions or {}
         now = time.time()
         expires = f"{now + ttl_s:.3f}".encode()
         packed = VECTOR_SEPARATOR.join((question.encode("utf-8"), answer_key.encode(), expires, vector))
         keys = [key, f"{self._prefix}:s:{scope_id}", f"{self._prefix}:sv:{scope_id}", f"{self._prefix}:gen"]
-        keys += [self._scopes] + [self._tag(tag) for tag in tags] + [self._current(tag) for tag in tags]
+        keys += (
+            [self._scopes, self._knowledge] + [self._tag(tag) for tag in tags] + [self._current(tag) for tag in tags]
+        )
         expected = "" if generation is None else str(generation)
         index_until, stamp = f"{now + 2 * ttl_s:.3f}", f"{now:.3f}"
-        args = [value, ttl_s, packed, expected, scope_id, index_until, stamp, *(versions.get(tag, "") for tag in tags)]
+        args = [value, ttl_s, packed, expected, scope_id, index_until, stamp, "" if revision is None else revision]
+        args += [versions.get(tag, "") for tag in tags]
         return bool(await self._put(keys=keys, args=args))
 
     def _tag(self, tag: str) -> str:
@@ -291,13 +304,18 @@ class RedisBackend:
 
     @_gated
     async def invalidate(
-        self, tags: Sequence[str], current: Mapping[str, str] | None = None, mark_ttl_s: float = 0
+        self,
+        tags: Sequence[str],
+        current: Mapping[str, str] | None = None,
+        mark_ttl_s: float = 0,
+        revision: int | None = None,
     ) -> list[str]:
         if not tags:
             return []
         current = current or {}
-        keys = [self._tag(tag) for tag in tags] + [self._current(tag) for tag in tags]
-        args = [self._prefix, max(1, round(mark_ttl_s)), *(current.get(tag, "") for tag in tags)]
+        keys = [self._tag(tag) for tag in tags] + [self._current(tag) for tag in tags] + [self._knowledge]
+        args = [self._prefix, max(1, round(mark_ttl_s)), "" if revision is None else revision]
+        args += [current.get(tag, "") for tag in tags]
         removed = await self._invalidate(keys=keys, args=args)
         return [key.decode() if isinstance(key, bytes) else str(key) for key in removed]
 

@@ -423,11 +423,14 @@ class AnswerCache:
         *,
         generation: int | None = None,
         versions: Mapping[str, str] | None = None,
+        revision: int | None = None,
     ) -> bool:
         """Cache ``answer``. With ``generation`` (from :meth:`generation` before the answer was computed), only if
         no invalidation of a whole tag happened since; with ``versions`` (document id → the version the answer
         drew on), only if none of those documents has changed to another version since (as far as an
-        invalidation told the store): this replica's copy of the knowledge may be behind another's."""
+        invalidation told the store): this replica's copy of the knowledge may be behind another's; with
+        ``revision`` (the knowledge revision of that copy), only if no replica invalidated from a newer copy (one
+        may hold a document added since, which the answer could not draw on)."""
         key = self.entry_key(question, scope)
         value = self._encode(answer)
 
@@ -435,7 +438,7 @@ class AnswerCache:
             return await self.backend.put(
                 key, value, ttl_s=self.settings.ttl_s, tags=answer.tags, scope_id=scope.id,
                 question=question, vector=to_bytes(vector), answer_key=answer.answer_key(), generation=generation,
-                versions=versions,
+                versions=versions, revision=revision,
             )  # fmt: skip
 
         stored = await self._guarded("put", put, False)
@@ -445,7 +448,12 @@ class AnswerCache:
         return stored
 
     async def invalidate(
-        self, tags: Sequence[str], min_hits: int = 2, *, current: Mapping[str, str] | None = None
+        self,
+        tags: Sequence[str],
+        min_hits: int = 2,
+        *,
+        current: Mapping[str, str] | None = None,
+        revision: int | None = None,
     ) -> tuple[int, list[tuple[str, str]]]:
         """Remove every answer that drew on one of ``tags`` (atomically in the store); for a tag in ``current`` (a
         document and its version now), every answer that drew on another version of it (see the backend's
@@ -454,14 +462,15 @@ class AnswerCache:
         Returns (how many were removed, the (question, locale) of the popular ones — read first, to re-warm
         them). Unlike a lookup, this is never skipped while the store is being bypassed after an error: a skipped
         invalidation would leave stale answers for the whole TTL once the store answers again. It is tried within
-        ``invalidate_timeout_s`` and raises :class:`CacheUnavailable` if the store does not confirm it."""
+        ``invalidate_timeout_s`` and raises :class:`CacheUnavailable` if the store does not confirm it. ``revision``:
+        the knowledge revision the caller's copy was read at; writes from older copies are refused from then on."""
         current = {tag: version for tag, version in (current or {}).items() if version}
         candidates = await self._popular(tags, min_hits, current)
         # Versions stay current (writes of older ones refused) for longer than any answer computed from an older
         # copy of the knowledge could still be arriving: a replica's poll interval and a provider's deadline.
         mark_ttl_s = 2 * self.settings.ttl_s
         async with self._removing(tags=list(tags)[:20]), asyncio.timeout(self.settings.invalidate_timeout_s):
-            removed = await self.backend.invalidate(list(tags), current, mark_ttl_s)
+            removed = await self.backend.invalidate(list(tags), current, mark_ttl_s, revision)
         # Those the store removed: it keeps the answers of a newer version than the one named (see the backend).
         gone = set(removed)
         popular = list(dict.fromkeys(asked for key, asked in candidates.items() if key in gone))

@@ -101,6 +101,8 @@ class Prepared:
     # This process's knowledge epoch when retrieval read it: an answer finished under another epoch is not cached
     # (a document added meanwhile reaches no version check; see KnowledgeBase.epoch).
     knowledge_epoch: int = -1
+    # The knowledge revision of that copy: the store refuses the answer if a replica invalidated from a newer one.
+    knowledge_revision: int | None = None
     # Set when this request makes the call for identical ones: its text is published here as it streams.
     relay: Flight | None = None
     answered: bool = False  # a streamed request following another's flight has finished its own reply
@@ -335,6 +337,7 @@ class ChatService:
         if self._cache is not None:  # before the knowledge is read: see Prepared.generation
             prepared.generation = await self._cache.generation()
         prepared.knowledge_epoch = self._knowledge.epoch
+        prepared.knowledge_revision = self._knowledge.revision
         if prepared.vector is None:
             (prepared.vector,) = await self._knowledge.embedder.aembed([prepared.message])
         passages = self._knowledge.search_vector(prepared.vector, self._settings.retrieval_top_k, prepared.message)
@@ -577,7 +580,7 @@ class ChatService:
             if prepared.vector is not None and prepared.generation is not None:
                 stored = self._current(prepared) and await self._cache.store(
                     prepared.message, prepared.vector, prepared.scope, answer, generation=prepared.generation,
-                    versions=versions_of(prepared.passages),
+                    versions=versions_of(prepared.passages), revision=prepared.knowledge_revision,
                 )  # fmt: skip
                 if not stored and self._cache.available:  # refused: drawn from knowledge that changed meanwhile
                     landed = SharedReply(reply, Usage(usage.provider, usage.model), stale=True)
@@ -612,8 +615,9 @@ class ChatService:
         if answer is None or not self._current(prepared):
             return False
         return await self._cache.store(
-            message, vector, scope, answer, generation=prepared.generation, versions=versions_of(prepared.passages)
-        )
+            message, vector, scope, answer, generation=prepared.generation, versions=versions_of(prepared.passages),
+            revision=prepared.knowledge_revision,
+        )  # fmt: skip
 
     async def _record_cut(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> None:
         """A cut reply is kept for the operators, marked as an error, never as an answer."""

@@ -59,8 +59,10 @@ class KnowledgeBase:
         self._documents: dict[str, Passage] = {}
         self._lexical = LexicalScorer()
         self._versions: dict[str, str] = {}  # document id -> its version in this copy
-        # Documents this copy no longer has -> the revision it last had of each (orders their deletion).
-        self._gone: dict[str, int] = {}
+        # The knowledge revision this copy was last read at from the database: it holds every change up to it (its
+        # own writes since may be newer). A cache store refuses answers from a copy older than one a replica
+        # declared (see the Invalidator).
+        self.revision = 0
         # Moves on with every change this process makes to its copy of the knowledge. An answer retrieved under
         # one epoch and finished under another may have missed a document added meanwhile (no version reaches
         # that): it is not cached (see ChatService).
@@ -75,6 +77,7 @@ class KnowledgeBase:
 
     async def load(self) -> None:
         """Fill the index from the database (vectors were computed at ingest, so start-up embeds nothing)."""
+        revision = await self._repository.revision()  # first: the rows read next hold at least its changes
         documents = await self._repository.documents()
         chunks = await self._repository.all_chunks()
         self._documents = {row.id: _passage(row) for row in documents}
@@ -87,6 +90,7 @@ class KnowledgeBase:
         )
         self._index.load([IndexEntry(c.document_id, c.ordinal) for c in chunks], vectors.astype(np.float32))
         self.epoch += 1
+        self.revision = revision
 
     async def ingest(self, documents: Sequence[SourceDocument], progress: ProgressFn | None = None) -> IngestReport:
         """Store new and changed documents with their embeddings; unchanged ones cost nothing.
@@ -129,16 +133,13 @@ class KnowledgeBase:
         self._documents[row.id] = passage
         self._lexical.replace(row.id, _lexical_text(passage))
         self._versions[row.id] = _version(row)
-        self._gone.pop(row.id, None)
 
     def _forget(self, document_id: str) -> None:
         self.epoch += 1
         self._index.remove_document(document_id)
         self._lexical.remove(document_id)
         self._documents.pop(document_id, None)
-        last = self._versions.pop(document_id, None)
-        if last is not None:
-            self._gone[document_id] = max(versions.revision(last), self._gone.get(document_id, -1))
+        self._versions.pop(document_id, None)
 
     async def _store(self, document: SourceDocument, texts: list[str], vectors: Vectors) -> None:
         row = KnowledgeDocument(
@@ -180,7 +181,8 @@ class KnowledgeBase:
         Every replica keeps its own index, so each polls the database's versions (cheap: one small query) and
         reloads only what moved. A document is taken at the version of the row it reloaded (it may have changed
         again since the first query: the next poll picks that up)."""
-        current = {doc_id: versions.version(*found) for doc_id, found in (await self._repository.revisions()).items()}
+        revision, found = await self._repository.versions()
+        current = {doc_id: versions.version(*version) for doc_id, version in found.items()}
         changed = [doc_id for doc_id, version in current.items() if self._versions.get(doc_id) != version]
         removed = [doc_id for doc_id in self._versions if doc_id not in current]
         for doc_id in removed:
@@ -191,6 +193,7 @@ class KnowledgeBase:
             self._remember(row, np.vstack([from_bytes(c.embedding) for c in chunks]))
         for doc_id in set(changed).difference(row.id for row in reloaded):  # deleted since the first query
             self._forget(doc_id)
+        self.revision = revision
         return changed + removed
 
     async def pending_changes(self) -> dict[int, str]:
@@ -214,10 +217,6 @@ class KnowledgeBase:
         """The version of the document this process has (knowledge/versions.py); None when it has no such
         document."""
         return self._versions.get(document_id)
-
-    def last_revision(self, document_id: str) -> int:
-        """The revision this process last had of a document it no longer has (-1: it never had it)."""
-        return self._gone.get(document_id, -1)
 
 
 def _passage(row: KnowledgeDocument) -> Passage:

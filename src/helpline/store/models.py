@@ -125,8 +125,8 @@ class KnowledgeDocument(Base):
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     source: Mapped[str] = mapped_column(String(300), default="")
     content_hash: Mapped[str] = mapped_column(String(64))
-    # The id of the change (kb_changes) that wrote this text: ordered across every writer of the document, unlike
-    # the hash (a cache store keeps the newest version any replica declared, not the last one to arrive).
+    # The knowledge revision (KnowledgeRevision) that wrote this text: ordered across every writer of the
+    # document, unlike the hash (a cache store keeps the newest version any replica declared, not the last to arrive).
     revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
@@ -143,6 +143,20 @@ class KnowledgeChunk(Base):
     text: Mapped[str] = mapped_column(Text)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
     model_id: Mapped[str] = mapped_column(String(64))
+
+
+class KnowledgeRevision(Base):
+    """One row: how many changes the knowledge has had (each added, changed or deleted document moves it on).
+
+    Every writer of documents locks it first and moves it on in the transaction of its change, so revisions are in
+    the order the changes committed; a process's copy of the knowledge read with revision N holds every change up
+    to N. A cache store refuses answers from a copy older than the newest revision a replica declared when it
+    invalidated (an added document reaches no earlier answer's tags)."""
+
+    __tablename__ = "kb_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class KnowledgeChange(Base):

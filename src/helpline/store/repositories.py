@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import Connection, Dialect, Table, delete, func, insert, or_, select, text
+from sqlalchemy import Connection, Dialect, Table, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -26,6 +26,7 @@ from helpline.store.models import (
     KnowledgeChange,
     KnowledgeChunk,
     KnowledgeDocument,
+    KnowledgeRevision,
     utcnow,
 )
 from helpline.store.writer import ConversationWriter, PendingSession
@@ -38,6 +39,7 @@ CHANGES_READ = 5000  # knowledge changes drained per read (an ingest of a whole 
 CHANGES_DELETED = 500  # ids per delete statement
 _T = TypeVar("_T")
 DEADLOCK_TRIES = 4  # a knowledge write the database chose as a deadlock's victim is run again, this often in all
+RETRIED_ERRORS = ("deadlock", "duplicate", "database is locked")  # what a knowledge write is run again for
 
 
 def hash_secret(secret: str) -> str:
@@ -410,55 +412,87 @@ class KnowledgeRepository:
             rows = await session.execute(select(KnowledgeDocument.id, KnowledgeDocument.content_hash))
             return {doc_id: digest for doc_id, digest in rows.all()}
 
-    async def revisions(self) -> dict[str, tuple[int, str]]:
-        """Every document's (revision, content hash): which version of it the database has."""
-        query = select(KnowledgeDocument.id, KnowledgeDocument.revision, KnowledgeDocument.content_hash)
+    async def versions(self) -> tuple[int, dict[str, tuple[int, str]]]:
+        """The knowledge revision, and every document's (revision, content hash), read in one statement (one
+        snapshot: the documents hold every change up to that revision, none after it)."""
+        counter = select(KnowledgeRevision.revision).where(KnowledgeRevision.id == 1)
+        query = select(
+            counter.scalar_subquery(), KnowledgeDocument.id, KnowledgeDocument.revision, KnowledgeDocument.content_hash
+        )
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
-        return {doc_id: (int(revision), digest) for doc_id, revision, digest in rows}
+            if not rows:  # no document: nothing to be out of step with
+                return int(await session.scalar(counter) or 0), {}
+        return int(rows[0][0] or 0), {doc_id: (int(revision), digest) for _, doc_id, revision, digest in rows}
+
+    async def revision(self) -> int:
+        """The knowledge revision now (read before the documents, a copy claims no change it may lack)."""
+        async with self._sessions() as session:
+            return int(await session.scalar(select(KnowledgeRevision.revision).where(KnowledgeRevision.id == 1)) or 0)
+
+    @staticmethod
+    async def _lock_revision(session: AsyncSession) -> int:
+        """Take the knowledge revision's row until commit (every writer of documents takes it first: changes then
+        commit one at a time, in revision order) and return it.
+
+        By writing it: SQLite ignores ``FOR UPDATE``, and its driver begins the transaction only at the first
+        write, so a locking read let two processes on one file read the same revision and both write the next
+        (found by a review, session 20). A write takes SQLite's one write lock (another process waits in the busy
+        handler) and the row's lock on PostgreSQL and MariaDB."""
+        row = KnowledgeRevision.id == 1
+        await session.execute(update(KnowledgeRevision).where(row).values(revision=KnowledgeRevision.revision))
+        found = await session.scalar(select(KnowledgeRevision.revision).where(row))
+        if found is None:  # a database the migration did not seed (two first writers: one runs again, duplicate)
+            session.add(KnowledgeRevision(id=1, revision=0))
+            await session.flush()
+            return 0
+        return int(found)
+
+    @staticmethod
+    async def _next_revision(session: AsyncSession, locked: int) -> int:
+        await session.execute(update(KnowledgeRevision).where(KnowledgeRevision.id == 1).values(revision=locked + 1))
+        return locked + 1
 
     async def count(self) -> int:
         async with self._sessions() as session:
             return int(await session.scalar(select(func.count()).select_from(KnowledgeDocument)) or 0)
 
     async def _transaction(self, work: Callable[[AsyncSession], Awaitable[_T]]) -> _T:
-        """Run ``work`` in a transaction, again when the database aborted it to break a deadlock (two writes of new
-        documents at once deadlock on MariaDB: the gap locks of their chunk deletes; found by a review, session 19)
-        or because another transaction inserted the same new document first (PostgreSQL: a duplicate key; the next
-        attempt finds it and updates it). The loser's change was a 500 for an admin or a failed ingest."""
+        """Run ``work`` in a transaction, again when the database aborted it: to break a deadlock (two writes of
+        new documents at once deadlocked on MariaDB on the gap locks of their chunk deletes, found by a review in
+        session 19; writers now queue on the knowledge revision's row first, the retry stays as a net), because a
+        first writer seeding that row met another (a duplicate key), or because an SQLite file stayed locked by
+        another process past the busy timeout. The loser's change was a 500 for an admin or a failed ingest."""
         for attempt in range(1, DEADLOCK_TRIES + 1):
             try:
                 async with self._sessions.begin() as session:
                     return await work(session)
             except DBAPIError as error:
                 reason = str(error.orig).lower()
-                if attempt == DEADLOCK_TRIES or ("deadlock" not in reason and "duplicate" not in reason):
+                if attempt == DEADLOCK_TRIES or not any(word in reason for word in RETRIED_ERRORS):
                     raise
                 await asyncio.sleep(0.01 * attempt + secrets.randbelow(10) / 1000)
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
     async def upsert(self, document: KnowledgeDocument, chunks: Sequence[StoredChunk], model_id: str) -> None:
-        """Replace a document and its chunks in one transaction; a new or changed text also leaves a change to
-        drain (:meth:`pending_changes`) in the same transaction, whose id becomes the document's revision (set on
-        ``document``; an unchanged text keeps the one it had)."""
+        """Replace a document and its chunks in one transaction; a new or changed text moves the knowledge revision
+        on (the document's revision, set on ``document``; an unchanged text keeps the one it had) and leaves a
+        change to drain (:meth:`pending_changes`) in the same transaction."""
 
         async def write(session: AsyncSession) -> None:
-            # Locked until commit (PostgreSQL, MariaDB; SQLite has one writer): two writers of one document each
-            # compare with the version the other left, so a change back to an older text still leaves its change,
-            # and the later writer's change gets the higher id (it is written after the lock is taken; a new
-            # document's second writer fails on the duplicate key and runs again, see _transaction).
+            # Writers of documents take the revision first, so each compares with the version the one before left
+            # (a change back to an older text still leaves its change) and gets the next revision.
+            locked = await self._lock_revision(session)
             before = (
                 await session.execute(
-                    select(KnowledgeDocument.content_hash, KnowledgeDocument.revision)
-                    .where(KnowledgeDocument.id == document.id)
-                    .with_for_update()
+                    select(KnowledgeDocument.content_hash, KnowledgeDocument.revision).where(
+                        KnowledgeDocument.id == document.id
+                    )
                 )
             ).first()
             if before is None or before.content_hash != document.content_hash:
-                change = KnowledgeChange(document_id=document.id, created_at=utcnow())
-                session.add(change)
-                await session.flush()
-                document.revision = change.id
+                document.revision = await self._next_revision(session, locked)
+                session.add(KnowledgeChange(document_id=document.id, created_at=utcnow()))
             else:
                 document.revision = before.revision
             await session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.document_id == document.id))
@@ -487,10 +521,12 @@ class KnowledgeRepository:
         """Remove a document and its chunks in one transaction, leaving a change to drain; whether it existed."""
 
         async def remove(session: AsyncSession) -> bool:
+            locked = await self._lock_revision(session)
             await session.execute(delete(KnowledgeChunk).where(KnowledgeChunk.document_id == document_id))
             result = await session.execute(delete(KnowledgeDocument).where(KnowledgeDocument.id == document_id))
             existed = bool(getattr(result, "rowcount", 0))
             if existed:
+                await self._next_revision(session, locked)
                 session.add(KnowledgeChange(document_id=document_id, created_at=utcnow()))
             return existed
 
