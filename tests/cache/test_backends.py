@@ -157,6 +157,42 @@ async def test_answers_from_a_copy_older_than_the_newest_declared_knowledge_are_
     ]
 
 
+async def test_a_reset_forgets_everything_of_the_tenant_and_nothing_of_another(
+    cache_backend: CacheBackend, keyspace: KeySpace
+) -> None:
+    """The knowledge went back (a restored database): entries, indexes, tags, version and knowledge marks of the
+    tenant go, the generation moves on (a write computed before is refused), and another tenant (one whose name
+    begins with this one's) keeps its own."""
+    neighbour = KeySpace(keyspace.namespace, keyspace.tenant + "x")
+    other: CacheBackend = MemoryBackend()
+    if isinstance(cache_backend, RedisBackend):
+        other = RedisBackend(cache_backend._redis, neighbour.prefix)  # the same client and Redis
+
+    async def put(backend: CacheBackend, space: KeySpace, name: str, **checks: object) -> bool:
+        return await backend.put(space.entry(SCOPE, name), name.encode(), ttl_s=60, tags=["doc-1"], scope_id=SCOPE.id,
+                                 question=name, vector=b"\x00" * 1536, **checks)  # type: ignore[arg-type]  # fmt: skip
+
+    for backend, space in ((cache_backend, keyspace), (other, neighbour)):
+        assert await put(backend, space, "old", versions={"doc-1": "9:aaa"})
+        await backend.invalidate(["doc-2"], {"doc-2": "9:bbb"}, 60, revision=9)
+        assert await backend.knowledge_mark() == 9
+    generation = await cache_backend.generation()
+    assert await cache_backend.reset() >= 1
+    assert await cache_backend.get(keyspace.entry(SCOPE, "old")) is None
+    assert (await cache_backend.semantic_entries(SCOPE.id), await cache_backend.tag_members("doc-1")) == ([], [])
+    assert await cache_backend.knowledge_mark() is None
+    assert await cache_backend.generation() > generation
+    assert not await put(cache_backend, keyspace, "in-flight", generation=generation)
+    assert await put(cache_backend, keyspace, "restored", versions={"doc-2": "3:ccc"}, revision=3)  # no mark left
+    assert await other.get(neighbour.entry(SCOPE, "old")) == b"old"
+    assert await other.knowledge_mark() == 9
+    assert not await put(other, neighbour, "restored", versions={"doc-2": "3:ccc"}, revision=3)
+    if isinstance(other, RedisBackend):
+        pattern = neighbour.prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+        async for key in other._redis.scan_iter(match=pattern):
+            await other._redis.delete(key)
+
+
 async def test_popularity_and_locks(cache_backend: CacheBackend, keyspace: KeySpace) -> None:
     key = keyspace.entry(SCOPE, "p")
     await cache_backend.bump_popularity({key: 2})

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 
@@ -1036,6 +1037,50 @@ async def test_a_document_deleted_through_a_replica_with_an_older_copy_takes_its
         for after in (from_b, from_a):
             assert after["reply"] != first["reply"]
             assert DELIVERY_TIMES not in [citation["id"] for citation in after["citations"]]
+
+
+async def test_knowledge_restored_from_a_backup_takes_the_cached_answers_with_it(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """The database goes back to a backup taken before a document's change: its knowledge revision is lower than
+    the store's marks, which came from the newer knowledge. The replica that sees it first removes everything the
+    store holds for the store's tenant, so the answer drawn on the text that is gone is not served, and answers are
+    cached again from the restored knowledge (found by a review, session 20: the newer marks kept that answer and
+    refused every new one until they expired, two hours)."""
+    question = {"message": "How long does delivery take?", "locale": "en-GB"}
+    path = sqlite_url.removeprefix("sqlite+aiosqlite:///")
+    backup_query = "SELECT text, content_hash, revision FROM kb_documents WHERE id = ?"
+    with sqlite3.connect(path) as database:
+        backup = database.execute(backup_query, (DELIVERY_TIMES,)).fetchone()
+        counter = database.execute("SELECT revision FROM kb_revision").fetchone()
+    async with two_replicas(sqlite_url, embedder) as (a, fake_a, b, fake_b):
+        assert a.services.invalidator is not None
+        assert b.services.invalidator is not None
+        await save_delivery_times(a)
+        fake_a.default = fake_b.default = FakeReply(text="Every order now arrives within 2 hours.")
+        new = [(await a.client.post("/v1/chat", json=question)).json()["cache"] for _ in range(2)]
+        assert new == ["miss", "exact"]
+        with sqlite3.connect(path) as database:  # the restore
+            database.execute(
+                "UPDATE kb_documents SET text = ?, content_hash = ?, revision = ? WHERE id = ?",
+                (*backup, DELIVERY_TIMES),
+            )
+            database.execute("UPDATE kb_revision SET revision = ?", counter)
+        with capture_logs() as logs:
+            await b.services.invalidator.poll()
+        fake_a.default = fake_b.default = FakeReply(text="Standard delivery takes one to two working days.")
+        restored = [(await b.client.post("/v1/chat", json=question)).json() for _ in range(2)]
+        assert [(body["cache"], body["reply"]) for body in restored] == [
+            ("miss", "Standard delivery takes one to two working days."),
+            ("exact", "Standard delivery takes one to two working days."),
+        ]
+        assert [line["event"] for line in logs if line["event"] in {"knowledge_went_back", "cache_reset"}] == [
+            "knowledge_went_back", "cache_reset"
+        ]  # fmt: skip
+        assert b.services.invalidator.owed is False
+        await a.services.invalidator.poll()  # A follows without a second reset, and its answers are cached too
+        british = {**question, "locale": "en-US"}
+        assert [(await a.client.post("/v1/chat", json=british)).json()["cache"] for _ in range(2)] == ["miss", "exact"]
 
 
 @pytest.mark.parametrize("allowed", [False, True])

@@ -106,6 +106,16 @@ class CacheBackend(Protocol):
         ``mark_ttl_s``) if newer than the one declared before (see :meth:`put`)."""
         ...
 
+    async def knowledge_mark(self) -> int | None:
+        """The newest knowledge revision an invalidation declared (None: none, or it expired)."""
+        ...
+
+    async def reset(self) -> int:
+        """Remove everything this tenant's cache holds (entries, indexes, tags, version and knowledge marks), moving
+        the generation on first (a write computed before is refused); how many keys went. For knowledge that went
+        back (a database restored from a backup): every answer and mark may be from knowledge that is gone."""
+        ...
+
     async def tag_members(self, tag: str, keep: str | None = None) -> list[str]:
         """The entries tagged ``tag``, except those that drew on version ``keep`` of it."""
         ...
@@ -294,6 +304,18 @@ class MemoryBackend:
         self._current = {tag: mark for tag, mark in self._current.items() if mark[1] > now}
         if revision is not None and (revision >= self._knowledge[0] or self._knowledge[1] <= now):
             self._knowledge = (revision, now + mark_ttl_s)
+        return removed
+
+    async def knowledge_mark(self) -> int | None:
+        revision, until = self._knowledge
+        return revision if until > self._clock() and revision >= 0 else None
+
+    async def reset(self) -> int:
+        self._generation += 1
+        removed = len(self._values)
+        for held in (self._values, self._scopes, self._tags, self._current, self._key_tags, self._popularity):
+            held.clear()
+        self._knowledge = (-1, 0.0)
         return removed
 
     async def tag_members(self, tag: str, keep: str | None = None) -> list[str]:

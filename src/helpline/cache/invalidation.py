@@ -41,12 +41,14 @@ class Invalidator:
         self.unread = False
         # Why the last round could not read or settle the outbox (the database, not the cache store, failed).
         self._database_error: str | None = None
+        # The knowledge went back (see :meth:`_went_back`) and the store has not confirmed forgetting it all yet.
+        self.went_back = False
         self._polling = asyncio.Lock()
 
     @property
     def owed(self) -> bool:
         """A removal this process knows of has not been confirmed by the store yet."""
-        return bool(self.pending or self.unreached or self.changes or self.unread)
+        return bool(self.pending or self.unreached or self.changes or self.unread or self.went_back)
 
     def _hold_reads(self) -> None:
         """No cached answer is served while a removal is owed: which ones it will remove is not known until it runs
@@ -284,7 +286,7 @@ class Invalidator:
         """(whether documents changed under this process's copy, whether outbox changes were drained, how many
         answers it removed)."""
         changed = await self._read_knowledge()
-        if changed is None:
+        if changed is None or not await self._went_back():
             return False, False, 0
         self._database_error = None
         if changed:
@@ -324,6 +326,38 @@ class Invalidator:
             for change_id in draining:
                 self.changes.pop(change_id, None)
         return bool(changed), bool(draining), removed
+
+    async def _went_back(self) -> bool:
+        """Whether the round may go on: False when the knowledge went back and the store did not forget it all.
+
+        A database restored from a backup (or a migration run down and up again) numbers its changes from an
+        older revision than the store's marks, which came from the newer knowledge: they would keep the answers of
+        versions that are gone (an older version's invalidation keeps the newer mark's answers) and refuse every
+        new answer until they expire (found by a review, session 20). Seen as a knowledge mark above the database's
+        revision now (a mark is only ever declared from a read of it); then everything the store holds for the
+        tenant goes, and this round's invalidation declares the database's revision afresh."""
+        if self._cache is None:
+            return True
+        mark = await self._cache.knowledge_mark()
+        if mark is None or mark <= self._knowledge.revision:
+            self.went_back = False
+            return True
+        try:  # this copy may only be behind: the database has moved past the mark since it was read
+            now = await self._knowledge.database_revision()
+        except Exception as error:  # noqa: BLE001 - retried next round
+            self._database_error = type(error).__name__
+            return False
+        if now >= mark:
+            self.went_back = False
+            return True
+        self.went_back = True
+        log.error("knowledge_went_back", declared=mark, database=now)
+        try:
+            await self._cache.reset(f"the knowledge went back from revision {mark} to {now}")
+        except CacheUnavailable:
+            return False  # reads stay held; the next round tries again
+        self.went_back = False
+        return True
 
     async def settled(self) -> None:
         """Return once the re-warming started so far has finished (tests; a drain before shutdown)."""

@@ -320,6 +320,29 @@ class RedisBackend:
         return [key.decode() if isinstance(key, bytes) else str(key) for key in removed]
 
     @_gated
+    async def knowledge_mark(self) -> int | None:
+        value = await self._redis.get(self._knowledge)
+        return None if value is None else int(value)
+
+    @_gated
+    async def reset(self) -> int:
+        """A SCAN of the keyspace for the tenant's keys (a rare event: the knowledge went back), unlinked in
+        batches; the generation stays, moved on."""
+        generation = f"{self._prefix}:gen"
+        await self._redis.incr(generation)
+        pattern = "".join("\\" + char if char in "*?[]\\" else char for char in self._prefix) + ":*"
+        removed, batch = 0, []
+        async for key in self._redis.scan_iter(match=pattern, count=SCOPE_BATCH):
+            if (key.decode() if isinstance(key, bytes) else key) != generation:
+                batch.append(key)
+            if len(batch) >= SCOPE_BATCH:
+                removed += int(await self._redis.unlink(*batch))
+                batch = []
+        if batch:
+            removed += int(await self._redis.unlink(*batch))
+        return removed
+
+    @_gated
     async def tag_members(self, tag: str, keep: str | None = None) -> list[str]:
         members: dict[bytes, bytes] = await self._redis.hgetall(self._tag(tag))
         return sorted(key.decode() for key, version in members.items() if keep is None or version.decode() != keep)

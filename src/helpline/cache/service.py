@@ -496,6 +496,18 @@ class AnswerCache:
         if self._near is not None:
             await asyncio.sleep(self._near.ttl_s)
 
+    async def knowledge_mark(self) -> int | None:
+        """The newest knowledge revision an invalidation declared to the store (None: none, or not answering)."""
+        return await self._guarded("knowledge", self.backend.knowledge_mark, None)
+
+    async def reset(self, reason: str) -> int:
+        """Remove everything the store holds for this tenant (see the backend's ``reset``); raises
+        :class:`CacheUnavailable` if the store does not confirm it."""
+        async with self._removing(reset=reason), asyncio.timeout(self.settings.invalidate_timeout_s * 10):
+            removed = await self.backend.reset()
+        log.warning("cache_reset", reason=reason, keys=removed)
+        return removed
+
     async def invalidate_reached(
         self,
         documents: Sequence[str],

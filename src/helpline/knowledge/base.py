@@ -196,6 +196,10 @@ class KnowledgeBase:
         self.revision = revision
         return changed + removed
 
+    async def database_revision(self) -> int:
+        """The knowledge revision in the database now (this copy may be behind it)."""
+        return await self._repository.revision()
+
     async def pending_changes(self) -> dict[int, str]:
         """Changes whose cached answers are still to be removed, by any process (see KnowledgeChange)."""
         return await self._repository.pending_changes()
