@@ -200,3 +200,23 @@ async def test_cache_warm_fills_every_faq_answer_including_generic_form_entries(
         served = await ask(api, entry["title"])
     assert (served["cache"], served["reply"]) == ("exact", "Dogs on a lead are welcome at every pick-up point.")
     assert later.requests == []
+
+
+async def test_cache_reset_removes_every_cached_answer_of_the_store(
+    tmp_path: Path, sqlite_url: str, embedder: Embedder
+) -> None:
+    """The operator's step after restoring the database from a backup: nothing cached before is served after."""
+    tenant = "t" + secrets.token_hex(6)
+    settings = make_settings(sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant=tenant, kb_refresh_s=3600)
+    question = "How long does delivery take?"
+    before = FakeProvider(name="gemini", model="before", default=FakeReply(text="Within two hours."))
+    async with running_api(settings, embedder, [before, ExtractiveProvider(0.5)]) as api:
+        assert [(await ask(api, question))["cache"] for _ in range(2)] == ["miss", "exact"]
+    env = {"HELPLINE_REDIS_URL": settings.redis_url, "HELPLINE_TENANT": tenant}
+    reset = run_cli("cache", "reset", "--json", database_url=sqlite_url, cwd=tmp_path, extra_env=env)
+    assert reset.returncode == 0, reset.stderr
+    assert json.loads(reset.stdout)["removed"] >= 3  # the answer, its index, its tags
+    after = FakeProvider(name="gemini", model="after", default=FakeReply(text="One to two working days."))
+    async with running_api(settings, embedder, [after, ExtractiveProvider(0.5)]) as api:
+        served = await ask(api, question)
+    assert (served["cache"], served["reply"]) == ("miss", "One to two working days.")

@@ -100,6 +100,30 @@ def cache_invalidate(
     emit({"removed": removed}, as_json, f"{removed} cached answers removed")
 
 
+@cache_cli.command("reset")
+def cache_reset(as_json: JsonFlag = False) -> None:
+    """Remove everything the cache holds for this store (answers, indexes, version marks): after restoring the
+    database from a backup, whose knowledge is older than what the cache was told."""
+    from helpline.cli import emit, load_settings  # noqa: PLC0415 - cli imports this module
+
+    settings = load_settings()
+    _needs_redis(settings, "cache reset")
+
+    async def run() -> int:
+        app = create_app(settings, bootstrap=False)
+        async with app.router.lifespan_context(app):
+            cache = app.state.services.cache
+            removed: int = 0 if cache is None else await cache.reset("helpline cache reset")
+        return removed
+
+    try:
+        removed = asyncio.run(run())
+    except CacheUnavailable as error:
+        err.print(f"[red]{error.message}[/red] (the reset was not confirmed; run the command again)")
+        raise typer.Exit(1) from error
+    emit({"removed": removed}, as_json, f"{removed} cache keys removed")
+
+
 @eval_cli.command("cache")
 def eval_cache(
     *,

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from helpline.cache.keys import KeySpace
 from helpline.knowledge.versions import newest
+from helpline.knowledge.versions import revision as version_revision
 
 
 class Forget(enum.Enum):
@@ -101,7 +102,9 @@ class CacheBackend(Protocol):
         invalidation of the same change (every replica polls the knowledge) keeps what was cached since, the
         re-warmed answers among them. A version older (knowledge/versions.py) than the one the tag's mark holds
         (an invalidation arriving late from a replica's older copy) leaves the mark as it is, and only entries
-        that drew on another version than the mark's go. Any other tag goes whole, and moves the generation on.
+        that drew on another version than the mark's go (unless the mark's revision is at or below ``revision``:
+        then the knowledge went back, and the version given wins). Any other tag goes whole, and moves the
+        generation on.
         ``revision``: the knowledge revision the invalidating replica's copy was read at, declared (kept for
         ``mark_ttl_s``) if newer than the one declared before (see :meth:`put`)."""
         ...
@@ -293,7 +296,8 @@ class MemoryBackend:
         for tag in tags:
             keep = current.get(tag)
             mark, until = self._current.get(tag, ("", 0.0))
-            if keep is not None and until > now:
+            # Unless the copy invalidating was read at or after the mark's revision (see the Redis backend).
+            if keep is not None and until > now and (revision is None or version_revision(mark) > revision):
                 keep = newest(keep, mark)
             for key in await self.tag_members(tag, keep):
                 if key in self._values:

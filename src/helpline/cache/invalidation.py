@@ -41,7 +41,7 @@ class Invalidator:
         self.unread = False
         # Why the last round could not read or settle the outbox (the database, not the cache store, failed).
         self._database_error: str | None = None
-        # The knowledge went back (see :meth:`_went_back`) and the store has not confirmed forgetting it all yet.
+        # The knowledge went back (see :meth:`_went_back`) and the store has not confirmed a reset since.
         self.went_back = False
         self._polling = asyncio.Lock()
 
@@ -196,7 +196,7 @@ class Invalidator:
         store does not confirm it in time; the watcher then goes on."""
         self.changes = await self._knowledge.pending_changes()
         self._hold_reads()
-        if self.changes:
+        if self.changes or self._cache is not None:  # also: did the knowledge go back while it was stopped?
             with contextlib.suppress(CacheUnavailable):
                 await self.sync(self._request_budget())
 
@@ -286,7 +286,7 @@ class Invalidator:
         """(whether documents changed under this process's copy, whether outbox changes were drained, how many
         answers it removed)."""
         changed = await self._read_knowledge()
-        if changed is None or not await self._went_back():
+        if changed is None or not await self._went_back(budget_s):
             return False, False, 0
         self._database_error = None
         if changed:
@@ -327,7 +327,7 @@ class Invalidator:
                 self.changes.pop(change_id, None)
         return bool(changed), bool(draining), removed
 
-    async def _went_back(self) -> bool:
+    async def _went_back(self, budget_s: float | None) -> bool:
         """Whether the round may go on: False when the knowledge went back and the store did not forget it all.
 
         A database restored from a backup (or a migration run down and up again) numbers its changes from an
@@ -335,28 +335,37 @@ class Invalidator:
         versions that are gone (an older version's invalidation keeps the newer mark's answers) and refuse every
         new answer until they expire (found by a review, session 20). Seen as a knowledge mark above the database's
         revision now (a mark is only ever declared from a read of it); then everything the store holds for the
-        tenant goes, and this round's invalidation declares the database's revision afresh."""
+        tenant goes, and this round's invalidation declares the database's revision afresh. Reads stay held until
+        a reset went through; only the watcher runs one (a scan of the store's keyspace: a request's round has a
+        budget). Not seen: a restore followed by as many changes as it went back before any replica polled; the
+        marks of the documents a replica sees changed are replaced all the same (see the backend's invalidate), and
+        `helpline cache reset` clears the rest (README: restoring a database)."""
         if self._cache is None:
             return True
-        mark = await self._cache.knowledge_mark()
-        if mark is None or mark <= self._knowledge.revision:
-            self.went_back = False
-            return True
-        try:  # this copy may only be behind: the database has moved past the mark since it was read
-            now = await self._knowledge.database_revision()
-        except Exception as error:  # noqa: BLE001 - retried next round
+        try:
+            self.went_back = self.went_back or await self._knowledge_went_back(self._cache)
+        except Exception as error:  # noqa: BLE001 - the database: retried next round
             self._database_error = type(error).__name__
             return False
-        if now >= mark:
-            self.went_back = False
+        if not self.went_back:
             return True
-        self.went_back = True
-        log.error("knowledge_went_back", declared=mark, database=now)
+        if budget_s is not None:
+            return False
         try:
-            await self._cache.reset(f"the knowledge went back from revision {mark} to {now}")
+            await self._cache.reset("the knowledge went back")
         except CacheUnavailable:
             return False  # reads stay held; the next round tries again
         self.went_back = False
+        return True
+
+    async def _knowledge_went_back(self, cache: AnswerCache) -> bool:
+        mark = await cache.knowledge_mark()
+        if mark is None or mark <= self._knowledge.revision:
+            return False
+        now = await self._knowledge.database_revision()  # this copy may only be behind: is the database too?
+        if now >= mark:
+            return False
+        log.error("knowledge_went_back", declared=mark, database=now)
         return True
 
     async def settled(self) -> None:

@@ -24,13 +24,20 @@ from helpline.redisconn import pool_size
 # was read at ('' = none: the mark stays), then per tag the version to keep ('' = remove every entry).
 # A version is '<revision>:<hash>' ('<revision>:-': deleted after it), ordered as knowledge/versions.py orders
 # them: the newer of the one given and the tag's mark is kept, so an invalidation arriving late from a replica's
-# older copy of a document sets the mark nothing back (its answers stay refused, the newer version's stay).
+# older copy of a document sets the mark nothing back (its answers stay refused, the newer version's stay) — unless
+# the mark's revision is at or below the one the caller's copy was read at: such a copy holds every document as of
+# that revision, so a newer mark there comes from knowledge that went back (a restored database).
 INVALIDATE = """
-local function order(version)
-  local revision, hash = string.match(version, '^(%d+):(.*)$')
-  if not revision then return -2 end
-  return 2 * tonumber(revision) + (hash == '-' and 1 or 0)
+local function revision(version)
+  return tonumber(string.match(version, '^(%d+):') or '-1')
 end
+local function order(version)
+  local number = revision(version)
+  if number < 0 then return -2 end
+  return 2 * number + (string.sub(version, -2) == ':-' and 1 or 0)
+end
+redis.call('INCR', ARGV[1] .. ':ic')  -- invalidations counted: a reset that one overlapped runs again
+local declared = tonumber(ARGV[3])
 local n = (#KEYS - 1) / 2
 local removed = {}
 local whole = false
@@ -40,7 +47,7 @@ for i = 1, n do
     whole = true
   else
     local mark = redis.call('GET', KEYS[n + i])
-    if mark and order(mark) > order(keep) then keep = mark end
+    if mark and order(mark) > order(keep) and not (declared and revision(mark) <= declared) then keep = mark end
   end
   local fields = redis.call('HGETALL', KEYS[i])
   for j = 1, #fields, 2 do
@@ -120,7 +127,8 @@ for i = 2, #ARGV do
 end
 return dropped
 """
-SCOPE_BATCH = 1000  # scopes checked per round trip when listing
+SCOPE_BATCH = 1000  # scopes checked per round trip when listing (and keys unlinked per call by a reset)
+RESET_PASSES = 3  # scans of a reset while invalidations keep landing during it
 # Index fields whose entry expired, removed only if unchanged since they were read (a replica may have just
 # rewritten one with a new expiry). KEYS: the index; ARGV: field, value seen, field, value seen, ...
 PRUNE = """
@@ -327,19 +335,33 @@ class RedisBackend:
     @_gated
     async def reset(self) -> int:
         """A SCAN of the keyspace for the tenant's keys (a rare event: the knowledge went back), unlinked in
-        batches; the generation stays, moved on."""
-        generation = f"{self._prefix}:gen"
-        await self._redis.incr(generation)
+        batches. Kept: the generation (moved on), the index versions (moved on: another replica's index copy must
+        not match a counter started again) and the invalidation count; the knowledge mark goes last, so a reset cut
+        short is seen again. An invalidation that landed meanwhile (a replica that read the knowledge before it
+        went back) may have written marks behind the scan: the scan runs again (at most RESET_PASSES)."""
+        kept = {f"{self._prefix}:{name}" for name in ("gen", "ic", "kr")}
         pattern = "".join("\\" + char if char in "*?[]\\" else char for char in self._prefix) + ":*"
-        removed, batch = 0, []
-        async for key in self._redis.scan_iter(match=pattern, count=SCOPE_BATCH):
-            if (key.decode() if isinstance(key, bytes) else key) != generation:
+        removed = 0
+        for _ in range(RESET_PASSES):
+            invalidations = await self._redis.get(f"{self._prefix}:ic")
+            await self._redis.incr(f"{self._prefix}:gen")
+            batch: list[Any] = []
+            async for key in self._redis.scan_iter(match=pattern, count=SCOPE_BATCH):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                if name in kept:
+                    continue
+                if ":sv:" in name:
+                    await self._redis.incr(key)
+                    continue
                 batch.append(key)
-            if len(batch) >= SCOPE_BATCH:
+                if len(batch) >= SCOPE_BATCH:
+                    removed += int(await self._redis.unlink(*batch))
+                    batch = []
+            if batch:
                 removed += int(await self._redis.unlink(*batch))
-                batch = []
-        if batch:
-            removed += int(await self._redis.unlink(*batch))
+            removed += int(await self._redis.unlink(self._knowledge))
+            if await self._redis.get(f"{self._prefix}:ic") == invalidations:
+                break
         return removed
 
     @_gated

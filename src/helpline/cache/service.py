@@ -45,6 +45,7 @@ OVERLOAD_TIMEOUT_S = 0.35
 POPULARITY_FLUSH_S = 1.0
 POPULARITY_BATCH = 1000  # distinct keys: sent sooner rather than held in memory
 POPULARITY_READS = 8  # store reads at once while ranking answers to re-warm (a slice of the 64-connection pool)
+RESET_TIMEOUT_S = 120.0  # a reset scans the store's keyspace (about 1.3 s per million keys on a shared Redis)
 # Questions retrieved again between two yields to the event loop (a retrieval is 0.1 ms on the sample store, about
 # 1 ms on a catalogue of thousands of documents).
 SCAN_YIELD_EVERY = 8
@@ -503,7 +504,7 @@ class AnswerCache:
     async def reset(self, reason: str) -> int:
         """Remove everything the store holds for this tenant (see the backend's ``reset``); raises
         :class:`CacheUnavailable` if the store does not confirm it."""
-        async with self._removing(reset=reason), asyncio.timeout(self.settings.invalidate_timeout_s * 10):
+        async with self._removing(reset=reason), asyncio.timeout(RESET_TIMEOUT_S):
             removed = await self.backend.reset()
         log.warning("cache_reset", reason=reason, keys=removed)
         return removed
