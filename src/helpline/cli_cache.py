@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,6 +42,15 @@ def _progress(disable: bool) -> Progress:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
         disable=disable,
     )  # fmt: skip
+
+
+def _confirmed(work: Callable[[], Coroutine[Any, Any, int]], unconfirmed: str) -> int:
+    """Run a change to the store; exit 1 with the store's message when the store could not confirm it."""
+    try:
+        return asyncio.run(work())
+    except CacheUnavailable as error:
+        err.print(f"[red]{error.message}[/red] ({unconfirmed}; run the command again)")
+        raise typer.Exit(1) from error
 
 
 @cache_cli.command("warm")
@@ -92,11 +101,7 @@ def cache_invalidate(
             removed: int = await app.state.services.invalidator.invalidate(tags, rewarm=False)
         return removed
 
-    try:
-        removed = asyncio.run(run())
-    except CacheUnavailable as error:
-        err.print(f"[red]{error.message}[/red] (nothing was confirmed removed; run the command again)")
-        raise typer.Exit(1) from error
+    removed = _confirmed(run, "nothing was confirmed removed")
     emit({"removed": removed}, as_json, f"{removed} cached answers removed")
 
 
@@ -116,11 +121,7 @@ def cache_reset(as_json: JsonFlag = False) -> None:
             removed: int = 0 if cache is None else await cache.reset("helpline cache reset")
         return removed
 
-    try:
-        removed = asyncio.run(run())
-    except CacheUnavailable as error:
-        err.print(f"[red]{error.message}[/red] (the reset was not confirmed; run the command again)")
-        raise typer.Exit(1) from error
+    removed = _confirmed(run, "the reset was not confirmed")
     emit({"removed": removed}, as_json, f"{removed} cache keys removed")
 
 

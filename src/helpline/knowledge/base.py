@@ -58,7 +58,6 @@ class KnowledgeBase:
         self._index = MemoryVectorIndex(embedder.dimensions)
         self._documents: dict[str, Passage] = {}
         self._lexical = LexicalScorer()
-        self._versions: dict[str, str] = {}  # document id -> its version in this copy
         # The knowledge revision this copy was last read at from the database: it holds every change up to it (its
         # own writes since may be newer). A cache store refuses answers from a copy older than one a replica
         # declared (see the Invalidator).
@@ -82,7 +81,6 @@ class KnowledgeBase:
         chunks = await self._repository.all_chunks()
         self._documents = {row.id: _passage(row) for row in documents}
         self._lexical.load((doc.id, _lexical_text(doc)) for doc in self._documents.values())
-        self._versions = {row.id: _version(row) for row in documents}
         vectors = (
             np.vstack([from_bytes(chunk.embedding) for chunk in chunks])
             if chunks
@@ -126,20 +124,18 @@ class KnowledgeBase:
         return existed
 
     def _remember(self, row: KnowledgeDocument, vectors: Vectors) -> None:
-        """A document's new version into this process's copy (index, passages, lexical scores, versions)."""
+        """A document's new version into this process's copy (index, passages with their versions, lexical scores)."""
         self.epoch += 1
         self._index.replace_document(row.id, vectors)
         passage = _passage(row)
         self._documents[row.id] = passage
         self._lexical.replace(row.id, _lexical_text(passage))
-        self._versions[row.id] = _version(row)
 
     def _forget(self, document_id: str) -> None:
         self.epoch += 1
         self._index.remove_document(document_id)
         self._lexical.remove(document_id)
         self._documents.pop(document_id, None)
-        self._versions.pop(document_id, None)
 
     async def _store(self, document: SourceDocument, texts: list[str], vectors: Vectors) -> None:
         row = KnowledgeDocument(
@@ -183,8 +179,8 @@ class KnowledgeBase:
         again since the first query: the next poll picks that up)."""
         revision, found = await self._repository.versions()
         current = {doc_id: versions.version(*version) for doc_id, version in found.items()}
-        changed = [doc_id for doc_id, version in current.items() if self._versions.get(doc_id) != version]
-        removed = [doc_id for doc_id in self._versions if doc_id not in current]
+        changed = [doc_id for doc_id, version in current.items() if self.version(doc_id) != version]
+        removed = [doc_id for doc_id in self._documents if doc_id not in current]
         for doc_id in removed:
             self._forget(doc_id)
         reloaded = await self._repository.documents(changed) if changed else []
@@ -220,7 +216,8 @@ class KnowledgeBase:
     def version(self, document_id: str) -> str | None:
         """The version of the document this process has (knowledge/versions.py); None when it has no such
         document."""
-        return self._versions.get(document_id)
+        document = self._documents.get(document_id)
+        return None if document is None else document.version
 
 
 def _passage(row: KnowledgeDocument) -> Passage:
