@@ -11,7 +11,7 @@ from helpline.knowledge.embeddings import Embedder
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
 from tests.cache.test_cache_api import UNLIMITED, ask
-from tests.cache.test_policy import FOUND_BY_REVIEW
+from tests.cache.test_policy import FOUND_BY_REVIEW, GUARD_BLIND_INTRODUCTIONS
 from tests.conftest import Api, make_settings, running_api
 
 
@@ -47,6 +47,25 @@ async def test_a_shoppers_name_is_not_served_to_another_shopper(cached: tuple[Ap
     assert jane["cache"] == "miss"
     other = await ask(api, "How long does delivery take?")
     assert "Jane" not in str(other["reply"]), (other["cache"], other["reply"])
+
+
+@pytest.mark.parametrize(("introduction", "greeting", "name"), GUARD_BLIND_INTRODUCTIONS)
+async def test_a_reply_greeting_a_shopper_by_a_name_the_question_rules_missed_is_not_shared(
+    cached: tuple[Api, FakeProvider], introduction: str, greeting: str, name: str
+) -> None:
+    """The question rules read "This is Jane", not "thanks, may"; and the semantic guard, which keeps "this is jane,
+    how long…" from answering "how long…", gives may and will no meaning, lets a sign-off of three words through
+    and reads no word outside a-z. The answer that greets the shopper by name is not cached for everyone (the reply
+    check), so another shopper's plain question is answered afresh instead of with that greeting."""
+    api, fake = cached
+    fake.replies = [FakeReply(text=greeting)]
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.")
+    shopper = await ask(api, introduction)
+    assert (shopper["cache"], shopper["reply"]) == ("miss", greeting)
+    other = await ask(api, "How long does delivery take?")
+    assert name.casefold() not in str(other["reply"]).casefold(), (name, other["cache"], other["reply"])
+    again = await ask(api, "How long does delivery take?")
+    assert again["cache"] == "exact"  # the plain answer is cached as usual
 
 
 async def test_openai_compatible_history_is_redacted_before_the_provider(cached: tuple[Api, FakeProvider]) -> None:

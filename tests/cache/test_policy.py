@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpline.cache.policy import is_personal
+from helpline.cache.policy import is_personal, names_the_asker
 
 # Found by a review (session 7): each was cached as shared, so another API key got the first asker's answer.
 FOUND_BY_REVIEW = [
@@ -352,3 +352,73 @@ def test_tables_are_large_and_disjoint() -> None:
     assert len(set(PERSONAL)) == len(PERSONAL)
     assert len(set(GENERIC)) == len(GENERIC)
     assert not set(PERSONAL) & set(GENERIC)
+
+
+# Introductions the question rules cannot read, whose greeting the semantic tier served to the next shopper asking the
+# plain question (each failed end to end before session 21's reply check: tests/cache/test_personal_leaks.py).
+# The guard gives may and will no meaning, lets a sign-off of three words through, and reads no word outside a-z.
+GUARD_BLIND_INTRODUCTIONS = [
+    ("how long does delivery take? thanks, may", "You're welcome, May! Delivery takes two days.", "May"),
+    ("will here, how long does delivery take?", "Hi Will! Standard delivery takes two days.", "Will"),
+    ("how long does delivery take? thanks, will", "Will, standard delivery takes two days.", "Will"),
+    ("How long does delivery take? Kind regards, Summer", "Hi Summer, standard delivery takes two days.", "Summer"),
+    ("how long does delivery take? thanks, 美玲", "You're welcome, 美玲! Standard delivery takes two days.", "美玲"),
+]
+# More introductions the question rules cannot read (no capitals, all capitals, names outside A-Z, another
+# language), in the forms a reply addresses someone.
+UNREAD_INTRODUCTIONS = [
+    ("this is jane, how long does delivery take?", "Hi Jane! Standard delivery takes two days.", "Jane"),
+    ("THIS IS JANE. HOW LONG DOES DELIVERY TAKE?", "Hello Jane, standard delivery takes two days.", "Jane"),
+    ("zoë here, how long does delivery take?", "Thanks for asking, Zoë. Standard delivery takes two days.", "Zoë"),
+    ("c'est émile, how long does delivery take", "Émile, standard delivery takes one to two working days.", "Émile"),
+    ("Łukasz tutaj: how long does delivery take?", "Hi Łukasz! Standard delivery takes two days.", "Łukasz"),
+    ("hey its priya again, how long is delivery", "Hello again PRIYA - delivery takes two days.", "Priya"),
+    ("how long does delivery take? best wishes, sage", "Dear **Sage**, delivery takes two days.", "Sage"),
+    ("how long does delivery take? x may", "Hi there!\nMay \u2014 delivery takes two days.", "May"),
+    ("how long does delivery take? thanks, محمد", "You're welcome, محمد! Delivery takes two days.", "محمد"),
+    ("how long does delivery take? ty, zoe", "Thank you Zoe for asking: it takes two days.", "Zoe"),
+    ("it\u2019s rosa\u2019s question: how long is delivery?", "Hello, Rosa! It takes two days.", "Rosa"),
+    *GUARD_BLIND_INTRODUCTIONS,
+]
+# Replies that repeat a capitalised word of the question where no one is addressed: a sentence's first word, a
+# label, a heading, Title Case, a word inside a sentence, German nouns, a courtesy, a day.
+NAMES_NOBODY = [
+    ("how long does delivery take?", "Delivery takes one to two working days."),
+    ("hi, how long does delivery take?", "Hi! Standard delivery takes one to two working days."),
+    ("thanks! and returns?", "Thanks for asking. Returns are free within 30 days."),
+    ("do you ship to the uk?", "Yes, we ship across the UK in two days."),
+    ("do you deliver on sunday?", "We deliver every day. Yes, Sunday!"),
+    ("can i pay with paypal?", "Yes, you can pay with PayPal at checkout."),
+    ("is the trailblazer tent waterproof?", "Yes, the Trailblazer tent is fully waterproof."),
+    ("shipping to ireland?", "Shipping to Ireland takes three days."),
+    ("also, will it arrive today if i order now?", "Also, yes: I can confirm it will arrive today."),
+    ("may i return a sale item?", "May I suggest our returns page? Yes, sale items may be returned."),
+    ("what does standard delivery cost?", "Standard: free over 40 pounds. Express: 4.99."),
+    ("Is SKU GB-10001 in stock?", "Yes, SKU GB-10001 (Fairtrade Bananas) is in stock."),
+    ("Akzeptieren Sie PayPal?", "Ja, Sie können bei uns mit PayPal bezahlen."),
+    ("Wie lange dauert die Lieferung?", "Die Lieferung dauert in der Regel ein bis zwei Tage."),
+    ("how do i return an item?", "### How to Return an Item\n1. Open your order in the app."),
+    ("how long does delivery take?", "**How Long Does Delivery Take?**\nStandard delivery takes two days."),
+    ("will my order arrive today?", 'You asked "Will my order arrive today?" \u2014 orders before noon do.'),
+    ("what is greenbasket's returns policy?", "Under Greenbasket's returns policy, most items go back in 14 days."),
+    ("do you deliver on christmas eve?", "We don't deliver on Christmas Eve or Christmas Day."),
+]
+
+
+@pytest.mark.parametrize(("question", "reply", "name"), UNREAD_INTRODUCTIONS)
+def test_a_reply_calling_the_shopper_by_a_name_the_question_rules_missed_is_caught(
+    question: str, reply: str, name: str
+) -> None:
+    assert name.casefold() in question.replace("\u2019", "'").casefold()
+    assert is_personal(question) is False  # the question rules do not see these: the reply check must
+    assert names_the_asker(question, reply) is True
+
+
+@pytest.mark.parametrize(("question", "reply"), NAMES_NOBODY)
+def test_a_reply_repeating_words_of_the_question_that_name_nobody_is_not_flagged(question: str, reply: str) -> None:
+    assert names_the_asker(question, reply) is False
+
+
+def test_a_name_the_question_does_not_give_is_not_the_askers() -> None:
+    """A name in the reply alone (a person of the store) is not the asker's."""
+    assert names_the_asker("who founded the shop?", "Hi! Jane Moss, in 1998.") is False

@@ -17,6 +17,8 @@ import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
+from helpline.knowledge import lexical
+
 # The patterns run on every request, on the text lower-cased (they are written in lower case: case-insensitive
 # matching is several times slower), typographic apostrophes made plain, a space in front. A rule starts at a word,
 # found by the character before it (_AT): a pattern that starts with a character class is searched for quickly, one
@@ -435,6 +437,48 @@ wondering writing asking trying hoping calling
 """
 _NOT_NAMES = frozenset(_NOT_NAME_WORDS.split())
 _MY_NAME = re.compile(r"\b(?:my\s+name\s+is|my\s+name's)\b")
+
+
+# Words a reply may set off or put after a greeting that name nobody: the pronoun I, courtesies and words that
+# open a sentence ("Yes, …", "Also, …").
+_COURTESY_WORDS = """
+i hi hello hey dear thanks thank welcome yes yeah sure ok okay please sorry great good absolutely certainly of course
+unfortunately happy glad help also so now well actually really still just no and but or then here there first
+finally however
+"""
+_COURTESIES = frozenset(_COURTESY_WORDS.split())
+# Words after which a capitalised word is the one addressed ("Hi Will", "Hello again PRIYA", "Thank you Zoë").
+_GREETING_WORDS = "hi hello hey dear thanks you welcome cheers sorry morning afternoon evening again bye"
+_GREETINGS = frozenset(_GREETING_WORDS.split())
+_SETS_OFF = ",.!?;\n\u2014\u2013-\uff0c\u3002\uff01\uff1f\u060c"  # before or after an address (Latin, CJK, Arabic)
+
+
+def names_the_asker(question: str, reply: str) -> bool:
+    """The reply addresses the shopper by a name they gave, however they typed it ("thanks, will", "kind regards,
+    Summer", "ZOË HERE", "thanks, 美玲"): a word of the question that the reply writes with a capital (or in a script
+    without case) where one addresses someone: after a greeting ("Hi Summer", "welcome May") or set off by
+    punctuation on both sides ("Will, standard delivery…", "Thanks for asking, Zoë."). Where it stands, not what
+    it means: a name can be any word (May, Summer, Sage), and the semantic guard lets a question with such a name
+    hit the same question without it. A label ("Delivery: …"), a heading, a word inside a sentence are no address.
+    The question rules (is_personal) read introductions typed in English with capitals; this reads what the answer
+    would share. A false positive costs a cache write, not a leak."""
+    asked = {_folded(word) for word in lexical.words(question)}
+    for found in lexical.word_spans(reply):
+        word = found.group()
+        folded = _folded(word)
+        if word[0].islower() or folded not in asked or folded in _COURTESIES or folded in _NOT_NAMES:
+            continue
+        before = reply[: found.start()].rstrip(" \t\"'(*_")
+        after = reply[found.end() :].lstrip(" \t\"')*_")
+        if before[-1:].isalpha() and _folded(before.rsplit(None, 1)[-1]) in _GREETINGS:
+            return True
+        if (not before or before[-1] in _SETS_OFF) and (not after or after[0] in _SETS_OFF):
+            return True
+    return False
+
+
+def _folded(word: str) -> str:
+    return word.replace("\u2019", "'").casefold().removesuffix("'s")
 
 
 @lru_cache(maxsize=1024)  # a pure function of the text; repeated questions are what a cache serves

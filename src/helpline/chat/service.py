@@ -16,7 +16,7 @@ from typing import Any, Literal
 import structlog
 
 from helpline.cache.keys import CacheScope, context_digest
-from helpline.cache.policy import cacheable, is_personal, owner_scope
+from helpline.cache.policy import cacheable, is_personal, names_the_asker, owner_scope
 from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit, Flight
 from helpline.chat.prompts import SYSTEM_RULES, estimate_tokens, prompt_fingerprint
 from helpline.chat.reply import BLOCKED_REPLY, ControlLineFilter, ParsedReply, PromptLeakGuard, parse_reply
@@ -561,6 +561,9 @@ class ChatService:
             action=reply.action, grounded=reply.grounded, provider=usage.provider, error=None,
             last_resort=last_resort, allow_fallback=self._settings.cache_fallback_answers, hedged=reply.hedged,
         ):  # fmt: skip
+            return None
+        if prepared.scope.owner == "shared" and names_the_asker(prepared.message, reply.text):
+            log.info("cache_write_skipped", reason="the reply calls the shopper by name")
             return None
         return CachedAnswer(
             question=prepared.message, reply=reply.text, citations=[c.as_dict() for c in reply.citations],
