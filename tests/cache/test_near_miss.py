@@ -54,7 +54,7 @@ async def test_no_near_miss_is_ever_served(embedder: Embedder, guard: SemanticGu
     assert len(rows) >= 200
     kinds = {"negation", "quantity", "product", "order_id", "opposite", "time", "condition", "language",
              "question_word", "tense", "modality", "and_or", "direction", "owner", "qualifier",
-             "superlative"}  # fmt: skip
+             "superlative", "script"}  # fmt: skip
     assert {row["kind"] for row in rows} >= kinds
     assert await hits(embedder, guard, rows) == []
 

@@ -13,7 +13,11 @@ from functools import cache, lru_cache
 
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Letters and digits of any script: with a-z alone, two questions naming different things outside it ("do you sell
+# 抹茶?" / "… 绿茶?", Greek, Cyrillic, Devanagari) had the same words, and MiniLM embeds what it cannot read alike
+# (similarity 0.98-1.0), so one got the other's answer. A text without spaces (Chinese, Japanese) is one word per
+# run: such questions share an answer only when those runs are the same.
+_WORD = re.compile(r"[^\W_]+(?:'[^\W\d_]+)?")
 _NUMBER = re.compile(
     r"([€£$]?)\s?(\d+(?:[.,]\d+)?)\s?(%|kg|g|ml|l|cl|pints?|packs?|x|p|pm|am|h|hours?|days?|weeks?|months?)?\b"
 )
