@@ -134,3 +134,14 @@ PARAPHRASE_FLOOR = 0.14
 )
 def test_the_frame_and_language_guards_give_their_reason(a: str, b: str, reason: str | None) -> None:
     assert SemanticGuard().conflict(a, b) == reason
+
+
+def test_products_named_in_letters_outside_a_z_are_products() -> None:
+    """The product guard's vocabulary is read in the guard's own words: "fraîche" was "fra" and "che" to it."""
+    vocabulary = product_vocabulary(
+        [("product", "Crème fraîche 200ml", ""), ("product", "Crème brûlée", ""), ("faq", "Desserts", "Our crème")]
+    )
+    assert {"fraîche", "brûlée"} <= vocabulary
+    guard = SemanticGuard(vocabulary)
+    assert guard.conflict("do you have crème fraîche?", "do you have crème brûlée?") == "product"
+    assert guard.conflict("do you have crème fraîche?", "have you got crème fraîche?") is None

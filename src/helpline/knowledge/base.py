@@ -18,7 +18,7 @@ from helpline.store.models import KnowledgeDocument, utcnow
 from helpline.store.repositories import KnowledgeRepository, StoredChunk
 
 ProgressFn = Callable[[int, int], None]
-_WORDS = re.compile(r"[a-z]{3,}")
+_WORDS = re.compile(r"[^\W\d_]{3,}")  # letters of any script, as the cache's guard reads a question's words
 INGEST_BATCH_DOCUMENTS = 64
 # Dense candidates re-ranked by ``dense + LEXICAL_WEIGHT * lexical``; calibrated with
 # tests/knowledge/test_retrieval_quality.py on the sample store's labelled questions.
