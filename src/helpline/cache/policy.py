@@ -17,8 +17,6 @@ import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-from helpline.knowledge import lexical
-
 # The patterns run on every request, on the text lower-cased (they are written in lower case: case-insensitive
 # matching is several times slower), typographic apostrophes made plain, a space in front. A rule starts at a word,
 # found by the character before it (_AT): a pattern that starts with a character class is searched for quickly, one
@@ -451,6 +449,8 @@ _COURTESIES = frozenset(_COURTESY_WORDS.split())
 _GREETING_WORDS = "hi hello hey dear thanks you welcome cheers sorry morning afternoon evening again bye"
 _GREETINGS = frozenset(_GREETING_WORDS.split())
 _SETS_OFF = ",.!?;\n\u2014\u2013-\uff0c\u3002\uff01\uff1f\u060c"  # before or after an address (Latin, CJK, Arabic)
+# Words as written, in any script and case, with inner apostrophes and hyphens (Zoë, Łukasz, O'Brien, Anne-Marie).
+_LETTERS = re.compile(r"[^\W\d_]+(?:['\u2019\-][^\W\d_]+)*")
 
 
 def names_the_asker(question: str, reply: str) -> bool:
@@ -462,8 +462,8 @@ def names_the_asker(question: str, reply: str) -> bool:
     hit the same question without it. A label ("Delivery: …"), a heading, a word inside a sentence are no address.
     The question rules (is_personal) read introductions typed in English with capitals; this reads what the answer
     would share. A false positive costs a cache write, not a leak."""
-    asked = {_folded(word) for word in lexical.words(question)}
-    for found in lexical.word_spans(reply):
+    asked = {_folded(word) for word in _LETTERS.findall(question)}
+    for found in _LETTERS.finditer(reply):
         word = found.group()
         folded = _folded(word)
         if word[0].islower() or folded not in asked or folded in _COURTESIES or folded in _NOT_NAMES:

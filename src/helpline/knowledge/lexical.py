@@ -9,11 +9,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 _WORD = re.compile(r"[a-z0-9]+")
-# Words in any script and case, with inner apostrophes and hyphens (Zoë, Łukasz, O'Brien, Anne-Marie).
-_LETTERS = re.compile(r"[^\W\d_]+(?:['\u2019\-][^\W\d_]+)*")
 STOPWORDS = frozenset(
     [
         "a",
@@ -144,12 +142,3 @@ class LexicalScorer:
         weights = {term: self.idf(term) for term in query_terms}
         total = sum(weights.values())
         return sum(weight for term, weight in weights.items() if term in document_terms) / total
-
-
-def words(text: str) -> list[str]:
-    """The words of a text as written (any script and case; no digits): for telling which a reply capitalises."""
-    return _LETTERS.findall(text)
-
-
-def word_spans(text: str) -> Iterator[re.Match[str]]:
-    return _LETTERS.finditer(text)
