@@ -378,10 +378,12 @@ UNREAD_INTRODUCTIONS = [
     ("how long does delivery take? thanks, محمد", "You're welcome, محمد! Delivery takes two days.", "محمد"),
     ("how long does delivery take? ty, zoe", "Thank you Zoe for asking: it takes two days.", "Zoe"),
     ("it\u2019s rosa\u2019s question: how long is delivery?", "Hello, Rosa! It takes two days.", "Rosa"),
+    ("which options are there? thanks, will", "- Hi Will, we offer:\n- Standard\n- Express", "Will"),
+    ("which options are there? ta, sage", "**Sage**, we offer:\n1. Standard\n2. Express", "Sage"),
     *GUARD_BLIND_INTRODUCTIONS,
 ]
 # Replies that repeat a capitalised word of the question where no one is addressed: a sentence's first word, a
-# label, a heading, Title Case, a word inside a sentence, German nouns, a courtesy, a day.
+# label, a heading, an item of a list, Title Case, a word inside a sentence, German nouns, a courtesy, a day.
 NAMES_NOBODY = [
     ("how long does delivery take?", "Delivery takes one to two working days."),
     ("hi, how long does delivery take?", "Hi! Standard delivery takes one to two working days."),
@@ -402,6 +404,11 @@ NAMES_NOBODY = [
     ("will my order arrive today?", 'You asked "Will my order arrive today?" \u2014 orders before noon do.'),
     ("what is greenbasket's returns policy?", "Under Greenbasket's returns policy, most items go back in 14 days."),
     ("do you deliver on christmas eve?", "We don't deliver on Christmas Eve or Christmas Day."),
+    # items of a list: what the store offers, not whom it addresses
+    ("standard or express delivery?", "We offer:\n- Standard\n- Express"),
+    ("standard or express delivery?", "Two options:\n* **Standard**, 2 days\n* **Express**, next day"),
+    ("standard or express delivery?", "Options:\n1. Standard.\n2) Express!"),
+    ("standard or express delivery?", "Options:\n  \u2022 Standard\n  \u2022 Express"),
 ]
 
 

@@ -451,6 +451,8 @@ _GREETINGS = frozenset(_GREETING_WORDS.split())
 _SETS_OFF = ",.!?;\n\u2014\u2013-\uff0c\u3002\uff01\uff1f\u060c"  # before or after an address (Latin, CJK, Arabic)
 # Words as written, in any script and case, with inner apostrophes and hyphens (Zoë, Łukasz, O'Brien, Anne-Marie).
 _LETTERS = re.compile(r"[^\W\d_]+(?:['\u2019\-][^\W\d_]+)*")
+# What opens an item of a list ("- ", "* ", "+ ", "• ", "1. ", "2) "): a word after it is a term, not an address.
+_LIST_ITEM = re.compile(r"[ \t]*(?:[-*+\u2022\u2013]|\d{1,3}[.)])[ \t]+[*_\"'(]*")
 
 
 def names_the_asker(question: str, reply: str) -> bool:
@@ -459,7 +461,8 @@ def names_the_asker(question: str, reply: str) -> bool:
     without case) where one addresses someone: after a greeting ("Hi Summer", "welcome May") or set off by
     punctuation on both sides ("Will, standard delivery…", "Thanks for asking, Zoë."). Where it stands, not what
     it means: a name can be any word (May, Summer, Sage), and the semantic guard lets a question with such a name
-    hit the same question without it. A label ("Delivery: …"), a heading, a word inside a sentence are no address.
+    hit the same question without it. A label ("Delivery: …"), a heading, an item of a list ("- Standard"), a word
+    inside a sentence are no address.
     The question rules (is_personal) read introductions typed in English with capitals; this reads what the answer
     would share. A false positive costs a cache write, not a leak."""
     asked = {_folded(word) for word in _LETTERS.findall(question)}
@@ -472,9 +475,18 @@ def names_the_asker(question: str, reply: str) -> bool:
         after = reply[found.end() :].lstrip(" \t\"')*_")
         if before[-1:].isalpha() and _folded(before.rsplit(None, 1)[-1]) in _GREETINGS:
             return True
-        if (not before or before[-1] in _SETS_OFF) and (not after or after[0] in _SETS_OFF):
+        if (
+            (not before or before[-1] in _SETS_OFF)
+            and (not after or after[0] in _SETS_OFF)
+            and not _opens_item(reply, found.start())
+        ):
             return True
     return False
+
+
+def _opens_item(reply: str, at: int) -> bool:
+    """The word at ``at`` opens an item of a list ("- Standard", "1. Express"): what the store offers, item by item."""
+    return _LIST_ITEM.fullmatch(reply[:at].rsplit("\n", 1)[-1]) is not None
 
 
 def _folded(word: str) -> str:
