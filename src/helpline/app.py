@@ -185,7 +185,8 @@ def create_app(
         conversations = ConversationRepository(sessions, writer)
         limiter = RateLimiter.from_settings(settings)
         await limiter.warm_up()
-        cache = build_cache(settings, SemanticGuard(knowledge.product_vocabulary()))
+        guard = SemanticGuard(knowledge.product_vocabulary())
+        cache = build_cache(settings, guard, await knowledge.database_id())
         await cache.connect()
         # The language guard's model (half a second, once per process): read now, not in the first request that
         # meets a semantic candidate.

@@ -819,6 +819,86 @@ async def test_a_follower_of_a_cut_reply_records_why_it_was_cut(cached: tuple[Ap
     assert follower_row.error == f"reply cut: the reply this one followed was cut ({reason})"
 
 
+async def test_shoppers_asking_a_question_being_rewarmed_wait_for_it(sqlite_url: str, embedder: Embedder) -> None:
+    """A document change removes a popular answer, which is re-warmed in the background. Shoppers on both replicas
+    who ask that question meanwhile get the re-warmed answer: one provider call in all. The re-warm used to call
+    the provider outside the single flight and the answer lock, and a shopper's request made a second call
+    (found by a review, session 22)."""
+    question = "How long does delivery take?"
+    async with two_replicas(sqlite_url, embedder) as (a, fake_a, b, fake_b):
+        for _ in range(3):  # popular
+            await ask(a, question)
+        new = FakeReply(text="Every order now arrives within 2 hours.", first_token_delay_s=1.0)
+        fake_a.default = fake_b.default = new
+        calls_before = len(fake_a.requests)
+        await save_delivery_times(a)
+        await wait_for_provider_call(fake_a, calls_before + 1)  # the re-warm's call is under way
+        answers = await asyncio.gather(*(ask(api, question) for api in (a, b) for _ in range(5)))
+        assert a.services.invalidator is not None
+        await a.services.invalidator.settled()
+        assert {str(body["reply"]) for body in answers} == {new.text}
+        assert len(fake_a.requests) - calls_before + len(fake_b.requests) == 1
+
+
+async def test_a_leader_whose_shopper_leaves_keeps_answering_a_plain_request_waiting_for_it(
+    cached: tuple[Api, FakeProvider],
+) -> None:
+    """A plain (not streamed) request waits for an identical streamed call; the streamed call's shopper leaves.
+    The call goes on for the request waiting (before, only streamed followers kept it: it was stopped and the
+    waiter made a second call, found by a review, session 22)."""
+    api, fake = cached
+    chat = api.services.chat
+    question, whole = "How long does delivery take?", "Standard delivery takes one to two working days."
+    fake.default = FakeReply(text=whole, chunks=5, chunk_delay_s=0.3)
+    leader = await chat.prepare(question, principal=ANONYMOUS, request_id="leader")
+    async with contextlib.aclosing(chat.chat_stream(leader)) as led:
+        async for event in led:
+            if event.kind == "delta":
+                break
+        waiter = asyncio.create_task(api.client.post("/v1/chat", json={"message": question}))
+        await asyncio.sleep(0.2)  # the plain request is waiting for the call
+    body = (await waiter).json()  # the leader's shopper has gone
+    assert body["reply"] == whole
+    assert (len(fake.requests), fake.cancelled) == (1, 0)
+
+
+@pytest.mark.parametrize("ending", ["cut", "left"])
+async def test_a_request_arriving_as_a_call_ends_without_an_answer_makes_its_own(
+    sqlite_url: str, embedder: Embedder, blackhole_redis: TcpProxy, ending: str
+) -> None:
+    """A streamed call is cut by its provider, or stopped because its shopper left with nobody following. An
+    identical streamed request that arrives while the call's request is still letting go (recording the cut,
+    unlocking in Redis: 20 ms a way here) used to join the dead call: it was sent the partial text, then
+    reply_cut, with no provider call of its own (found by a review, session 22). The call is over once it ends
+    without an answer: the newcomer makes its own and gets the whole reply."""
+    whole = "Standard delivery takes one to two working days."
+    fake = FakeProvider(name="gemini", model="gemini-test", default=FakeReply(text=whole))
+    first = FakeReply(text=whole, chunks=5, chunk_delay_s=0.2, cut_after=2 if ending == "cut" else None)
+    fake.replies = [first]
+    settings = make_settings(
+        sqlite_url, redis_url=f"redis://127.0.0.1:{blackhole_redis.port}/0", cache_timeout_s=1.0,
+        tenant="t" + secrets.token_hex(6), kb_refresh_s=3600, **UNLIMITED,
+    )  # fmt: skip
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        chat = api.services.chat
+        question = "How long does delivery take?"
+        newcomer = await chat.prepare(question, principal=ANONYMOUS, request_id="newcomer")  # a miss
+        leader = await chat.prepare(question, principal=ANONYMOUS, request_id="leader")
+        blackhole_redis.add_latency(0.02)
+        led = chat.chat_stream(leader)
+        try:
+            async for event in led:
+                if (ending == "cut" and event.kind == "error") or (ending == "left" and event.kind == "delta"):
+                    break  # the leader's shopper has seen the cut (its request is still letting go), or leaves
+            if ending == "left":
+                await led.aclose()  # gone: the call nobody follows is stopped
+            events = [event async for event in chat.chat_stream(newcomer)]  # at once
+        finally:
+            await led.aclose()
+        assert (events[-1].kind, "".join(str(e.data.get("text", "")) for e in events)) == ("done", whole)
+        assert len(fake.requests) == 2
+
+
 async def test_a_lock_holder_whose_cache_is_bypassed_still_lets_go_of_its_lock(
     sqlite_url: str, embedder: Embedder
 ) -> None:
@@ -1083,6 +1163,39 @@ async def test_knowledge_restored_from_a_backup_takes_the_cached_answers_with_it
         assert a.services.invalidator.went_back is False
         british = {**question, "locale": "en-US"}
         assert [(await a.client.post("/v1/chat", json=british)).json()["cache"] for _ in range(2)] == ["miss", "exact"]
+
+
+async def test_two_databases_on_one_cache_tenant_keep_their_answers_and_revisions_apart(
+    sqlite_url: str, database_urls: dict[str, str], embedder: Embedder
+) -> None:
+    """Two stores, each with its database (SQLite and PostgreSQL), whose services share one Redis and one tenant
+    (a staging and a production store left on the default tenant). Each store's shoppers get their own store's
+    answers, and a change in the store with the longer history does not make the other one take it for a restored
+    backup and empty the cache store, on every poll (before the keys carried the database's identity: the second
+    store was served the first's answer, exact, and each of its polls removed everything)."""
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite+aiosqlite:///")) as database:  # a long history
+        database.execute("UPDATE kb_revision SET revision = revision + 100000")
+    shared = {"redis_url": "redis://127.0.0.1:6379/0", "tenant": "t" + secrets.token_hex(6), "kb_refresh_s": 3600}
+    fake_a = FakeProvider(name="gemini", model="a", default=FakeReply(text="Store A delivers in two days."))
+    fake_b = FakeProvider(name="gemini", model="b", default=FakeReply(text="Store B delivers in a week."))
+    async with (
+        running_api(make_settings(sqlite_url, **shared, **UNLIMITED), embedder, [fake_a, ExtractiveProvider(0.5)]) as a,
+        running_api(make_settings(database_urls["postgresql"], **shared, **UNLIMITED), embedder,
+                    [fake_b, ExtractiveProvider(0.5)]) as b,
+    ):  # fmt: skip
+        assert b.services.invalidator is not None
+        question = "How long does delivery take?"
+        assert [(await ask(a, question))["cache"] for _ in range(2)] == ["miss", "exact"]
+        from_b = [await ask(b, question) for _ in range(2)]
+        assert [(body["cache"], body["reply"]) for body in from_b] == [
+            ("miss", "Store B delivers in a week."), ("exact", "Store B delivers in a week.")
+        ]  # fmt: skip
+        await save_delivery_times(a)  # declares store A's revision (above 100000) to the cache store
+        assert [(await ask(a, question))["cache"] for _ in range(2)] == ["miss", "exact"]
+        with capture_logs() as logs:
+            await b.services.invalidator.poll()
+        assert [line for line in logs if line["event"] in {"knowledge_went_back", "cache_reset"}] == []
+        assert ((await ask(a, question))["cache"], (await ask(b, question))["cache"]) == ("exact", "exact")
 
 
 async def test_a_reset_the_store_did_not_confirm_holds_reads_until_one_does(

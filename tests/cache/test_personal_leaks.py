@@ -10,6 +10,7 @@ import pytest
 from helpline.knowledge.embeddings import Embedder
 from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
+from tests.api.test_streaming import parse_sse
 from tests.cache.test_cache_api import UNLIMITED, ask
 from tests.cache.test_policy import FOUND_BY_REVIEW, GUARD_BLIND_INTRODUCTIONS
 from tests.conftest import Api, make_settings, running_api
@@ -66,6 +67,69 @@ async def test_a_reply_greeting_a_shopper_by_a_name_the_question_rules_missed_is
     assert name.casefold() not in str(other["reply"]).casefold(), (name, other["cache"], other["reply"])
     again = await ask(api, "How long does delivery take?")
     assert again["cache"] == "exact"  # the plain answer is cached as usual
+
+
+# A shopper's details no rule reads (no digit, no @, no introduction), which the model repeats: (their question,
+# the model's reply, another shopper's plain question). Each was served to the other shopper as a semantic hit
+# (similarity 0.82-0.91; found by a review, session 22).
+DETAILS_REPEATED = [
+    ("How do I redeem my gift card at checkout? The code is GIFT-ABCD-EFGH-JKLM",
+     "At checkout, choose Pay with gift card and enter GIFT-ABCD-EFGH-JKLM; the balance is taken off your total.",
+     "How do I redeem my gift card at checkout?"),
+    ("My son Oliver has a severe peanut allergy, is the chocolate birthday cake safe for him?",
+     "As Oliver has a severe peanut allergy, please note the chocolate birthday cake is made in a kitchen that "
+     "handles peanuts, so it is not safe for him.",
+     "Is the chocolate birthday cake safe for someone with a peanut allergy?"),
+    ("I'm diabetic and on insulin, which of your desserts are sugar free?",
+     "As you're diabetic and on insulin, our sugar-free desserts are the jelly pots and the rice pudding.",
+     "Which of your desserts are sugar free?"),
+    ("Can you send the invoice to jane dot doe at gmail dot com instead of my usual email?",
+     "Yes, we can send the invoice to jane.doe@gmail.com instead of your usual email.",
+     "Can you send the invoice to a different email instead of my usual email?"),
+    ("Hi, we've just moved house and want to know whether you deliver groceries to Rosebank Farm, Mill Lane, "
+     "Little Snoring on Saturday mornings?",
+     "Yes, we deliver groceries to Rosebank Farm, Mill Lane, Little Snoring on Saturday mornings, between 8am and "
+     "noon.",
+     "Hi, we've just moved house, do you deliver groceries on Saturday mornings?"),
+    ("Can I add a gift message to the hamper saying Happy birthday Margaret, love from Tom and Lucy?",
+     "Yes! We'll print 'Happy birthday Margaret, love from Tom and Lucy' on a card inside the hamper.",
+     "Can I add a gift message to the hamper?"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("question", "reply", "plain"), DETAILS_REPEATED)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_details_a_reply_repeats_from_a_shoppers_question_are_not_served_to_another(
+    cached: tuple[Api, FakeProvider], question: str, reply: str, plain: str, stream: bool
+) -> None:
+    """The shopper's question is not personal to the rules, and it is cached for everyone; the model's reply
+    repeats words of it the store's knowledge does not use. Another shopper's plain question, close enough to hit
+    it semantically, lacks those words: it is answered afresh, not with the first shopper's details."""
+    api, fake = cached
+    fake.replies = [FakeReply(text=reply)]
+    fake.default = FakeReply(text="Another shopper's own answer.")
+    first = await ask(api, question)
+    assert (first["cache"], first["reply"]) == ("miss", reply)
+    if stream:
+        events = parse_sse((await api.client.post("/v1/chat", json={"message": plain, "stream": True})).text)
+        other = events[-1][1]
+    else:
+        other = await ask(api, plain)
+    assert (other["cache"], other["reply"]) == ("miss", "Another shopper's own answer.")
+    again = await ask(api, question)
+    assert again["cache"] == "exact"  # the first shopper's own question still hits its answer
+
+
+async def test_a_reply_repeating_words_the_store_knows_still_serves_a_paraphrase(
+    cached: tuple[Api, FakeProvider],
+) -> None:
+    """Repeating the question is what replies do: words the store's knowledge uses (edit, order) are no detail of
+    the shopper's, nor one the paraphrase also has (placing, placed), and the paraphrase still hits."""
+    api, fake = cached
+    fake.default = FakeReply(text="Yes, you can edit your order after placing it, until it is packed.")
+    assert (await ask(api, "Can I edit my order after placing it?"))["cache"] == "miss"
+    paraphrase = await ask(api, "Is it possible to make changes to an order I've already placed?")
+    assert (paraphrase["cache"], paraphrase["reply"]) == ("semantic", fake.default.text)
 
 
 async def test_openai_compatible_history_is_redacted_before_the_provider(cached: tuple[Api, FakeProvider]) -> None:

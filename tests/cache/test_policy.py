@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpline.cache.policy import is_personal, names_the_asker
+from helpline.cache.policy import echoes, is_personal, lacks_echoes, names_the_asker
 
 # Found by a review (session 7): each was cached as shared, so another API key got the first asker's answer.
 FOUND_BY_REVIEW = [
@@ -429,3 +429,37 @@ def test_a_reply_repeating_words_of_the_question_that_name_nobody_is_not_flagged
 def test_a_name_the_question_does_not_give_is_not_the_askers() -> None:
     """A name in the reply alone (a person of the store) is not the asker's."""
     assert names_the_asker("who founded the shop?", "Hi! Jane Moss, in 1998.") is False
+
+
+STORE_WORDS_TEXT = "delivery deliver take takes standard working days order edit gift card checkout redeem sell"
+STORE_WORDS = frozenset(STORE_WORDS_TEXT.split())
+
+
+def store_knows(word: str) -> bool:
+    return word in STORE_WORDS
+
+
+@pytest.mark.parametrize(
+    ("question", "reply", "echoed"),
+    [
+        ("My son Oliver has a severe peanut allergy, is the cake safe?", "As Oliver has a peanut allergy, no.",
+         ["allergy", "oliver", "peanut"]),
+        ("How do I redeem my gift card? The code is GIFT-ABCD-EFGH", "Enter GIFT-ABCD-EFGH at checkout.",
+         ["abcd", "efgh"]),
+        ("thanks! how long does delivery take?", "Thanks for asking! Standard delivery takes two days.", []),
+        ("can i edit my order?", "Yes, you can edit your order until it is packed.", []),
+        ("do you sell 抹茶?", "Yes, we sell 抹茶 in 100 g tins.", ["抹茶"]),
+    ],
+)  # fmt: skip
+def test_the_words_a_reply_repeats_that_the_store_does_not_know_are_its_echoes(
+    question: str, reply: str, echoed: list[str]
+) -> None:
+    assert echoes(question, reply, store_knows) == echoed
+
+
+def test_a_question_lacking_an_echo_may_not_have_the_answer() -> None:
+    echoed = echoes("My son Oliver has a peanut allergy, is the cake safe?", "As Oliver has a peanut allergy, no.",
+                    store_knows)  # fmt: skip
+    assert lacks_echoes("Is the cake safe with a peanut allergy?", echoed)  # no Oliver
+    assert not lacks_echoes("my son OLIVER has a peanut allergy: is the cake safe?", echoed)
+    assert not lacks_echoes("Is the cake safe?", [])  # nothing repeated: nothing to lack

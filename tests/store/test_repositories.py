@@ -157,6 +157,27 @@ async def test_writers_in_several_processes_get_one_revision_each_in_commit_orde
             await engine.dispose()
 
 
+async def test_processes_starting_together_on_a_database_agree_on_its_identity(database_url: str) -> None:
+    """The database's identity (the cache store's keys carry it) is drawn once: three processes starting on a
+    database that has none yet all get the same one, and keep it; a second database draws another."""
+    engines = [db.create_engine(database_url) for _ in range(3)]
+    await db.upgrade(engines[0])
+    repositories = [KnowledgeRepository(db.session_factory(engine)) for engine in engines]
+    try:
+        async with engines[0].begin() as connection:  # as a database built afresh has it
+            await connection.execute(sa.text("UPDATE kb_revision SET database_id = NULL"))
+        drawn = await asyncio.gather(*(repository.database_id() for repository in repositories * 2))
+        assert len(set(drawn)) == 1
+        assert re.fullmatch(r"[0-9a-f]{16}", drawn[0])
+        assert await repositories[2].database_id() == drawn[0]
+        async with engines[0].begin() as connection:
+            await connection.execute(sa.text("UPDATE kb_revision SET database_id = NULL"))
+        assert await repositories[1].database_id() != drawn[0]
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
 async def test_every_change_of_a_document_moves_the_knowledge_revision_on(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:

@@ -14,8 +14,9 @@ from helpline.redisconn import create_redis
 NAMESPACE = "hl:c4"  # bump when the stored format changes (c3: tag hashes carry the document version; c4: a scope set)
 
 
-def build_cache(settings: Settings, guard: SemanticGuard | None = None) -> AnswerCache:
-    keys = KeySpace(NAMESPACE, settings.tenant)
+def build_cache(settings: Settings, guard: SemanticGuard | None = None, database_id: str = "") -> AnswerCache:
+    """``database_id``: the identity of the database the knowledge comes from (its answers' keys carry it)."""
+    keys = KeySpace(NAMESPACE, settings.tenant, database_id)
     backend: CacheBackend = MemoryBackend()
     if settings.redis_url:
         client = create_redis(settings.redis_url, timeout_s=settings.cache_timeout_s + OVERLOAD_TIMEOUT_S)

@@ -167,7 +167,13 @@ class Invalidator:
             self._cache.guard.set_vocabulary(self._knowledge.product_vocabulary())
 
     async def _rewarm(self, questions: list[tuple[str, str]]) -> None:
-        """Each in the locale it was asked in (a French answer is re-warmed in French, not as a locale-less one)."""
+        """Each in the locale it was asked in (a French answer is re-warmed in French, not as a locale-less one).
+
+        Once the round that removed them has finished, and with it the reads it held: a re-warm under held reads
+        took no answer lock, so shoppers asking the question meanwhile, on other replicas, made calls of their own
+        (found by a review, session 22)."""
+        async with self._polling:
+            pass
         warmed = 0
         unique = list(dict.fromkeys(questions))
         for done, (question, locale) in enumerate(unique):

@@ -61,14 +61,21 @@ class CacheScope:
 
 @dataclass(frozen=True, slots=True)
 class KeySpace:
-    """Key names for one tenant (all carry the tenant's hash tag)."""
+    """Key names for one tenant (all carry the tenant's hash tag) and the database its knowledge lives in.
+
+    ``database``: the database's identity (kb_revision.database_id). Answers and knowledge revisions belong to one
+    database: two of them on one tenant (a staging and a production store on one Redis, both with the default
+    tenant) served each other's answers, and each took the other's higher revisions for a restored backup and
+    removed everything the store held, over and over."""
 
     namespace: str
     tenant: str
+    database: str = ""
 
     @property
     def prefix(self) -> str:
-        return f"{self.namespace}:{{{self.tenant}}}"
+        tenant = f"{self.namespace}:{{{self.tenant}}}"
+        return f"{tenant}:{self.database}" if self.database else tenant
 
     def entry(self, scope: CacheScope, normalized: str) -> str:
         return f"{self.prefix}:e:{scope.id}:{digest(normalized)}"

@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
+
+from helpline.cache import guards
 
 # The patterns run on every request, on the text lower-cased (they are written in lower case: case-insensitive
 # matching is several times slower), typographic apostrophes made plain, a space in front. A rule starts at a word,
@@ -482,6 +484,35 @@ def names_the_asker(question: str, reply: str) -> bool:
         ):
             return True
     return False
+
+
+def echoes(question: str, reply: str, known: Callable[[str], bool]) -> list[str]:
+    """The words of the question (stemmed as the guards stem them) that the reply repeats and that the store does
+    not know (``known``: its knowledge and its own rules use the word): what the shopper told us about themselves
+    or their case (a child's name, a gift card's code, a condition, an address, a gift message) rather than what
+    the store knows.
+
+    A semantic hit whose question lacks one of them is refused (AnswerCache): that reply would repeat to the new
+    shopper words they never said, another shopper's (found by a review, session 22: "My son Oliver has a severe
+    peanut allergy, is the chocolate cake safe for him?" served "As Oliver has…" to a plain question about peanut
+    allergies; a gift card's code to "How do I redeem my gift card?"). The exact tier needs no such check: its
+    question has the same words. Courtesies and function words are no such words."""
+    repeated = set(guards.content(guards.words(reply)))
+    return sorted(
+        {
+            guards.stem(word)
+            for word in guards.words(question)
+            if word not in guards.FUNCTION_WORDS
+            and word not in _COURTESIES
+            and guards.stem(word) in repeated
+            and not known(word)
+        }
+    )
+
+
+def lacks_echoes(question: str, echoed: Sequence[str]) -> bool:
+    """Whether ``question`` lacks a word another question's reply repeated from it (see :func:`echoes`)."""
+    return bool(echoed) and not set(echoed) <= set(guards.content(guards.words(question)))
 
 
 def _opens_item(reply: str, at: int) -> bool:

@@ -31,6 +31,7 @@ from helpline.cache.backend import CacheBackend
 from helpline.cache.guards import SemanticGuard
 from helpline.cache.keys import CacheScope, KeySpace, digest, normalize
 from helpline.cache.near import NearCache
+from helpline.cache.policy import lacks_echoes
 from helpline.errors import ServiceUnavailable
 from helpline.knowledge.embeddings import from_bytes, to_bytes
 from helpline.overload import LoopLag, patiently
@@ -70,6 +71,9 @@ class CachedAnswer:
     cost_usd: float = 0.0
     locale: str = ""
     created_at: float = field(default_factory=time.time)
+    # Words of the question the reply repeats that the store does not know (cache.policy.echoes): a semantic hit
+    # must have them all.
+    echoes: list[str] = field(default_factory=list)
 
     def answer_key(self) -> str:
         """Answers citing the same documents are the same answer, whatever their wording."""
@@ -94,8 +98,14 @@ class Flight:
         self.epoch = epoch  # the cache's count of invalidations in this process when the flight began
         self.parts: list[str] = []
         self.followers = 0  # streamed requests reading it as it streams
+        self.waiting = 0  # requests waiting for its result (plain ones, and streamed ones that do not follow)
         self.cut: str | None = None  # why its stream stopped short, when it did (its followers record it too)
         self._moved = asyncio.Event()
+
+    @property
+    def wanted(self) -> bool:
+        """Whether requests other than its own wait for it or follow it (it goes on if its own shopper leaves)."""
+        return self.followers > 0 or self.waiting > 0
 
     def publish(self, text: str) -> None:
         self.parts.append(text)
@@ -302,15 +312,21 @@ class AnswerCache:
         if isinstance(best, str):
             self._on_event("guard", best)
             return None
-        return await self._fetch(mirror.keys[best], float(scores[best]), mirror.questions[best], scope)
+        return await self._fetch(mirror.keys[best], float(scores[best]), mirror.questions[best], scope, question)
 
-    async def _fetch(self, key: str, similarity: float, matched: str, scope: CacheScope) -> CacheHit | None:
+    async def _fetch(
+        self, key: str, similarity: float, matched: str, scope: CacheScope, question: str
+    ) -> CacheHit | None:
         raw = await self._shared_read(key)
         if raw is None:  # expired: drop it from the index (unless a request or replica has just written it again)
             await self._guarded("forget", lambda: self.backend.forget(key, unless=None), None)
             return None
         found = await self._readable(key, raw)
         if found is None:
+            return None
+        if lacks_echoes(question, found.echoes):  # the reply repeats words of another shopper's that this lacks
+            log.info("cache_semantic_refused", reason="the reply repeats words this question lacks")
+            self._on_event("guard", "echo")
             return None
         self._count_hit(key, scope)
         return CacheHit(found, "semantic", similarity, matched)

@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 import structlog
 
+from helpline.cache.guards import words
 from helpline.cache.keys import CacheScope, context_digest
-from helpline.cache.policy import cacheable, is_personal, names_the_asker, owner_scope
+from helpline.cache.policy import cacheable, echoes, is_personal, names_the_asker, owner_scope
 from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit, Flight
-from helpline.chat.prompts import SYSTEM_RULES, estimate_tokens, prompt_fingerprint
+from helpline.chat.prompts import STORE_NAME, SYSTEM_RULES, estimate_tokens, prompt_fingerprint
 from helpline.chat.reply import BLOCKED_REPLY, ControlLineFilter, ParsedReply, PromptLeakGuard, parse_reply
 from helpline.config import Settings
 from helpline.errors import InvalidInput, NotFound
@@ -201,6 +202,7 @@ class ChatService:
         self._router = router
         self._cache = cache
         self._leak_guard = PromptLeakGuard(SYSTEM_RULES)
+        self._own_words = frozenset(words(SYSTEM_RULES.format(store=STORE_NAME)))
         self._prompt_version = prompt_fingerprint(settings.retrieval_top_k, settings.answer_min_score)
         self._producers: set[asyncio.Task[None]] = set()
 
@@ -303,13 +305,22 @@ class ChatService:
                         if peer_hit is not None:
                             flight.land(peer_hit)
                         prepared.relay = flight
-                        yield peer_hit
+                        try:
+                            yield peer_hit
+                        finally:
+                            # Over, with its result or without (cut, failed, stopped): before the lock is let go
+                            # (a Redis round trip), so no request arriving meanwhile joins a call that has ended.
+                            flight.land(None)
                     return
             if streamed and flight.epoch == self._cache.invalidations:
                 yield flight  # (one begun before an invalidation here is awaited instead: it may be refused as stale)
                 return
             # Shielded: awaiting a future directly would cancel it, for every waiter, when one is cancelled.
-            landed = await asyncio.shield(flight.future)
+            flight.waiting += 1  # a streamed call goes on for this request if its own shopper leaves
+            try:
+                landed = await asyncio.shield(flight.future)
+            finally:
+                flight.waiting -= 1
             # A second stale reply in a row is handed over as it is (a miss, never cached): this replica's copy of
             # the knowledge is behind, and every further round would be refused alike, one provider call each.
             if SharedReply.usable(landed) or (landed is not None and rounds > 1):
@@ -363,7 +374,9 @@ class ChatService:
                 yield queued
             await producer  # its error, if it failed
         finally:
-            if not producer.done() and (prepared.relay is None or not prepared.relay.followers):
+            if not producer.done() and (prepared.relay is None or not prepared.relay.wanted):
+                if prepared.relay is not None:
+                    prepared.relay.land(None)  # stopped: a request arriving while it stops makes its own call
                 producer.cancel()
 
     async def _produce(self, prepared: Prepared, events: asyncio.Queue[ChatEvent | None]) -> None:
@@ -435,6 +448,7 @@ class ChatService:
     async def _stop(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> AsyncGenerator[ChatEvent, None]:
         if prepared.relay is not None:  # the requests following this one record why their reply ended here too
             prepared.relay.cut = reason
+            prepared.relay.land(None)  # over: a request arriving while the cut is recorded makes its own call
         await self._record_cut(prepared, shown, usage, reason)
         yield ChatEvent(
             "error",
@@ -568,16 +582,21 @@ class ChatService:
         return CachedAnswer(
             question=prepared.message, reply=reply.text, citations=[c.as_dict() for c in reply.citations],
             provider=usage.provider, model=usage.model, tags=drawn_on(prepared.passages), cost_usd=self.cost(usage),
-            locale=prepared.locale or "",
+            locale=prepared.locale or "", echoes=echoes(prepared.message, reply.text, self._known),
         )  # fmt: skip
 
-    async def _maybe_cache(self, prepared: Prepared, reply: ParsedReply, usage: Usage) -> None:
+    def _known(self, word: str) -> bool:
+        """Whether the store knows the word: its rules or its knowledge use it (see cache.policy.echoes)."""
+        return word in self._own_words or self._knowledge.uses(word)
+
+    async def _maybe_cache(self, prepared: Prepared, reply: ParsedReply, usage: Usage) -> bool:
         """Store good answers only; let identical requests waiting in this process share the reply either way (as a
-        cache hit when it is a good answer; a handoff or a fallback's reply as the miss it is)."""
+        cache hit when it is a good answer; a handoff or a fallback's reply as the miss it is). Whether it stored."""
         if self._cache is None:
-            return
+            return False
         answer = self._worth_caching(prepared, reply, usage)
         landed: CacheHit | SharedReply = SharedReply(reply, Usage(usage.provider, usage.model))
+        stored = False
         if answer is not None:
             landed = CacheHit(answer, "exact", 1.0, prepared.message)
             if prepared.vector is not None and prepared.generation is not None:
@@ -589,6 +608,7 @@ class ChatService:
                     landed = SharedReply(reply, Usage(usage.provider, usage.model), stale=True)
         if prepared.relay is not None:  # only into the flight this request leads (never a later one for the key)
             prepared.relay.land(landed)
+        return stored
 
     def _current(self, prepared: Prepared) -> bool:
         """Whether this process's knowledge is still the one the answer was retrieved from: a document added
@@ -608,19 +628,19 @@ class ChatService:
         if scope.owner != "shared" or await self._cache.lookup(message, vector, scope) is not None:
             return False
         prepared = Prepared(message, "warm", ANONYMOUS, "warm", locale, (), vector, scope)
-        await self._retrieve(prepared)
-        if prepared.generation is None:  # the store is not answering: the answer could not be written
-            return False
-        completion = await self._router.complete(prepared.request)
-        usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
-        # The same leak check as a shopper's answer: a warmed answer would be served to everyone.
-        answer = self._worth_caching(prepared, self._checked(parse_reply(completion.text, prepared.passages)), usage)
-        if answer is None or not self._current(prepared):
-            return False
-        return await self._cache.store(
-            message, vector, scope, answer, generation=prepared.generation, versions=versions_of(prepared.passages),
-            revision=prepared.knowledge_revision,
-        )  # fmt: skip
+        # As one more shopper asking it: shoppers asking it meanwhile (here, or on a replica) wait for this call.
+        async with self._one_call(prepared) as landed:
+            if landed is not None:  # answered meanwhile, here or by a replica: nothing left to warm
+                return False
+            await self._retrieve(prepared)
+            if prepared.generation is None:  # the store is not answering: the answer could not be written
+                return False
+            completion = await self._router.complete(prepared.request)
+            usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
+            # The same checks as a shopper's answer (leaks, names, echoes): a warmed answer is served to everyone.
+            return await self._maybe_cache(
+                prepared, self._checked(parse_reply(completion.text, prepared.passages)), usage
+            )
 
     async def _record_cut(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> None:
         """A cut reply is kept for the operators, marked as an error, never as an answer."""

@@ -151,12 +151,17 @@ class KnowledgeRevision(Base):
     Every writer of documents locks it first and moves it on in the transaction of its change, so revisions are in
     the order the changes committed; a process's copy of the knowledge read with revision N holds every change up
     to N. A cache store refuses answers from a copy older than the newest revision a replica declared when it
-    invalidated (an added document reaches no earlier answer's tags)."""
+    invalidated (an added document reaches no earlier answer's tags).
+
+    ``database_id``: random, drawn once by the first process to start on the database (see
+    KnowledgeRepository.database_id); the cache store's keys carry it, so two databases on one cache tenant keep
+    their answers and their revisions apart."""
 
     __tablename__ = "kb_revision"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    database_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class KnowledgeChange(Base):

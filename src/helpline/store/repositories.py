@@ -430,6 +430,24 @@ class KnowledgeRepository:
         async with self._sessions() as session:
             return int(await session.scalar(select(KnowledgeRevision.revision).where(KnowledgeRevision.id == 1)) or 0)
 
+    async def database_id(self) -> str:
+        """This database's identity: random, drawn by the first process to ask and kept in the knowledge revision's
+        row (under its lock, so processes starting together agree on one). A copy of the database file or a
+        restored backup keeps it; a database built afresh draws its own."""
+        row = KnowledgeRevision.id == 1
+        async with self._sessions() as session:
+            found = await session.scalar(select(KnowledgeRevision.database_id).where(row))
+        if found:
+            return str(found)
+
+        async def claim(session: AsyncSession) -> str:
+            await self._lock_revision(session)
+            unclaimed = row & KnowledgeRevision.database_id.is_(None)
+            await session.execute(update(KnowledgeRevision).where(unclaimed).values(database_id=secrets.token_hex(8)))
+            return str(await session.scalar(select(KnowledgeRevision.database_id).where(row)))
+
+        return await self._transaction(claim)
+
     @staticmethod
     async def _lock_revision(session: AsyncSession) -> int:
         """Take the knowledge revision's row until commit (every writer of documents takes it first: changes then
