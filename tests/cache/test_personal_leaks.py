@@ -80,6 +80,9 @@ DETAILS_REPEATED = [
      "As Oliver has a severe peanut allergy, please note the chocolate birthday cake is made in a kitchen that "
      "handles peanuts, so it is not safe for him.",
      "Is the chocolate birthday cake safe for someone with a peanut allergy?"),
+    ("My toddler has a severe peanut allergy, is the chocolate birthday cake safe?",  # the catalogue has "toddler"
+     "As your toddler has a severe peanut allergy, please note the cake is not safe for them.",
+     "Is the chocolate birthday cake safe for someone with a peanut allergy?"),
     ("I'm diabetic and on insulin, which of your desserts are sugar free?",
      "As you're diabetic and on insulin, our sugar-free desserts are the jelly pots and the rice pudding.",
      "Which of your desserts are sugar free?"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpline.cache.policy import echoes, is_personal, lacks_echoes, names_the_asker
+from helpline.cache.policy import echoes, is_personal, lacks_echoes, names_the_asker, word_forms
 
 # Found by a review (session 7): each was cached as shared, so another API key got the first asker's answer.
 FOUND_BY_REVIEW = [
@@ -431,12 +431,10 @@ def test_a_name_the_question_does_not_give_is_not_the_askers() -> None:
     assert names_the_asker("who founded the shop?", "Hi! Jane Moss, in 1998.") is False
 
 
-STORE_WORDS_TEXT = "delivery deliver take takes standard working days order edit gift card checkout redeem sell"
-STORE_WORDS = frozenset(STORE_WORDS_TEXT.split())
-
-
-def store_knows(word: str) -> bool:
-    return word in STORE_WORDS
+STORE_WORDS_TEXT = (
+    "delivery deliver take standard working days order edit gift card checkout redeem sell grocery cancelled refunds"
+)
+STORE_WORDS = word_forms([STORE_WORDS_TEXT])
 
 
 @pytest.mark.parametrize(
@@ -449,17 +447,20 @@ def store_knows(word: str) -> bool:
         ("thanks! how long does delivery take?", "Thanks for asking! Standard delivery takes two days.", []),
         ("can i edit my order?", "Yes, you can edit your order until it is packed.", []),
         ("do you sell 抹茶?", "Yes, we sell 抹茶 in 100 g tins.", ["抹茶"]),
+        # inflections of the store's words are the store's words
+        ("can i get a refund after cancelling?", "Yes: cancel and the refund follows.", []),
+        ("do you deliver groceries on sunday?", "We deliver grocery orders every Sunday.", ["sunday"]),
     ],
 )  # fmt: skip
 def test_the_words_a_reply_repeats_that_the_store_does_not_know_are_its_echoes(
     question: str, reply: str, echoed: list[str]
 ) -> None:
-    assert echoes(question, reply, store_knows) == echoed
+    assert echoes(question, reply, STORE_WORDS) == echoed
 
 
 def test_a_question_lacking_an_echo_may_not_have_the_answer() -> None:
     echoed = echoes("My son Oliver has a peanut allergy, is the cake safe?", "As Oliver has a peanut allergy, no.",
-                    store_knows)  # fmt: skip
+                    STORE_WORDS)  # fmt: skip
     assert lacks_echoes("Is the cake safe with a peanut allergy?", echoed)  # no Oliver
     assert not lacks_echoes("my son OLIVER has a peanut allergy: is the cake safe?", echoed)
     assert not lacks_echoes("Is the cake safe?", [])  # nothing repeated: nothing to lack

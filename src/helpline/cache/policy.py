@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from functools import lru_cache
 
 from helpline.cache import guards
@@ -486,33 +486,50 @@ def names_the_asker(question: str, reply: str) -> bool:
     return False
 
 
-def echoes(question: str, reply: str, known: Callable[[str], bool]) -> list[str]:
-    """The words of the question (stemmed as the guards stem them) that the reply repeats and that the store does
-    not know (``known``: its knowledge and its own rules use the word): what the shopper told us about themselves
-    or their case (a child's name, a gift card's code, a condition, an address, a gift message) rather than what
-    the store knows.
+def echoes(question: str, reply: str, known: Collection[str]) -> list[str]:
+    """The words of the question that the reply repeats and that the knowledge it drew on does not use (``known``:
+    the :func:`word_forms` of its passages and of the store's rules), as word forms: what the shopper told us about
+    themselves or their case (a child's name or age, a gift card's code, a condition, an address, a gift message)
+    rather than what the store knows.
 
     A semantic hit whose question lacks one of them is refused (AnswerCache): that reply would repeat to the new
     shopper words they never said, another shopper's (found by a review, session 22: "My son Oliver has a severe
     peanut allergy, is the chocolate cake safe for him?" served "As Oliver has…" to a plain question about peanut
-    allergies; a gift card's code to "How do I redeem my gift card?"). The exact tier needs no such check: its
-    question has the same words. Courtesies and function words are no such words."""
-    repeated = set(guards.content(guards.words(reply)))
+    allergies; a gift card's code to "How do I redeem my gift card?"). The passages the answer drew on, not the
+    whole knowledge: a catalogue uses "toddler" and "baby" somewhere, which did not make them the store's words in
+    an answer about a cake (a second review). The exact tier needs no such check: its question has the same words.
+    Courtesies and function words are no such words."""
+    repeated = word_forms([reply])
     return sorted(
         {
-            guards.stem(word)
+            form
             for word in guards.words(question)
             if word not in guards.FUNCTION_WORDS
             and word not in _COURTESIES
-            and guards.stem(word) in repeated
-            and not known(word)
+            and (form := _form(word)) in repeated
+            and form not in known
         }
     )
 
 
 def lacks_echoes(question: str, echoed: Sequence[str]) -> bool:
     """Whether ``question`` lacks a word another question's reply repeated from it (see :func:`echoes`)."""
-    return bool(echoed) and not set(echoed) <= set(guards.content(guards.words(question)))
+    return bool(echoed) and not set(echoed) <= word_forms([question])
+
+
+def word_forms(texts: Iterable[str]) -> set[str]:
+    """The forms of the words of ``texts`` that :func:`echoes` compares (function words left out)."""
+    return {_form(word) for text in texts for word in guards.words(text) if word not in guards.FUNCTION_WORDS}
+
+
+def _form(word: str) -> str:
+    """One form for a word's inflections: groceries and grocery, cancelling and cancel, takes and take."""
+    if len(word) > 4 and word.endswith("ies"):
+        word = word[:-3] + "y"
+    form = guards.stem(word)
+    if len(form) > 3 and form[-1] == form[-2] and form[-1].isalpha():  # cancell -> cancel, shipp -> ship
+        form = form[:-1]
+    return form
 
 
 def _opens_item(reply: str, at: int) -> bool:

@@ -15,9 +15,8 @@ from typing import Any, Literal
 
 import structlog
 
-from helpline.cache.guards import words
 from helpline.cache.keys import CacheScope, context_digest
-from helpline.cache.policy import cacheable, echoes, is_personal, names_the_asker, owner_scope
+from helpline.cache.policy import cacheable, echoes, is_personal, names_the_asker, owner_scope, word_forms
 from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit, Flight
 from helpline.chat.prompts import STORE_NAME, SYSTEM_RULES, estimate_tokens, prompt_fingerprint
 from helpline.chat.reply import BLOCKED_REPLY, ControlLineFilter, ParsedReply, PromptLeakGuard, parse_reply
@@ -202,7 +201,7 @@ class ChatService:
         self._router = router
         self._cache = cache
         self._leak_guard = PromptLeakGuard(SYSTEM_RULES)
-        self._own_words = frozenset(words(SYSTEM_RULES.format(store=STORE_NAME)))
+        self._own_words = frozenset(word_forms([SYSTEM_RULES.format(store=STORE_NAME)]))
         self._prompt_version = prompt_fingerprint(settings.retrieval_top_k, settings.answer_min_score)
         self._producers: set[asyncio.Task[None]] = set()
 
@@ -582,12 +581,13 @@ class ChatService:
         return CachedAnswer(
             question=prepared.message, reply=reply.text, citations=[c.as_dict() for c in reply.citations],
             provider=usage.provider, model=usage.model, tags=drawn_on(prepared.passages), cost_usd=self.cost(usage),
-            locale=prepared.locale or "", echoes=echoes(prepared.message, reply.text, self._known),
+            locale=prepared.locale or "", echoes=echoes(prepared.message, reply.text, self._known(prepared)),
         )  # fmt: skip
 
-    def _known(self, word: str) -> bool:
-        """Whether the store knows the word: its rules or its knowledge use it (see cache.policy.echoes)."""
-        return word in self._own_words or self._knowledge.uses(word)
+    def _known(self, prepared: Prepared) -> frozenset[str]:
+        """The words an answer may use as the store's own (see cache.policy.echoes): its rules', and those of the
+        passages it drew on."""
+        return self._own_words | word_forms(f"{passage.title}\n{passage.text}" for passage in prepared.passages)
 
     async def _maybe_cache(self, prepared: Prepared, reply: ParsedReply, usage: Usage) -> bool:
         """Store good answers only; let identical requests waiting in this process share the reply either way (as a

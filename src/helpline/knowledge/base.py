@@ -13,7 +13,7 @@ from helpline.knowledge import versions
 from helpline.knowledge.documents import SourceDocument
 from helpline.knowledge.embeddings import Embedder, Vectors, from_bytes, to_bytes
 from helpline.knowledge.index import IndexEntry, MemoryVectorIndex
-from helpline.knowledge.lexical import LexicalScorer, terms
+from helpline.knowledge.lexical import LexicalScorer
 from helpline.store.models import KnowledgeDocument, utcnow
 from helpline.store.repositories import KnowledgeRepository, StoredChunk
 
@@ -191,14 +191,6 @@ class KnowledgeBase:
             self._forget(doc_id)
         self.revision = revision
         return changed + removed
-
-    def uses(self, word: str) -> bool:
-        """Whether the knowledge uses the word (as the lexical scorer reads words: a-z and digits, plurals folded; a
-        word it drops as a stopword is a common one). A word in other letters is not known here."""
-        found = terms(word)
-        if not found:
-            return word.isascii() and word.isalpha()
-        return all(self._lexical.uses(term) for term in found)
 
     async def database_id(self) -> str:
         """The database's identity (drawn once; see KnowledgeRepository.database_id)."""

@@ -130,10 +130,6 @@ class LexicalScorer:
         for document_id, text in documents:
             self.replace(document_id, text)
 
-    def uses(self, term: str) -> bool:
-        """Whether some document has the term (the frequencies of removed documents' terms go down to zero)."""
-        return self._document_frequency.get(term, 0) > 0
-
     def idf(self, term: str) -> float:
         total = max(len(self._doc_terms), 1)
         return math.log(1 + total / (1 + self._document_frequency.get(term, 0)))
