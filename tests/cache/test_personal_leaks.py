@@ -83,6 +83,9 @@ DETAILS_REPEATED = [
     ("My toddler has a severe peanut allergy, is the chocolate birthday cake safe?",  # the catalogue has "toddler"
      "As your toddler has a severe peanut allergy, please note the cake is not safe for them.",
      "Is the chocolate birthday cake safe for someone with a peanut allergy?"),
+    ("I'm vegan and coeliac, which of your breads can I eat?",  # words the store's passages use, said of the asker
+     "As you're vegan and coeliac, try our gluten-free seeded loaf.",
+     "Which of your breads are gluten free?"),
     ("I'm diabetic and on insulin, which of your desserts are sugar free?",
      "As you're diabetic and on insulin, our sugar-free desserts are the jelly pots and the rice pudding.",
      "Which of your desserts are sugar free?"),

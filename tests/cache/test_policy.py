@@ -431,9 +431,8 @@ def test_a_name_the_question_does_not_give_is_not_the_askers() -> None:
     assert names_the_asker("who founded the shop?", "Hi! Jane Moss, in 1998.") is False
 
 
-STORE_WORDS_TEXT = (
-    "delivery deliver take standard working days order edit gift card checkout redeem sell grocery cancelled refunds"
-)
+STORE_WORDS_TEXT = "delivery take working days order edit gift card checkout redeem sell grocery cancelled refunds"
+STORE_WORDS_TEXT += " deliver vegan coeliac breads loaf placing after"
 STORE_WORDS = word_forms([STORE_WORDS_TEXT])
 
 
@@ -445,8 +444,11 @@ STORE_WORDS = word_forms([STORE_WORDS_TEXT])
         ("How do I redeem my gift card? The code is GIFT-ABCD-EFGH", "Enter GIFT-ABCD-EFGH at checkout.",
          ["abcd", "efgh"]),
         ("thanks! how long does delivery take?", "Thanks for asking! Standard delivery takes two days.", []),
-        ("can i edit my order?", "Yes, you can edit your order until it is packed.", []),
+        ("can i edit my order?", "Yes, you can edit your order until it is packed.", ["order"]),  # "your order"
         ("do you sell 抹茶?", "Yes, we sell 抹茶 in 100 g tins.", ["抹茶"]),
+        # the store's words said of the asker are theirs ("you're …", "your …"); a preposition after "your" is not
+        ("i'm vegan and coeliac: which breads?", "As you're vegan and coeliac, try the loaf.", ["coeliac", "vegan"]),
+        ("can i edit my order after placing it?", "Yes, you can edit your order after placing it.", ["order"]),
         # inflections of the store's words are the store's words
         ("can i get a refund after cancelling?", "Yes: cancel and the refund follows.", []),
         ("do you deliver groceries on sunday?", "We deliver grocery orders every Sunday.", ["sunday"]),

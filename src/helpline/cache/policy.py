@@ -500,6 +500,7 @@ def echoes(question: str, reply: str, known: Collection[str]) -> list[str]:
     an answer about a cake (a second review). The exact tier needs no such check: its question has the same words.
     Courtesies and function words are no such words."""
     repeated = word_forms([reply])
+    told = _said_of_the_asker(reply)
     return sorted(
         {
             form
@@ -507,9 +508,37 @@ def echoes(question: str, reply: str, known: Collection[str]) -> list[str]:
             if word not in guards.FUNCTION_WORDS
             and word not in _COURTESIES
             and (form := _form(word)) in repeated
-            and form not in known
+            and (form not in known or form in told)
         }
     )
+
+
+# "you're …", "your …": what follows is said of the asker, even in the store's words ("As you're vegan and coeliac",
+# "your toddler"): a reply telling another shopper that is about someone else.
+_OF_THE_ASKER = re.compile(r"\b(?:you['\u2019]re|you\s+are|your|you['\u2019]ve|you\s+have)\b([^.,;:!?\n]{0,60})")
+
+
+# Words that end what a reply says of the asker ("your order after…", "your own", "you're in luck").
+_PHRASE_ENDS = """
+after before until during in into within without over under through not this these those all own first next last
+new current one other very from at on for by to with than as if when while because so but
+"""
+_ENDS_PHRASE = frozenset(_PHRASE_ENDS.split())
+
+
+def _said_of_the_asker(reply: str) -> set[str]:
+    """The forms of up to two content words after each "you're"/"your" of the reply, up to the end of the phrase
+    ("you're vegan and coeliac", "your toddler has a severe…", "your order" of "your order after placing it")."""
+    told: set[str] = set()
+    for phrase in _OF_THE_ASKER.findall(reply.lower()):
+        said: list[str] = []
+        for word in guards.words(phrase):
+            if word in _ENDS_PHRASE or len(said) == 2:
+                break
+            if word not in guards.FUNCTION_WORDS:
+                said.append(_form(word))
+        told.update(said)
+    return told
 
 
 def lacks_echoes(question: str, echoed: Sequence[str]) -> bool:
