@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from helpline.cache.service import CacheUnavailable
 from helpline.chat.service import ChatEvent, ChatService
+from helpline.config import Settings
 from helpline.knowledge.base import KnowledgeBase
 from helpline.knowledge.documents import SourceDocument
 from helpline.knowledge.embeddings import Embedder
@@ -37,6 +38,14 @@ async def cached(sqlite_url: str, embedder: Embedder) -> AsyncIterator[tuple[Api
     fake = FakeProvider(name="gemini", model="gemini-test")
     async with running_api(make_settings(sqlite_url, **UNLIMITED), embedder, [fake, ExtractiveProvider(0.5)]) as api:
         yield api, fake
+
+
+def settings_through(proxy: TcpProxy, sqlite_url: str, tenant: str, cache_timeout_s: float = 0.2) -> Settings:
+    """A store of ``sqlite_url`` whose Redis is reached through the fault proxy, on a tenant of its own."""
+    return make_settings(
+        sqlite_url, redis_url=f"redis://127.0.0.1:{proxy.port}/0", cache_timeout_s=cache_timeout_s, tenant=tenant,
+        kb_refresh_s=3600, **UNLIMITED,
+    )  # fmt: skip
 
 
 async def ask(api: Api, message: str, headers: dict[str, str] | None = None) -> dict[str, object]:
@@ -875,10 +884,7 @@ async def test_a_request_arriving_as_a_call_ends_without_an_answer_makes_its_own
     fake = FakeProvider(name="gemini", model="gemini-test", default=FakeReply(text=whole))
     first = FakeReply(text=whole, chunks=5, chunk_delay_s=0.2, cut_after=2 if ending == "cut" else None)
     fake.replies = [first]
-    settings = make_settings(
-        sqlite_url, redis_url=f"redis://127.0.0.1:{blackhole_redis.port}/0", cache_timeout_s=1.0,
-        tenant="t" + secrets.token_hex(6), kb_refresh_s=3600, **UNLIMITED,
-    )  # fmt: skip
+    settings = settings_through(blackhole_redis, sqlite_url, "t" + secrets.token_hex(6), cache_timeout_s=1.0)
     async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
         chat = api.services.chat
         question = "How long does delivery take?"
@@ -929,10 +935,7 @@ async def test_an_invalidation_on_a_slow_store_is_bounded(
     time (6.2 s at 0.1 s a round trip) and held the admin's request. The ranking now has one deadline, half the
     invalidation's, and the answers still go (found by a review, session 7)."""
     fake = FakeProvider(name="gemini", model="gemini-test")
-    settings = make_settings(
-        sqlite_url, redis_url=f"redis://127.0.0.1:{blackhole_redis.port}/0", cache_timeout_s=1.0,
-        tenant="t" + secrets.token_hex(6), kb_refresh_s=3600, **UNLIMITED,
-    )  # fmt: skip
+    settings = settings_through(blackhole_redis, sqlite_url, "t" + secrets.token_hex(6), cache_timeout_s=1.0)
     async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
         for _ in range(3):  # popular: asked three times
             await ask(api, "How long does delivery take?")

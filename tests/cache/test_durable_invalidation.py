@@ -22,7 +22,6 @@ import pytest
 
 from helpline.cache.keys import CacheScope
 from helpline.cache.service import CacheUnavailable
-from helpline.config import Settings
 from helpline.knowledge.documents import SourceDocument
 from helpline.knowledge.embeddings import Embedder
 from helpline.providers.extractive import ExtractiveProvider
@@ -30,7 +29,7 @@ from helpline.providers.fake import FakeProvider, FakeReply
 from helpline.store import repositories
 from helpline.store.repositories import KnowledgeRepository
 from tests.api.test_streaming import parse_sse
-from tests.cache.test_cache_api import ADMIN, DELIVERY_TIMES, UNLIMITED, ask
+from tests.cache.test_cache_api import ADMIN, DELIVERY_TIMES, ask, settings_through
 from tests.conftest import Api, make_settings, running_api
 from tests.fakes.tcp_proxy import TcpProxy
 
@@ -38,13 +37,6 @@ QUESTION = "How long does delivery take?"
 NEW_TEXT = {"title": "Delivery times", "text": "Every order now arrives within 2 hours.", "kind": "policy"}
 OLD = "Two working days."
 NEW = "Within 2 hours."
-
-
-def settings_through(proxy: TcpProxy, sqlite_url: str, tenant: str) -> Settings:
-    return make_settings(
-        sqlite_url, redis_url=f"redis://127.0.0.1:{proxy.port}/0", cache_timeout_s=0.2, tenant=tenant,
-        kb_refresh_s=3600, **UNLIMITED,
-    )  # fmt: skip
 
 
 async def put_delivery_times(api: Api) -> tuple[int, dict[str, object]]:

@@ -201,7 +201,7 @@ class ChatService:
         self._router = router
         self._cache = cache
         self._leak_guard = PromptLeakGuard(SYSTEM_RULES)
-        self._own_words = frozenset(word_forms([SYSTEM_RULES.format(store=STORE_NAME)]))
+        self._own_forms = frozenset(word_forms([SYSTEM_RULES.format(store=STORE_NAME)]))
         self._prompt_version = prompt_fingerprint(settings.retrieval_top_k, settings.answer_min_score)
         self._producers: set[asyncio.Task[None]] = set()
 
@@ -587,7 +587,7 @@ class ChatService:
     def _known(self, prepared: Prepared) -> frozenset[str]:
         """The words an answer may use as the store's own (see cache.policy.echoes): its rules', and those of the
         passages it drew on."""
-        return self._own_words | word_forms(f"{passage.title}\n{passage.text}" for passage in prepared.passages)
+        return self._own_forms | word_forms(f"{passage.title}\n{passage.text}" for passage in prepared.passages)
 
     async def _maybe_cache(self, prepared: Prepared, reply: ParsedReply, usage: Usage) -> bool:
         """Store good answers only; let identical requests waiting in this process share the reply either way (as a
