@@ -51,7 +51,10 @@ FAULTS: dict[str, Callable[[], Fault]] = {
     "empty reply": Fault.empty,
     "safety block": Fault.safety,
     "stream cut after 2 chunks": lambda: Fault.stream_cut(after_chunks=2),
+    "hangs after its first chunk": lambda: Fault.stall(after_chunks=1),
+    "Gemini and Ollama both hang after their first chunk": lambda: Fault.stall(after_chunks=1),
 }
+OLLAMA_TOO = {"Gemini and Ollama both hang after their first chunk"}  # the fault is scripted on Ollama as well
 
 
 def providers(gemini: FakeGemini, ollama: FakeOllama) -> list[Provider]:
@@ -63,12 +66,13 @@ def providers(gemini: FakeGemini, ollama: FakeOllama) -> list[Provider]:
 
 
 async def run_fault(
-    client: httpx.AsyncClient, gemini: FakeGemini, router: FallbackRouter, name: str
+    client: httpx.AsyncClient, gemini: FakeGemini, ollama: FakeOllama, router: FallbackRouter, name: str
 ) -> tuple[int, list[float], Counter[str]]:
     router.reset_state()  # each scenario starts with a closed breaker: the first request pays the full cost
     ok, latencies, used = 0, [], Counter[str]()
     for _ in range(PER_FAULT):
         gemini.script([FAULTS[name]()])
+        ollama.script([FAULTS[name]()] if name in OLLAMA_TOO else [])
         started = time.perf_counter()
         response = await client.post("/v1/chat", json={"message": QUESTION})
         latencies.append((time.perf_counter() - started) * 1000)
@@ -100,7 +104,8 @@ async def main() -> None:
         settings = Settings(
             env="test", database_url=f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}",
             kb_sample_path=ROOT / "data" / "sample-store", first_token_timeout_s=FIRST_TOKEN_S,
-            provider_timeout_s=5.0, log_level="WARNING", admin_token="bench-admin-token-0123456789abcdef",
+            stall_timeout_s=FIRST_TOKEN_S, provider_timeout_s=5.0, log_level="WARNING",
+            admin_token="bench-admin-token-0123456789abcdef",
             rate_limit_ip="1000000/minute", rate_limit_session="1000000/minute",  # measure failover, not limits
         )  # fmt: skip
         app = create_app(settings, embedder=Embedder(), providers=providers(gemini, ollama))
@@ -110,7 +115,7 @@ async def main() -> None:
                 router = app.state.services.provider
                 for _ in range(10):  # warm-up
                     await client.post("/v1/chat", json={"message": QUESTION})
-                await report_faults(client, gemini, router)
+                await report_faults(client, gemini, ollama, router)
                 gemini.script([])
                 ours = []
                 for _ in range(OVERHEAD_ROUNDS):
@@ -131,14 +136,16 @@ async def main() -> None:
           f"({statistics.median(ours) / statistics.median(direct):.2f}x)")  # fmt: skip
 
 
-async def report_faults(client: httpx.AsyncClient, gemini: FakeGemini, router: FallbackRouter) -> None:
-    print(f"faults injected on Gemini (primary), Ollama healthy; first-token deadline {FIRST_TOKEN_S} s; "
-          f"{PER_FAULT} requests per fault")  # fmt: skip
+async def report_faults(
+    client: httpx.AsyncClient, gemini: FakeGemini, ollama: FakeOllama, router: FallbackRouter
+) -> None:
+    print(f"faults injected on Gemini (primary), Ollama healthy unless said; first-token and stall deadlines "
+          f"{FIRST_TOKEN_S} s, whole reply 5 s; {PER_FAULT} requests per fault")  # fmt: skip
     print("| fault | success | first request ms | added p50 ms | added p99 ms | provider used |")
     print("|---|---|---|---|---|---|")
     base_p50 = base_p99 = 0.0
     for name in FAULTS:
-        ok, latencies, used = await run_fault(client, gemini, router, name)
+        ok, latencies, used = await run_fault(client, gemini, ollama, router, name)
         p50, p99 = statistics.median(latencies), percentile(latencies, 99)
         if name.startswith("none"):
             base_p50, base_p99 = p50, p99

@@ -20,6 +20,12 @@ def test_unknown_provider_is_refused() -> None:
         Settings(providers="extractive,skynet")
 
 
+def test_a_whole_reply_deadline_that_leaves_no_model_time_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"PROVIDER_TIMEOUT_S .* must be longer than"):
+        Settings(provider_timeout_s=3, first_token_timeout_s=4)
+    assert Settings(provider_timeout_s=5, first_token_timeout_s=4).provider_timeout_s == 5
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

@@ -59,6 +59,7 @@ def router_timings(settings: Settings) -> RouterTimings:
     return RouterTimings(
         first_token_s=settings.first_token_timeout_s,
         reply_s=settings.provider_timeout_s,
+        stall_s=settings.stall_timeout_s,
         health_interval_s=settings.health_interval_s,
         breaker_failures=settings.breaker_failures,
         breaker_window_s=settings.breaker_window_s,

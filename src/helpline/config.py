@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from helpline.api.clientip import parse_networks
@@ -69,7 +69,10 @@ class Settings(BaseSettings):
     tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     prompt_variant: str = Field(default="a", pattern=r"^[A-Za-z0-9_.-]{1,20}$")
     first_token_timeout_s: float = Field(default=4.0, gt=0)
+    # The whole reply, across the fallback chain: past it, the last resort (the knowledge base) answers at once.
     provider_timeout_s: float = Field(default=30.0, gt=0)
+    # A provider that sends nothing for this long after its first token is hanging mid-reply: the next one takes over.
+    stall_timeout_s: float = Field(default=4.0, gt=0)
     health_interval_s: float = Field(default=10.0, gt=0)
     breaker_failures: int = Field(default=5, ge=1)
     breaker_window_s: float = Field(default=30.0, gt=0)
@@ -127,6 +130,16 @@ class Settings(BaseSettings):
     @classmethod
     def _exact_origins(cls, value: str) -> str:
         return ",".join(parse_origins(value))
+
+    @model_validator(mode="after")
+    def _deadlines_leave_room_for_a_model(self) -> Settings:
+        # No model is started within the first-token deadline of the call's: with less, none would ever be asked.
+        if self.provider_timeout_s <= self.first_token_timeout_s:
+            raise ValueError(
+                f"HELPLINE_PROVIDER_TIMEOUT_S ({self.provider_timeout_s}) must be longer than "
+                f"HELPLINE_FIRST_TOKEN_TIMEOUT_S ({self.first_token_timeout_s}): it bounds the whole reply"
+            )
+        return self
 
     @property
     def provider_names(self) -> list[str]:

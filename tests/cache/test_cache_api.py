@@ -520,13 +520,13 @@ async def test_a_popular_follow_up_is_not_rewarmed_as_a_first_message(cached: tu
 
 @contextlib.asynccontextmanager
 async def two_replicas(
-    sqlite_url: str, embedder: Embedder, reply: FakeReply | None = None
+    sqlite_url: str, embedder: Embedder, reply: FakeReply | None = None, **overrides: object
 ) -> AsyncIterator[tuple[Api, FakeProvider, Api, FakeProvider]]:
     """Replicas A and B of one store on one Redis (a tenant of their own) and one database, each with its own
     provider (answering ``reply``, if given): (A, A's provider, B, B's provider)."""
     settings = make_settings(
         sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
-        **UNLIMITED,
+        **{**UNLIMITED, **overrides},
     )  # fmt: skip
     fake_a, fake_b = (FakeProvider(name="gemini", model=name, default=reply or FakeReply()) for name in ("a", "b"))
     async with (
@@ -667,6 +667,49 @@ async def test_concurrent_identical_misses_on_two_replicas_make_one_provider_cal
     assert len(fake_a.requests) + len(fake_b.requests) == 1
     assert {body["reply"] for body in bodies} == {"Standard delivery takes one to two working days."}
     assert sorted(str(body["cache"]) for body in bodies) == ["exact"] * 4 + ["miss"]
+
+
+async def test_a_provider_hanging_mid_reply_holds_neither_replica_for_long(sqlite_url: str, embedder: Embedder) -> None:
+    """The model sends its first words and then nothing. Replica A's shopper used to wait the whole-reply deadline
+    for it, and replica B's, waiting on A's call across replicas, that long and then its own call as long again:
+    about 94 s with the defaults. Each call now drops the model at its stall deadline and the knowledge base
+    answers; B, which cannot reuse a last-resort answer (never cached), makes its own call, as short."""
+    hanging = FakeReply(text="Standard delivery takes one to two working days.", chunks=4, chunk_delay_s=60)
+    timings = {"first_token_timeout_s": 0.5, "stall_timeout_s": 0.5, "provider_timeout_s": 5.0}
+    async with two_replicas(sqlite_url, embedder, hanging, **timings) as (a, fake_a, b, fake_b):
+        first, second, second_s = await asked_on_both(a, fake_a, b)
+    assert (first["provider"], second["provider"]) == ("extractive", "extractive")
+    assert second["action"] == "answer"
+    assert second_s < 2.5  # two stall deadlines and the lookups, not the whole-reply deadline (5 s), once or twice
+    assert (len(fake_a.requests), len(fake_b.requests)) == (1, 1)
+    assert fake_a.cancelled == fake_b.cancelled == 1
+
+
+async def test_a_request_that_waited_out_a_peers_call_is_answered_within_its_own_deadline(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """A's model trickles on past the deadline. B waited for A's call, which left it nothing it may reuse: B's
+    deadline counts from its arrival, so with nothing left of it the knowledge base answers at once, instead of
+    B's model being given a whole deadline again."""
+    trickling = FakeReply(text="Standard delivery takes one to two working days.", chunks=100, chunk_delay_s=0.1)
+    timings = {"first_token_timeout_s": 0.5, "stall_timeout_s": 0.5, "provider_timeout_s": 2.0}
+    async with two_replicas(sqlite_url, embedder, trickling, **timings) as (a, fake_a, b, fake_b):
+        first, second, second_s = await asked_on_both(a, fake_a, b)
+    assert (first["provider"], second["provider"]) == ("extractive", "extractive")
+    assert 2.0 <= second_s < 3.0  # A's deadline, not A's and then a whole one of B's own (4 s)
+    assert (len(fake_a.requests), len(fake_b.requests)) == (1, 0)
+
+
+async def asked_on_both(a: Api, fake_a: FakeProvider, b: Api) -> tuple[dict[str, object], dict[str, object], float]:
+    """One question on replica A and, once A's provider is working on it, on replica B: both bodies, and how long
+    B's shopper waited (from A's question on)."""
+    question = "How long does delivery take?"
+    started = time.perf_counter()
+    first = asyncio.create_task(ask(a, question))
+    await wait_for_provider_call(fake_a)
+    second = await ask(b, question)
+    second_s = time.perf_counter() - started
+    return await first, second, second_s
 
 
 async def test_a_replica_that_invalidated_an_older_version_late_sets_it_right(

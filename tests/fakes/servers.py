@@ -326,6 +326,7 @@ class FaultKind(StrEnum):
     EMPTY = "empty"
     SAFETY = "safety"
     STREAM_CUT = "stream_cut"
+    STALL = "stall"
     RESET = "reset"
 
 
@@ -340,7 +341,7 @@ class Fault:
     message: str | None = None  # HTTP_ERROR: error message; default is the vendor's usual wording
     delay: float = 0.0  # SLOW_FIRST_TOKEN: seconds before the first byte
     headers_first: bool = False  # SLOW_FIRST_TOKEN, stream only: send headers at once, delay the first chunk
-    after_chunks: int = 1  # STREAM_CUT / MALFORMED (stream): good chunks sent before the cut / the bad chunk
+    after_chunks: int = 1  # STREAM_CUT / MALFORMED / STALL (stream): good chunks before the cut / bad chunk / hang
     reset: bool = False  # STREAM_CUT: TCP RST instead of a plain close
     no_candidates: bool = False  # EMPTY (Gemini): no candidates at all instead of one with empty text
     prompt_blocked: bool = True  # SAFETY (Gemini): promptFeedback.blockReason, else finishReason SAFETY
@@ -376,6 +377,11 @@ class Fault:
     @classmethod
     def stream_cut(cls, after_chunks: int = 1, reset: bool = False) -> Fault:
         return cls(FaultKind.STREAM_CUT, after_chunks=after_chunks, reset=reset)
+
+    @classmethod
+    def stall(cls, after_chunks: int = 1) -> Fault:
+        """Stream a few chunks, then hang with the connection open (a model stuck mid-reply)."""
+        return cls(FaultKind.STALL, after_chunks=after_chunks)
 
     @classmethod
     def connection_reset(cls) -> Fault:
@@ -516,6 +522,9 @@ class ScriptedHttpServer(HttpServer):
         for index, frame in enumerate(frames):
             if fault.kind is FaultKind.STREAM_CUT and index >= fault.after_chunks:
                 exchange.drop(reset=fault.reset)
+                return
+            if fault.kind is FaultKind.STALL and index >= fault.after_chunks:
+                await exchange.hang()
                 return
             if index == 0 and fault.kind is FaultKind.SLOW_FIRST_TOKEN and fault.headers_first:
                 await asyncio.sleep(fault.delay)

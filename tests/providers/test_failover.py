@@ -28,6 +28,7 @@ CITED = "policy-delivery.delivery-times"
 GEMINI_TEXT = f"Gemini: standard delivery takes one to two working days.\n<<ACTION=answer; SOURCES={CITED}>>"
 OLLAMA_TEXT = f"Ollama: delivery takes one to two working days.\n<<ACTION=answer; SOURCES={CITED}>>"
 FIRST_TOKEN_S = 0.4
+STALL_S = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,9 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     gemini_server.reset()
     ollama_server.reset()
-    settings = make_settings(sqlite_url, first_token_timeout_s=FIRST_TOKEN_S, provider_timeout_s=3.0)
+    settings = make_settings(
+        sqlite_url, first_token_timeout_s=FIRST_TOKEN_S, stall_timeout_s=STALL_S, provider_timeout_s=3.0
+    )
     async with running_api(settings, embedder, chain(gemini_server.base_url, ollama_server.base_url)) as api:
         yield Stack(api, gemini_server, ollama_server)
 
@@ -80,6 +83,7 @@ FAULTS = {
     "safety block on the prompt": Fault.safety(prompt_blocked=True),
     "safety finish on the reply": Fault.safety(prompt_blocked=False),
     "stream cut after 2 chunks": Fault.stream_cut(after_chunks=2),
+    "hangs after its first chunk": Fault.stall(after_chunks=1),
     "connection reset": Fault.connection_reset(),
 }
 
@@ -103,7 +107,8 @@ async def test_every_gemini_fault_fails_over_to_ollama(stack: Stack, fault: Faul
     assert body["provider"] == "ollama", body
     assert body["reply"] == "Ollama: delivery takes one to two working days."
     assert body["citations"] == [{"id": CITED, "title": "Delivery policy: Delivery times"}]
-    assert elapsed < FIRST_TOKEN_S + 1.5  # a hung or slow primary costs the first-token deadline, not minutes
+    # A hung or slow primary costs the first-token (or stall) deadline, not the whole-reply one (3 s), nor minutes.
+    assert elapsed < max(FIRST_TOKEN_S, STALL_S) + 1.5
     await assert_recorded(stack.api, body["session_id"], "ollama")
 
 
@@ -141,13 +146,33 @@ async def test_gemini_and_ollama_down_together_the_knowledge_base_answers(stack:
     await assert_recorded(stack.api, body["session_id"], "extractive")
 
 
-async def test_streamed_cut_is_continued_by_ollama(stack: Stack) -> None:
+async def test_gemini_and_ollama_both_hanging_mid_reply_cost_seconds_not_the_deadline(stack: Stack) -> None:
+    """Both models send a first piece and then nothing: each is dropped at its stall deadline, and the knowledge
+    base answers (it used to take the whole-reply deadline of each model in turn: minutes with the defaults)."""
+    stack.gemini.script([Fault.stall(after_chunks=1)])
+    stack.ollama.script([Fault.stall(after_chunks=1)])
+    started = time.perf_counter()
+    body = (await stack.api.client.post("/v1/chat", json={"message": QUESTION})).json()
+    elapsed = time.perf_counter() - started
+    assert body["provider"] == "extractive", body
+    assert body["action"] == "answer"
+    assert body["citations"][0]["id"] == CITED
+    assert elapsed < 2 * STALL_S + 1.5  # the whole-reply deadline is 3 s per call
+    await assert_recorded(stack.api, body["session_id"], "extractive")
+
+
+@pytest.mark.parametrize(
+    "fault", [Fault.stream_cut(after_chunks=2), Fault.stall(after_chunks=2)], ids=["cut", "hangs mid-reply"]
+)
+async def test_streamed_cut_is_continued_by_ollama(stack: Stack, fault: Fault) -> None:
     stack.gemini.chunks = 6
-    stack.gemini.script([Fault.stream_cut(after_chunks=2)])
+    stack.gemini.script([fault])
+    started = time.perf_counter()
     try:
         response = await stack.api.client.post("/v1/chat", json={"message": QUESTION, "stream": True})
     finally:
         stack.gemini.chunks = 4
+    assert time.perf_counter() - started < STALL_S + 1.5  # a hang is dropped at the stall deadline, not at 3 s
     events = parse_sse(response.text)
     assert events[-1][0] == "done"
     assert events[-1][1]["provider"] == "ollama"

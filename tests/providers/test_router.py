@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 import pytest
 
@@ -22,7 +24,9 @@ from helpline.providers.extractive import ExtractiveProvider
 from helpline.providers.fake import FakeProvider, FakeReply
 from helpline.providers.router import APOLOGY_REPLY, Attempt, FallbackRouter, RouterTimings, Slot
 
-FAST = RouterTimings(first_token_s=0.2, reply_s=2.0, health_interval_s=0.3, breaker_failures=2, breaker_window_s=30)
+FAST = RouterTimings(
+    first_token_s=0.2, reply_s=2.0, stall_s=0.3, health_interval_s=0.3, breaker_failures=2, breaker_window_s=30
+)
 REQUEST = CompletionRequest("How long does delivery take?")
 
 
@@ -156,6 +160,82 @@ async def test_cut_before_anything_was_shown_restarts_elsewhere() -> None:
     assert "Delivery takes" not in completion.text
 
 
+@pytest.mark.parametrize("live", [True, False], ids=["live", "whole"])
+async def test_a_provider_hanging_mid_reply_hands_over_at_its_stall_deadline(live: bool) -> None:
+    """A model that sent its first words and then nothing more used to hold the shopper for the whole-reply
+    deadline; silence of ``stall_s`` after the first token is now a failure like a cut stream."""
+    primary, secondary = fakes("primary", "secondary")
+    primary.default = FakeReply(text="Delivery takes one to two working days.", chunks=4, chunk_delay_s=30)
+    secondary.default = FakeReply(text=" working days." if live else "answer from secondary", cite_first=False)
+    router = FallbackRouter([primary, secondary], FAST)
+    started = time.perf_counter()
+    chunks = await collect(router, live)
+    elapsed = time.perf_counter() - started
+    assert chunks[-1].done
+    assert chunks[-1].provider == "secondary"
+    assert FAST.stall_s <= elapsed < FAST.stall_s + 0.6  # not the call's deadline (2 s)
+    assert primary.cancelled == 1
+    shown = "".join(c.text for c in chunks if c.provider == "primary")
+    if live:  # the words already shown are continued, not repeated
+        assert shown
+        assert "Delivery takes one to two working days.".startswith(shown)
+        assert secondary.requests[0].partial == shown
+    else:  # nothing was shown: the next provider answers from scratch
+        assert shown == ""
+        assert secondary.requests[0].partial == ""
+        assert text_of(chunks) == "answer from secondary"
+
+
+def trickling(name: str, can_continue: bool = True) -> FakeProvider:
+    """A model that never falls silent for the stall deadline and never finishes: 100 pieces, 0.1 s apart."""
+    return FakeProvider(name=name, can_continue=can_continue, default=FakeReply(chunks=100, chunk_delay_s=0.1))
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "whole"])
+async def test_the_whole_chain_ends_by_the_calls_deadline(live: bool) -> None:
+    """The deadline is the call's, not each provider's: two models trickling on used to cost it twice over (and
+    four models four times), before the knowledge base answered. Now, past it, only the last resort is asked."""
+    primary, secondary = trickling("primary"), trickling("secondary")
+    last = FakeProvider(name="last", can_continue=False, default=FakeReply(text="from the knowledge base"))
+    router = FallbackRouter([primary, secondary, last], FAST)
+    started = time.perf_counter()
+    chunks: list[StreamChunk] = []
+    with pytest.raises(StreamCut) if live else contextlib.nullcontext():
+        async for chunk in router.stream(REQUEST, live=live):
+            chunks.append(chunk)
+    elapsed = time.perf_counter() - started
+    assert FAST.reply_s <= elapsed < FAST.reply_s + 0.6
+    assert secondary.requests == []  # too late to start another model
+    assert primary.cancelled == 1
+    if live:  # words were shown and the last resort cannot continue them: cut, never passed off as complete
+        assert not any(chunk.done for chunk in chunks)
+        assert last.requests == []
+    else:  # it answers although the call's deadline has passed: it has a deadline of its own
+        assert text_of(chunks) == "from the knowledge base"
+        assert chunks[-1].provider == "last"
+
+
+async def test_no_model_is_started_that_could_not_even_be_hedged_before_the_calls_deadline() -> None:
+    timings = replace(FAST, reply_s=3.0, first_token_s=1.0)
+    primary = FakeProvider(name="primary", default=FakeReply(chunks=30, chunk_delay_s=0.1, cut_after=24))
+    secondary = fakes("secondary")[0]
+    last = FakeProvider(name="last", can_continue=False, default=FakeReply(text="from the knowledge base"))
+    started = time.perf_counter()
+    completion = await FallbackRouter([primary, secondary, last], timings).complete(REQUEST)
+    elapsed = time.perf_counter() - started
+    assert completion.provider == "last"  # cut at ~2.4 s: less than first_token_s left
+    assert secondary.requests == []
+    assert elapsed < timings.reply_s
+
+
+async def test_a_provider_that_finishes_in_time_is_not_cut_by_the_calls_deadline() -> None:
+    """Only silence counts as a stall: a slow but steady model keeps its turn for as long as the call allows."""
+    primary = FakeProvider(name="primary", default=FakeReply(text="steady " * 30, chunks=30, chunk_delay_s=0.05))
+    completion = await FallbackRouter([primary, fakes("secondary")[0]], FAST).complete(REQUEST)
+    assert completion.provider == "primary"
+    assert parse_reply(completion.text, ()).text == ("steady " * 30).strip()
+
+
 @pytest.mark.parametrize("raw", ["", "<<ACTION=answer; SOURCES=>>", "   \n"])
 async def test_empty_reply_is_a_failure(raw: str) -> None:
     primary, secondary = fakes("primary", "secondary")
@@ -215,7 +295,9 @@ async def test_a_deadline_that_fires_while_an_attempt_stops_is_not_lost() -> Non
     """Attempt.cancel waits for the attempt's task to end; a cancellation of its caller meanwhile (a deadline) used
     to be swallowed with the attempt's own, so the caller went on as if nothing had happened."""
     slot = Slot(SlowToStop(name="slow"), CircuitBreaker(5, 30.0, 30.0))
-    attempt = Attempt(slot, CompletionRequest("How long does delivery take?"), RouterTimings(), time.monotonic)
+    attempt = Attempt(
+        slot, CompletionRequest("How long does delivery take?"), RouterTimings(), time.monotonic, time.monotonic() + 30
+    )
     attempt.start()
     await asyncio.wait_for(asyncio.shield(attempt.first), 5)  # streaming: its first piece is in
     started = time.monotonic()

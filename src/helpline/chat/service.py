@@ -328,9 +328,14 @@ class ChatService:
 
     async def _answer(self, prepared: Prepared) -> ChatResult:
         await self._retrieve(prepared)
-        completion = await self._router.complete(prepared.request)
+        completion = await self._router.complete(prepared.request, budget_s=self._budget(prepared))
         usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
         return await self._finish(prepared, self._checked(parse_reply(completion.text, prepared.passages)), usage)
+
+    def _budget(self, prepared: Prepared) -> float:
+        """What is left of the request's deadline for its provider call: ``provider_timeout_s`` from its arrival,
+        whatever it spent waiting for an identical request's call (here or on a replica) that left it nothing."""
+        return self._settings.provider_timeout_s - (time.perf_counter() - prepared.started)
 
     def _checked(self, reply: ParsedReply) -> ParsedReply:
         """A reply that quotes our rules (an injection that worked) never reaches the shopper or the cache."""
@@ -462,7 +467,8 @@ class ChatService:
         usage = Usage()
         stopped: str | None = None
         try:
-            async with contextlib.aclosing(self._router.stream(prepared.request, live=True)) as chunks:
+            streamed = self._router.stream(prepared.request, live=True, budget_s=self._budget(prepared))
+            async with contextlib.aclosing(streamed) as chunks:
                 async for chunk in chunks:
                     usage.add(chunk)
                     text = visible.feed(chunk.text)

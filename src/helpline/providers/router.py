@@ -1,7 +1,14 @@
 """The fallback router: itself a provider. It tries its providers in order and never leaves a shopper empty.
 
-Per provider: a circuit breaker, a Retry-After cooldown, a first-token deadline and a whole-reply deadline.
+Per provider: a circuit breaker, a Retry-After cooldown, a first-token deadline and a stall deadline. Per call: one
+deadline for the whole reply, across every provider it tries.
 - A provider that fails before its first token (any error of the tree in ``base``) hands over to the next one.
+- A stream that sends nothing for ``stall_s`` after its first token has stalled (a provider hanging mid-reply): it
+  fails, and the next provider takes over as for a cut stream below.
+- The call's deadline (``reply_s``) bounds the whole fallback chain, not each provider: when it passes, whatever
+  still runs is cancelled and the chain's last provider (the extractive answerer in every configured chain, which
+  answers at once) is asked, with a deadline of its own. No other provider is started within ``first_token_s`` of
+  the call's deadline: it could not even be hedged before it.
 - Hedging: when the newest attempt has sent no token within ``first_token_s``, the next provider starts too and
   whichever streams first wins; the loser is cancelled (its breaker counts the miss).
 - A stream cut after some text: when the text is live (already shown), the next provider that can continue is
@@ -45,7 +52,8 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True, slots=True)
 class RouterTimings:
     first_token_s: float = 4.0
-    reply_s: float = 30.0
+    reply_s: float = 30.0  # the whole call, across providers (the last resort then gets as long again)
+    stall_s: float = 4.0  # silence after the first token that counts as a provider hanging mid-reply
     health_interval_s: float = 10.0
     health_timeout_s: float = 2.0
     breaker_failures: int = 5
@@ -71,6 +79,7 @@ class Attempt:
     request: CompletionRequest
     timings: RouterTimings
     clock: Callable[[], float]
+    deadline: float  # on ``clock``: its whole reply is in by then, or it has failed
     started: float = 0.0
     queue: asyncio.Queue[StreamChunk | ProviderError] = field(default_factory=asyncio.Queue)
     first: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -91,10 +100,10 @@ class Attempt:
     async def _pump(self) -> None:
         error: ProviderError | None
         try:
-            async with asyncio.timeout(self.timings.reply_s):
+            async with asyncio.timeout(max(0.0, self.deadline - self.clock())):
                 error = await self._forward()
         except TimeoutError:
-            error = ProviderTimeout(f"no complete reply within {self.timings.reply_s} s", provider=self.name)
+            error = ProviderTimeout("no complete reply by the call's deadline", provider=self.name)
         except ProviderError as raised:
             error = raised
         except Exception as raised:  # noqa: BLE001 - an adapter let a vendor error through: still a provider failure
@@ -105,18 +114,27 @@ class Attempt:
     async def _forward(self) -> ProviderError | None:
         """Queue the provider's chunks; the error that ended the stream early, if any."""
         text = ""
+        loop = asyncio.get_running_loop()
         # aclosing: an attempt cancelled between two chunks closes its stream here, on the loop, instead of leaving
         # it (and the vendor's generators inside it) to a garbage collector in another thread (transport.ended).
         async with contextlib.aclosing(self.slot.provider.stream(self.request)) as stream:
-            async for chunk in stream:
-                text += chunk.text
-                if chunk.done and not strip_control(text).strip():
-                    return BadResponse("empty reply", provider=self.name)
-                await self.queue.put(chunk)
-                if (chunk.text or chunk.done) and not self.first.done():
-                    self.first.set_result(None)
-                if chunk.done:
-                    return None
+            try:
+                async with asyncio.timeout(None) as stall:  # armed from the first token on, again at every chunk
+                    async for chunk in stream:
+                        text += chunk.text
+                        if chunk.done and not strip_control(text).strip():
+                            return BadResponse("empty reply", provider=self.name)
+                        await self.queue.put(chunk)
+                        if (chunk.text or chunk.done) and not self.first.done():
+                            self.first.set_result(None)
+                        if chunk.done:
+                            return None
+                        if self.first.done():
+                            stall.reschedule(loop.time() + self.timings.stall_s)
+            except TimeoutError:
+                if not stall.expired():
+                    raise  # the call's deadline, not a stall: _pump reports it
+                return ProviderTimeout(f"stalled: nothing for {self.timings.stall_s} s mid-reply", provider=self.name)
         return StreamCut("the stream ended before its final chunk", provider=self.name)
 
     def _fail(self, error: ProviderError) -> None:
@@ -190,21 +208,27 @@ class FallbackRouter:
 
     # -- the Provider protocol -------------------------------------------------------------------------------
 
-    async def complete(self, request: CompletionRequest) -> Completion:
+    async def complete(self, request: CompletionRequest, *, budget_s: float | None = None) -> Completion:
         """The whole reply; nothing is shown before the end, so a cut attempt is simply retried elsewhere."""
         text, provider, model, tokens_in, tokens_out = "", "none", "none", 0, 0
-        async for chunk in self.stream(request, live=False):
+        async for chunk in self.stream(request, live=False, budget_s=budget_s):
             text += chunk.text
             provider, model = chunk.provider, chunk.model
             tokens_in, tokens_out = chunk.tokens_in or tokens_in, chunk.tokens_out or tokens_out
         return Completion(text, provider, model, tokens_in, tokens_out)
 
-    async def stream(self, request: CompletionRequest, *, live: bool = True) -> AsyncGenerator[StreamChunk, None]:
-        """Chunks labelled with the provider that wrote them; ends with a ``done`` chunk or raises StreamCut."""
+    async def stream(
+        self, request: CompletionRequest, *, live: bool = True, budget_s: float | None = None
+    ) -> AsyncGenerator[StreamChunk, None]:
+        """Chunks labelled with the provider that wrote them; ends with a ``done`` chunk or raises StreamCut.
+
+        ``budget_s``: what is left of the caller's deadline (a request that already waited for a peer's call),
+        instead of a whole ``reply_s``; with less than ``first_token_s`` left, only the last resort answers."""
         order = iter(self.slots)
+        deadline = self._clock() + (self.timings.reply_s if budget_s is None else min(budget_s, self.timings.reply_s))
         shown = ""
         while True:
-            attempt = await self._race(order, replace(request, partial=shown) if shown else request)
+            attempt = await self._race(order, replace(request, partial=shown) if shown else request, deadline)
             if attempt is None:
                 break
             try:
@@ -249,19 +273,26 @@ class FallbackRouter:
 
     # -- choosing and racing providers -----------------------------------------------------------------------
 
-    def _next_attempt(self, order: Iterator[Slot], request: CompletionRequest) -> Attempt | None:
+    def _next_attempt(self, order: Iterator[Slot], request: CompletionRequest, deadline: float) -> Attempt | None:
+        """The next provider of ``order`` that may be tried now. Within ``first_token_s`` of the call's deadline
+        only the last resort is left; past the deadline it gets a deadline of its own."""
         now = self._clock()
+        last_resort = self.slots[-1]
         for slot in order:
+            if slot is not last_resort and deadline - now < self.timings.first_token_s:
+                log.info("provider_skipped", provider=slot.provider.name, reason="call_deadline")
+                continue
             if slot.cooldown_until > now:
                 log.info("provider_skipped", provider=slot.provider.name, reason="rate_limit_cooldown")
                 continue
             if not slot.breaker.allow():
                 log.info("provider_skipped", provider=slot.provider.name, reason="breaker_open")
                 continue
-            return Attempt(slot, request, self.timings, self._clock).start()
+            own = now + self.timings.reply_s if slot is last_resort and now >= deadline else deadline
+            return Attempt(slot, request, self.timings, self._clock, own).start()
         return None
 
-    async def _race(self, order: Iterator[Slot], request: CompletionRequest) -> Attempt | None:
+    async def _race(self, order: Iterator[Slot], request: CompletionRequest, deadline: float) -> Attempt | None:
         """Start providers in order until one streams; while every running attempt is past its first-token
         deadline, start the next provider too (hedging). Returns the first attempt to stream, or None."""
         pending: list[Attempt] = []
@@ -270,7 +301,7 @@ class FallbackRouter:
             now = self._clock()
             fresh = [a for a in pending if not a.missed_deadline(now)]
             if not fresh and not exhausted:
-                attempt = self._next_attempt(order, request)
+                attempt = self._next_attempt(order, request, deadline)
                 exhausted = attempt is None
                 if attempt is not None:
                     if pending:
