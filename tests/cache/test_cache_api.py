@@ -700,6 +700,53 @@ async def test_a_request_that_waited_out_a_peers_call_is_answered_within_its_own
     assert (len(fake_a.requests), len(fake_b.requests)) == (1, 0)
 
 
+async def test_a_request_never_waits_for_an_identical_ones_call_past_its_own_deadline(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """Rounds of calls that each ended with nothing to share, each led by a younger request (with a later
+    deadline), could hold a plain request waiting past its own deadline (review helper-43). Here the call it waits
+    for, in this process, is simply held open: at its deadline the request stops waiting, and with nothing of
+    the deadline left the knowledge base answers at once."""
+    settings = make_settings(sqlite_url, first_token_timeout_s=0.2, provider_timeout_s=1.0, **UNLIMITED)
+    fake = FakeProvider(name="gemini", model="gemini-test")
+    question = "How long does delivery take?"
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        chat, cache = api.services.chat, api.services.cache
+        assert chat is not None
+        assert cache is not None
+        held = await chat.prepare(question, principal=ANONYMOUS, request_id="held")
+        async with cache.single_flight(cache.entry_key(held.message, held.scope)) as (_, leading):
+            assert leading
+            started = time.perf_counter()
+            body = await asyncio.wait_for(ask(api, question), 5)
+            elapsed = time.perf_counter() - started
+    assert (body["provider"], body["action"]) == ("extractive", "answer")
+    assert 1.0 <= elapsed < 1.6
+    assert fake.requests == []
+
+
+async def test_a_request_never_waits_for_another_replicas_call_past_its_own_deadline(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """Across replicas the wait was ``lock_wait_s`` (first-token plus whole-reply deadline, 2.5 s here), longer
+    than the request's own deadline (1.5 s); the request then still made a call of its own."""
+    question = "How long does delivery take?"
+    timings = {"first_token_timeout_s": 1.0, "provider_timeout_s": 1.5}
+    async with two_replicas(sqlite_url, embedder, None, **timings) as (a, _, b, fake_b):
+        chat, cache = a.services.chat, a.services.cache
+        assert chat is not None
+        assert cache is not None
+        held = await chat.prepare(question, principal=ANONYMOUS, request_id="held")
+        async with cache.peer_lock(held.message, held.scope) as found:
+            assert found is None  # A holds the lock, as if it were answering
+            started = time.perf_counter()
+            body = await ask(b, question)
+            elapsed = time.perf_counter() - started
+    assert (body["provider"], body["action"]) == ("extractive", "answer")
+    assert 1.5 <= elapsed < 2.2
+    assert fake_b.requests == []
+
+
 async def asked_on_both(a: Api, fake_a: FakeProvider, b: Api) -> tuple[dict[str, object], dict[str, object], float]:
     """One question on replica A and, once A's provider is working on it, on replica B: both bodies, and how long
     B's shopper waited (from A's question on)."""

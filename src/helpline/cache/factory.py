@@ -27,9 +27,9 @@ def build_cache(settings: Settings, guard: SemanticGuard | None = None, database
         margin=settings.cache_semantic_margin,
         timeout_s=settings.cache_timeout_s,
         # How long a replica waits for another's answer at most. The holder's lock is renewed while it works and
-        # lapses within 3 s if it dies, so this only bounds a shopper's wait on a holder that is still working: a
-        # first-token deadline (then the router hedges to the next provider) plus a whole reply's. A reply cut and
-        # continued by another provider can take longer; the waiter then answers for itself.
+        # lapses within 3 s if it dies, so this only bounds a wait on a holder that is still working: its call ends
+        # by its deadline (the router's, for the whole chain). A shopper's request waits no longer than its own
+        # deadline anyway (ChatService._one_call); this bounds what has none (a background re-warm).
         lock_wait_s=settings.first_token_timeout_s + settings.provider_timeout_s,
         near_s=settings.cache_near_ms / 1000 if settings.redis_url else 0.0,
     )

