@@ -10,6 +10,7 @@ later requests show what the breaker saves.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import tempfile
 import time
@@ -35,6 +36,13 @@ from helpline.providers.ollama import OllamaProvider
 from helpline.providers.router import FallbackRouter
 
 QUESTION = "How long does delivery take?"
+_asked = itertools.count(1)
+
+
+def fresh_question() -> str:
+    """The question with a number of its own: every request is a cache miss (the answer cache would otherwise
+    serve all but the first from memory, and no fault would reach a provider)."""
+    return f"{QUESTION} (ref {next(_asked)})"
 CITED = "policy-delivery.delivery-times"
 REPLY = f"Standard delivery takes one to two working days.\n<<ACTION=answer; SOURCES={CITED}>>"
 FIRST_TOKEN_S = 0.5
@@ -74,7 +82,7 @@ async def run_fault(
         gemini.script([FAULTS[name]()])
         ollama.script([FAULTS[name]()] if name in OLLAMA_TOO else [])
         started = time.perf_counter()
-        response = await client.post("/v1/chat", json={"message": QUESTION})
+        response = await client.post("/v1/chat", json={"message": fresh_question()})
         latencies.append((time.perf_counter() - started) * 1000)
         body = response.json()
         used[body.get("provider", "?")] += 1
@@ -114,13 +122,13 @@ async def main() -> None:
             async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=30) as client:
                 router = app.state.services.provider
                 for _ in range(10):  # warm-up
-                    await client.post("/v1/chat", json={"message": QUESTION})
+                    await client.post("/v1/chat", json={"message": fresh_question()})
                 await report_faults(client, gemini, ollama, router)
                 gemini.script([])
                 ours = []
                 for _ in range(OVERHEAD_ROUNDS):
                     started = time.perf_counter()
-                    await client.post("/v1/chat", json={"message": QUESTION})
+                    await client.post("/v1/chat", json={"message": fresh_question()})
                     ours.append((time.perf_counter() - started) * 1000)
         direct = await sdk_direct(gemini)
     print(f"\ngateway overhead on a miss ({OVERHEAD_ROUNDS} sequential requests each):")
