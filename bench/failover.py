@@ -43,6 +43,8 @@ def fresh_question() -> str:
     """The question with a number of its own: every request is a cache miss (the answer cache would otherwise
     serve all but the first from memory, and no fault would reach a provider)."""
     return f"{QUESTION} (ref {next(_asked)})"
+
+
 CITED = "policy-delivery.delivery-times"
 REPLY = f"Standard delivery takes one to two working days.\n<<ACTION=answer; SOURCES={CITED}>>"
 FIRST_TOKEN_S = 0.5
