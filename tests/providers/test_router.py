@@ -318,6 +318,57 @@ async def test_a_consumer_that_goes_away_cancels_the_provider_call() -> None:
     assert primary.cancelled == 1
 
 
+async def test_a_consumer_that_goes_away_while_providers_race_stops_their_calls() -> None:
+    """Before any token (the shopper closed the page while waiting): the attempt used to go on without anyone,
+    to its end or its deadline."""
+    primary = FakeProvider(name="primary", default=FakeReply(first_token_delay_s=0.15))
+    router = FallbackRouter([primary], FAST)
+    stream = router.stream(REQUEST)
+    waiting = asyncio.create_task(anext(stream))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    await stream.aclose()
+    await asyncio.sleep(0.05)
+    assert primary.cancelled == 1
+
+
+async def test_an_abandoned_probe_lets_the_next_request_probe() -> None:
+    """A half-open breaker lets one probe through; a probe that ended with no verdict (its shopper left) used to
+    keep the breaker half-open with its probe out forever: the provider was never asked again."""
+    primary, secondary = fakes("primary", "secondary")
+    primary.default = FakeReply(error=Unavailable("down"))
+    router = FallbackRouter([primary, secondary], FAST)
+    for _ in range(FAST.breaker_failures):
+        await collect(router)
+    primary.default = FakeReply(text="back again", first_token_delay_s=0.15)
+    await router.check_health()
+    states: list[str] = [router.slots[0].breaker.state]
+    stream = router.stream(REQUEST)
+    waiting = asyncio.create_task(anext(stream))  # the probe ...
+    await asyncio.sleep(0.05)
+    waiting.cancel()  # ... whose shopper leaves before its first token
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    await stream.aclose()
+    assert text_of(await collect(router)) == "back again"  # probed again, and closed
+    states.append(router.slots[0].breaker.state)
+    assert states == ["half_open", "closed"]
+
+
+async def test_a_model_still_streaming_at_the_calls_deadline_is_not_charged_to_its_breaker() -> None:
+    """Steady text but no end by the call's deadline (a long reply, or half a deadline left): the call gives up on
+    it, but a working model is not skipped next time as if it were down."""
+    timings = replace(FAST, reply_s=0.6)
+    primary, last = trickling("primary"), FakeProvider(name="last", can_continue=False)
+    router = FallbackRouter([primary, last], timings)
+    for _ in range(FAST.breaker_failures + 1):
+        assert (await router.complete(REQUEST)).provider == "last"
+    assert router.slots[0].breaker.state == "closed"
+    assert len(primary.requests) == FAST.breaker_failures + 1
+
+
 class SlowToStop(FakeProvider):
     """Streams one piece, then waits; once cancelled it takes a while to stop (a slow clean-up, like a drain)."""
 

@@ -26,10 +26,9 @@ def build_cache(settings: Settings, guard: SemanticGuard | None = None, database
         threshold=settings.cache_semantic_threshold,
         margin=settings.cache_semantic_margin,
         timeout_s=settings.cache_timeout_s,
-        # How long a replica waits for another's answer at most. The holder's lock is renewed while it works and
-        # lapses within 3 s if it dies, so this only bounds a wait on a holder that is still working: its call ends
-        # by its deadline (the router's, for the whole chain). A shopper's request waits no longer than its own
-        # deadline anyway (ChatService._one_call); this bounds what has none (a background re-warm).
+        # How long a replica waits for another's answer at most, when the caller gives no bound of its own (every
+        # request and re-warm gives one from its deadline: ChatService._one_call). The holder's lock is renewed
+        # while it works and lapses within 3 s if it dies; its call ends by its deadline.
         lock_wait_s=settings.first_token_timeout_s + settings.provider_timeout_s,
         near_s=settings.cache_near_ms / 1000 if settings.redis_url else 0.0,
     )

@@ -184,6 +184,12 @@ def clean_message(raw: str, max_chars: int) -> str:
 
 
 REPLAY_CHUNK_CHARS = 48  # a cached answer is replayed as a stream in pieces of about this size
+# How long past its own deadline a request still waits for the call it joined: that call's bookkeeping (the record,
+# the cache write) comes after its own deadline's work.
+LAND_GRACE_S = 1.0
+# What a request that waited for another replica keeps beyond a model's start (RouterTimings.model_start_s) for the
+# work before the router starts one (retrieval, the prompt).
+START_MARGIN_S = 0.25
 
 
 class ChatService:
@@ -297,10 +303,11 @@ class ChatService:
             rounds += 1
             async with self._cache.single_flight(key) as (flight, leading):
                 if leading:
-                    # No request waits for another replica past its own deadline; a streamed one no longer than
-                    # the router would wait for a first token: its shopper is reading, and the other replica's
-                    # text cannot be relayed.
-                    wait_s = max(0.0, self._budget(prepared))
+                    # No request waits for another replica so long that no model could answer it after (requests
+                    # joining this flight meanwhile get what it gets); a streamed one no longer than the router
+                    # would wait for a first token: its shopper is reading, and the other replica's text cannot be
+                    # relayed.
+                    wait_s = max(0.0, self._budget(prepared) - self._router.timings.model_start_s - START_MARGIN_S)
                     if streamed:
                         wait_s = min(wait_s, self._settings.first_token_timeout_s)
                     async with self._cache.peer_lock(prepared.message, prepared.scope, wait_s=wait_s) as peer_hit:
@@ -321,7 +328,7 @@ class ChatService:
             flight.waiting += 1  # a streamed call goes on for this request if its own shopper leaves
             outwaited = False
             try:
-                landed = await asyncio.wait_for(asyncio.shield(flight.future), max(0.0, self._budget(prepared)))
+                landed = await asyncio.wait_for(asyncio.shield(flight.future), self._budget(prepared) + LAND_GRACE_S)
             except TimeoutError:
                 # Its deadline came while it waited (rounds of calls that ended with nothing to share, each led by
                 # a younger request): its own call, with nothing of the deadline left, is the last resort's answer.
@@ -653,7 +660,7 @@ class ChatService:
             await self._retrieve(prepared)
             if prepared.generation is None:  # the store is not answering: the answer could not be written
                 return False
-            completion = await self._router.complete(prepared.request)
+            completion = await self._router.complete(prepared.request, budget_s=self._budget(prepared))
             usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
             # The same checks as a shopper's answer (leaks, names, echoes): a warmed answer is served to everyone.
             return await self._maybe_cache(

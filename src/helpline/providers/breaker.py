@@ -56,6 +56,12 @@ class CircuitBreaker:
         if len(self._failures) >= self._threshold:
             self._open(now)
 
+    def release_probe(self) -> None:
+        """The probe ended with neither success nor failure (abandoned): the next request may probe. Without this,
+        a half-open breaker whose probe was abandoned let nothing through again, ever."""
+        if self.state == "half_open":
+            self._probe_out = False
+
     def health_ok(self) -> None:
         """A cheap health check passed: let the next request probe."""
         if self.state == "open":

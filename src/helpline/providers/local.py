@@ -115,6 +115,8 @@ class LocalProvider:
             if stop.is_set():
                 return
         try:
+            if stop.is_set():  # stopped as the lock came free: no prompt evaluation for nobody
+                return
             stream = llama.create_chat_completion(
                 messages=messages, stream=True, max_tokens=self._max_tokens, temperature=0.2
             )

@@ -8,7 +8,10 @@ deadline for the whole reply, across every provider it tries.
 - The call's deadline (``reply_s``) bounds the whole fallback chain, not each provider: when it passes, whatever
   still runs is cancelled and the chain's last provider (the extractive answerer in every configured chain, which
   answers at once) is asked, with a deadline of its own. No other provider is started with less than half the
-  call's deadline left (``RouterTimings.model_start_s``): it would mostly be cut.
+  call's deadline left (``RouterTimings.model_start_s``): it would mostly be cut. One still streaming when the
+  deadline comes is given up on without a breaker failure (:class:`CallDeadline`): it may be working normally.
+- A caller that goes away (while providers race, or mid-stream) stops every attempt it started; a half-open
+  breaker's probe that ends so, with no verdict, lets the next request probe.
 - Hedging: when the newest attempt has sent no token within ``first_token_s``, the next provider starts too and
   whichever streams first wins; the loser is cancelled (its breaker counts the miss).
 - A stream cut after some text: when the text is live (already shown), the next provider that can continue is
@@ -42,6 +45,12 @@ from helpline.providers.base import (
     control_line,
 )
 from helpline.providers.breaker import CircuitBreaker
+
+
+class CallDeadline(ProviderTimeout):
+    """A reply still streaming when the call's deadline came: the call gives up on it, but it is no provider fault
+    (not counted by its breaker: a model given half a deadline may be working normally)."""
+
 
 APOLOGY_REPLY = (
     "I'm sorry, I can't answer right now. A member of our support team will follow up with you as soon as possible."
@@ -88,6 +97,7 @@ class Attempt:
     timings: RouterTimings
     clock: Callable[[], float]
     deadline: float  # on ``clock``: its whole reply is in by then, or it has failed
+    probe: bool = False  # let through a half-open breaker: its outcome decides the breaker
     started: float = 0.0
     queue: asyncio.Queue[StreamChunk | ProviderError] = field(default_factory=asyncio.Queue)
     first: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -111,7 +121,10 @@ class Attempt:
             async with asyncio.timeout(max(0.0, self.deadline - self.clock())):
                 error = await self._forward()
         except TimeoutError:
-            error = ProviderTimeout("no complete reply by the call's deadline", provider=self.name)
+            if self.first.done():  # streaming steadily, but the call's time is up: no fault of its own
+                error = CallDeadline("the call's deadline came before the reply's end", provider=self.name)
+            else:
+                error = ProviderTimeout("no first token by the call's deadline", provider=self.name)
         except ProviderError as raised:
             error = raised
         except Exception as raised:  # noqa: BLE001 - an adapter let a vendor error through: still a provider failure
@@ -160,6 +173,12 @@ class Attempt:
             if item.done:
                 return
 
+    def abandon(self) -> None:
+        """Stop it without waiting for its end: its caller is itself going away (cancelled while racing)."""
+        if self.task is not None:
+            self.task.cancel()
+        self._settled()
+
     async def cancel(self) -> None:
         try:
             if self.task is not None and not self.task.done():
@@ -173,10 +192,15 @@ class Attempt:
                     if caller is not None and caller.cancelling():
                         raise
         finally:
-            if self.first.done() and not self.first.cancelled():
-                self.first.exception()  # mark retrieved: a lost race is not an unhandled error
-            elif not self.first.done():
-                self.first.cancel()
+            self._settled()
+
+    def _settled(self) -> None:
+        if self.first.done() and not self.first.cancelled():
+            self.first.exception()  # mark retrieved: a lost race is not an unhandled error
+        elif not self.first.done():
+            self.first.cancel()
+        if self.probe:  # ended with no verdict (its caller left, or the call's time was up): probe again
+            self.slot.breaker.release_probe()
 
 
 class FallbackRouter:
@@ -231,7 +255,8 @@ class FallbackRouter:
         """Chunks labelled with the provider that wrote them; ends with a ``done`` chunk or raises StreamCut.
 
         ``budget_s``: what is left of the caller's deadline (a request that already waited for a peer's call),
-        instead of a whole ``reply_s``; with less than ``first_token_s`` left, only the last resort answers."""
+        instead of a whole ``reply_s``; with less than ``timings.model_start_s`` left, only the last resort
+        answers."""
         order = iter(self.slots)
         deadline = self._clock() + (self.timings.reply_s if budget_s is None else min(budget_s, self.timings.reply_s))
         shown = ""
@@ -299,13 +324,24 @@ class FallbackRouter:
                 log.info("provider_skipped", provider=slot.provider.name, reason="breaker_open")
                 continue
             own = now + self.timings.reply_s if late else deadline
-            return Attempt(slot, request, self.timings, self._clock, own).start()
+            probe = slot.breaker.state == "half_open"
+            return Attempt(slot, request, self.timings, self._clock, own, probe).start()
         return None
 
     async def _race(self, order: Iterator[Slot], request: CompletionRequest, deadline: float) -> Attempt | None:
         """Start providers in order until one streams; while every running attempt is past its first-token
         deadline, start the next provider too (hedging). Returns the first attempt to stream, or None."""
         pending: list[Attempt] = []
+        try:
+            return await self._racing(order, request, deadline, pending)
+        except BaseException:
+            for attempt in pending:  # the caller went away while racing: none of them goes on without it
+                attempt.abandon()
+            raise
+
+    async def _racing(
+        self, order: Iterator[Slot], request: CompletionRequest, deadline: float, pending: list[Attempt]
+    ) -> Attempt | None:
         exhausted = False
         while True:
             now = self._clock()
@@ -351,7 +387,8 @@ class FallbackRouter:
             await attempt.cancel()
 
     def _record_failure(self, slot: Slot, error: BaseException) -> None:
-        slot.breaker.record_failure()
+        if not isinstance(error, CallDeadline):  # a slow but working model: not a reason to skip it next time
+            slot.breaker.record_failure()
         record_provider_call(slot.provider.name, error)
         set_breaker_state(slot.provider.name, slot.breaker.state)
         slot.last_error = f"{type(error).__name__}: {error}"
