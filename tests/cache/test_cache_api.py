@@ -706,8 +706,11 @@ async def test_a_request_never_waits_for_an_identical_ones_call_past_its_own_dea
     """Rounds of calls that each ended with nothing to share, each led by a younger request (with a later
     deadline), could hold a plain request waiting past its own deadline (review helper-43). Here the call it waits
     for, in this process, is simply held open: at its deadline the request stops waiting, and with nothing of
-    the deadline left the knowledge base answers at once."""
-    settings = make_settings(sqlite_url, first_token_timeout_s=0.2, provider_timeout_s=1.0, **UNLIMITED)
+    the deadline left the knowledge base answers at once. That answer stands in for models nobody asked: it is not
+    cached, even with fallback answers cached (the next shopper gets a model's)."""
+    settings = make_settings(
+        sqlite_url, first_token_timeout_s=0.2, provider_timeout_s=1.0, cache_fallback_answers=True, **UNLIMITED
+    )
     fake = FakeProvider(name="gemini", model="gemini-test")
     question = "How long does delivery take?"
     async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
@@ -720,9 +723,11 @@ async def test_a_request_never_waits_for_an_identical_ones_call_past_its_own_dea
             started = time.perf_counter()
             body = await asyncio.wait_for(ask(api, question), 5)
             elapsed = time.perf_counter() - started
-    assert (body["provider"], body["action"]) == ("extractive", "answer")
-    assert 2.0 <= elapsed < 2.6  # its deadline, and a second's grace for the call's bookkeeping
-    assert fake.requests == []
+        assert (body["provider"], body["action"]) == ("extractive", "answer")
+        assert 2.0 <= elapsed < 2.6  # its deadline, and a second's grace for the call's bookkeeping
+        assert fake.requests == []
+        again = await ask(api, question)
+    assert (again["cache"], again["provider"]) == ("miss", "gemini")
 
 
 async def test_a_request_waits_for_another_replicas_call_only_while_a_model_could_answer_it_after(

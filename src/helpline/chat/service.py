@@ -106,6 +106,7 @@ class Prepared:
     # Set when this request makes the call for identical ones: its text is published here as it streams.
     relay: Flight | None = None
     answered: bool = False  # a streamed request following another's flight has finished its own reply
+    hurried: bool = False  # its provider call had too little of its deadline left for a model (see _call_budget)
 
     @property
     def recorded(self) -> str:
@@ -347,7 +348,7 @@ class ChatService:
 
     async def _answer(self, prepared: Prepared) -> ChatResult:
         await self._retrieve(prepared)
-        completion = await self._router.complete(prepared.request, budget_s=self._budget(prepared))
+        completion = await self._router.complete(prepared.request, budget_s=self._call_budget(prepared))
         usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
         return await self._finish(prepared, self._checked(parse_reply(completion.text, prepared.passages)), usage)
 
@@ -355,6 +356,13 @@ class ChatService:
         """What is left of the request's deadline for its provider call: ``provider_timeout_s`` from its arrival,
         whatever it spent waiting for an identical request's call (here or on a replica) that left it nothing."""
         return self._settings.provider_timeout_s - (time.perf_counter() - prepared.started)
+
+    def _call_budget(self, prepared: Prepared) -> float:
+        """The budget of this request's own provider call. One with too little left for a model is *hurried*: the
+        last resort's answer stands in for models nobody asked, and is not cached even where fallbacks may be."""
+        budget = self._budget(prepared)
+        prepared.hurried = budget < self._router.timings.model_start_s
+        return budget
 
     def _checked(self, reply: ParsedReply) -> ParsedReply:
         """A reply that quotes our rules (an injection that worked) never reaches the shopper or the cache."""
@@ -486,7 +494,7 @@ class ChatService:
         usage = Usage()
         stopped: str | None = None
         try:
-            streamed = self._router.stream(prepared.request, live=True, budget_s=self._budget(prepared))
+            streamed = self._router.stream(prepared.request, live=True, budget_s=self._call_budget(prepared))
             async with contextlib.aclosing(streamed) as chunks:
                 async for chunk in chunks:
                     usage.add(chunk)
@@ -597,7 +605,8 @@ class ChatService:
         last_resort = usage.provider == "extractive" and len(self._router.providers) > 1
         if not cacheable(
             action=reply.action, grounded=reply.grounded, provider=usage.provider, error=None,
-            last_resort=last_resort, allow_fallback=self._settings.cache_fallback_answers, hedged=reply.hedged,
+            last_resort=last_resort, allow_fallback=self._settings.cache_fallback_answers and not prepared.hurried,
+            hedged=reply.hedged,
         ):  # fmt: skip
             return None
         if prepared.scope.owner == "shared" and names_the_asker(prepared.message, reply.text):
@@ -660,7 +669,7 @@ class ChatService:
             await self._retrieve(prepared)
             if prepared.generation is None:  # the store is not answering: the answer could not be written
                 return False
-            completion = await self._router.complete(prepared.request, budget_s=self._budget(prepared))
+            completion = await self._router.complete(prepared.request, budget_s=self._call_budget(prepared))
             usage = Usage(completion.provider, completion.model, completion.tokens_in, completion.tokens_out)
             # The same checks as a shopper's answer (leaks, names, echoes): a warmed answer is served to everyone.
             return await self._maybe_cache(
