@@ -133,7 +133,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _deadlines_leave_room_for_a_model(self) -> Settings:
-        # No model is started within the first-token deadline of the call's: with less, none would ever be asked.
+        # A model is started only with at least the first-token deadline (and half the whole) of the call's left
+        # (RouterTimings.model_start_s): with a whole no longer than the first-token deadline, none would be asked.
         if self.provider_timeout_s <= self.first_token_timeout_s:
             raise ValueError(
                 f"HELPLINE_PROVIDER_TIMEOUT_S ({self.provider_timeout_s}) must be longer than "
