@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
-from helpline.cache.service import CacheUnavailable
-from helpline.chat.service import ChatEvent, ChatService
+from helpline.cache.service import AnswerCache, CacheUnavailable
+from helpline.chat.service import ChatEvent, ChatService, Prepared
 from helpline.config import Settings
 from helpline.knowledge.base import KnowledgeBase
 from helpline.knowledge.documents import SourceDocument
@@ -700,6 +700,15 @@ async def test_a_request_that_waited_for_a_peers_call_is_answered_within_its_own
     assert (len(fake_a.requests), len(fake_b.requests)) == (1, 1)
 
 
+async def prepared_on(api: Api, question: str) -> tuple[Prepared, AnswerCache]:
+    """``question`` prepared on ``api`` as a shopper's (its key and scope), and that replica's cache: for a test
+    that holds the call or lock such a question would wait for."""
+    chat, cache = api.services.chat, api.services.cache
+    assert chat is not None
+    assert cache is not None
+    return await chat.prepare(question, principal=ANONYMOUS, request_id="held"), cache
+
+
 async def test_a_request_never_waits_for_an_identical_ones_call_past_its_own_deadline(
     sqlite_url: str, embedder: Embedder
 ) -> None:
@@ -714,10 +723,7 @@ async def test_a_request_never_waits_for_an_identical_ones_call_past_its_own_dea
     fake = FakeProvider(name="gemini", model="gemini-test")
     question = "How long does delivery take?"
     async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
-        chat, cache = api.services.chat, api.services.cache
-        assert chat is not None
-        assert cache is not None
-        held = await chat.prepare(question, principal=ANONYMOUS, request_id="held")
+        held, cache = await prepared_on(api, question)
         async with cache.single_flight(cache.entry_key(held.message, held.scope)) as (_, leading):
             assert leading
             started = time.perf_counter()
@@ -740,10 +746,7 @@ async def test_a_request_waits_for_another_replicas_call_only_while_a_model_coul
     question = "How long does delivery take?"
     timings = {"first_token_timeout_s": 1.0, "provider_timeout_s": 1.5}
     async with two_replicas(sqlite_url, embedder, None, **timings) as (a, _, b, fake_b):
-        chat, cache = a.services.chat, a.services.cache
-        assert chat is not None
-        assert cache is not None
-        held = await chat.prepare(question, principal=ANONYMOUS, request_id="held")
+        held, cache = await prepared_on(a, question)
         async with cache.peer_lock(held.message, held.scope) as found:
             assert found is None  # A holds the lock, as if it were answering
             started = time.perf_counter()

@@ -187,9 +187,14 @@ async def test_a_provider_hanging_mid_reply_hands_over_at_its_stall_deadline(liv
         assert text_of(chunks) == "answer from secondary"
 
 
-def trickling(name: str, can_continue: bool = True) -> FakeProvider:
+def trickling(name: str) -> FakeProvider:
     """A model that never falls silent for the stall deadline and never finishes: 100 pieces, 0.1 s apart."""
-    return FakeProvider(name=name, can_continue=can_continue, default=FakeReply(chunks=100, chunk_delay_s=0.1))
+    return FakeProvider(name=name, default=FakeReply(chunks=100, chunk_delay_s=0.1))
+
+
+def knowledge_base() -> FakeProvider:
+    """A last resort standing in for the extractive answerer: answers at once and cannot continue a reply."""
+    return FakeProvider(name="last", can_continue=False, default=FakeReply(text="from the knowledge base"))
 
 
 @pytest.mark.parametrize("live", [True, False], ids=["live", "whole"])
@@ -197,7 +202,7 @@ async def test_the_whole_chain_ends_by_the_calls_deadline(live: bool) -> None:
     """The deadline is the call's, not each provider's: two models trickling on used to cost it twice over (and
     four models four times), before the knowledge base answered. Now, past it, only the last resort is asked."""
     primary, secondary = trickling("primary"), trickling("secondary")
-    last = FakeProvider(name="last", can_continue=False, default=FakeReply(text="from the knowledge base"))
+    last = knowledge_base()
     router = FallbackRouter([primary, secondary, last], FAST)
     started = time.perf_counter()
     chunks: list[StreamChunk] = []
@@ -220,7 +225,7 @@ async def test_no_model_is_started_with_less_than_half_the_calls_deadline_left()
     timings = replace(FAST, reply_s=3.0)  # a model needs 1.5 s of it left
     primary = FakeProvider(name="primary", default=FakeReply(chunks=30, chunk_delay_s=0.1, cut_after=20))
     secondary = fakes("secondary")[0]
-    last = FakeProvider(name="last", can_continue=False, default=FakeReply(text="from the knowledge base"))
+    last = knowledge_base()
     started = time.perf_counter()
     completion = await FallbackRouter([primary, secondary, last], timings).complete(REQUEST)
     elapsed = time.perf_counter() - started
@@ -235,7 +240,7 @@ async def test_a_call_with_little_of_its_deadline_left_asks_only_the_last_resort
     is left would show words and be cut (live), or be waited for in vain, and its breaker would count a deadline
     it never had a chance to meet. The last resort answers at once; the model's breaker stays closed."""
     primary = FakeProvider(name="primary", default=FakeReply(text="from the model", chunk_delay_s=0.2))
-    last = FakeProvider(name="last", can_continue=False, default=FakeReply(text="from the knowledge base"))
+    last = knowledge_base()
     router = FallbackRouter([primary, last], FAST)
     for _ in range(FAST.breaker_failures + 1):
         started = time.perf_counter()
@@ -361,7 +366,7 @@ async def test_a_model_still_streaming_at_the_calls_deadline_is_not_charged_to_i
     """Steady text but no end by the call's deadline (a long reply, or half a deadline left): the call gives up on
     it, but a working model is not skipped next time as if it were down."""
     timings = replace(FAST, reply_s=0.6)
-    primary, last = trickling("primary"), FakeProvider(name="last", can_continue=False)
+    primary, last = trickling("primary"), knowledge_base()
     router = FallbackRouter([primary, last], timings)
     for _ in range(FAST.breaker_failures + 1):
         assert (await router.complete(REQUEST)).provider == "last"

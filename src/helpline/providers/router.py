@@ -112,7 +112,7 @@ class Attempt:
     def name(self) -> str:
         return self.slot.provider.name
 
-    def missed_deadline(self, now: float) -> bool:
+    def missed_first_token(self, now: float) -> bool:
         return not self.first.done() and now - self.started >= self.timings.first_token_s
 
     async def _pump(self) -> None:
@@ -345,7 +345,7 @@ class FallbackRouter:
         exhausted = False
         while True:
             now = self._clock()
-            fresh = [a for a in pending if not a.missed_deadline(now)]
+            fresh = [a for a in pending if not a.missed_first_token(now)]
             if not fresh and not exhausted:
                 attempt = self._next_attempt(order, request, deadline)
                 exhausted = attempt is None
@@ -382,7 +382,7 @@ class FallbackRouter:
         for attempt in pending:
             if attempt is winner:
                 continue
-            if attempt.missed_deadline(now):
+            if attempt.missed_first_token(now):
                 self._record_failure(attempt.slot, ProviderTimeout("lost the race after its first-token deadline"))
             await attempt.cancel()
 
