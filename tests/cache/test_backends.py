@@ -11,11 +11,11 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from helpline.cache import redis_backend
-from helpline.cache.backend import CacheBackend, IndexedQuestion, MemoryBackend
+from helpline.cache.backend import RELAY_START, CacheBackend, IndexedQuestion, MemoryBackend
 from helpline.cache.guards import SemanticGuard
 from helpline.cache.keys import CacheScope, KeySpace
 from helpline.cache.redis_backend import VECTOR_SEPARATOR, RedisBackend
-from helpline.cache.service import DECODED_MEMO, AnswerCache, CachedAnswer, CacheHit, CacheSettings
+from helpline.cache.service import DECODED_MEMO, AnswerCache, CachedAnswer, CacheHit, CacheSettings, Flight
 from helpline.knowledge.embeddings import Embedder
 from helpline.redisconn import create_redis
 from tests.cache.conftest import REDIS_URL
@@ -213,9 +213,9 @@ async def test_popularity_and_locks(cache_backend: CacheBackend, keyspace: KeySp
     assert not await cache_backend.lock(lock, 5, "sixth")
     assert not await cache_backend.extend(lock, 5, "fourth")  # nor renew it
     assert await cache_backend.extend(lock, 0.3, "fifth")
-    assert await cache_backend.peek(key, lock) == (None, True)
+    assert await cache_backend.peek(key, lock) == (None, b"fifth")  # the holder's token
     await asyncio.sleep(0.5)
-    assert await cache_backend.peek(key, lock) == (None, False)  # lapsed: not renewed in time
+    assert await cache_backend.peek(key, lock) == (None, None)  # lapsed: not renewed in time
     assert not await cache_backend.extend(lock, 5, "fifth")  # a lapsed lock is not revived
 
 
@@ -378,6 +378,7 @@ async def test_semantic_index_copies_are_bounded(cache_backend: CacheBackend, ke
 async def _through_lock(cache: AnswerCache, question: str) -> tuple[CacheHit | None, float]:
     started = time.monotonic()
     async with cache.peer_lock(question, SCOPE) as hit:
+        assert not isinstance(hit, Flight)  # (only a request with a relay to follow is given one)
         return hit, time.monotonic() - started
 
 
@@ -772,3 +773,23 @@ async def test_a_lookup_that_saw_a_newer_version_takes_no_hit_from_an_older_read
     finally:
         await _purge(client, keyspace)
         await cache.close()
+
+
+async def test_relay_streams_are_read_in_order_after_an_entry_and_lapse(
+    cache_backend: CacheBackend, keyspace: KeySpace
+) -> None:
+    """A relay stream (cache.relay): entries come back in the order they were added, from the first or after a
+    given one, and the stream lapses its TTL after its last addition."""
+    stream = keyspace.relay(keyspace.entry(SCOPE, "how long does delivery take"), b"holder")
+    assert await cache_backend.relay_read(stream, RELAY_START) == []
+    await cache_backend.relay_append(stream, [(b"t", b"Standard "), (b"t", "délivery".encode())], 5)
+    first = await cache_backend.relay_read(stream, RELAY_START)
+    assert [(kind, payload) for _, kind, payload in first] == [(b"t", b"Standard "), (b"t", "délivery".encode())]
+    await cache_backend.relay_append(stream, [(b"e", b"{}")], 0.3)
+    after = await cache_backend.relay_read(stream, first[-1][0])
+    assert [(kind, payload) for _, kind, payload in after] == [(b"e", b"{}")]
+    assert await cache_backend.relay_read(stream, after[-1][0]) == []
+    other = keyspace.relay(keyspace.entry(SCOPE, "how long does delivery take"), b"another holder")
+    assert await cache_backend.relay_read(other, RELAY_START) == []  # each holder's call has its own
+    await asyncio.sleep(0.5)
+    assert await cache_backend.relay_read(stream, RELAY_START) == []  # lapsed with the last addition's TTL

@@ -46,6 +46,7 @@ class IndexedQuestion:
 
 class CacheBackend(Protocol):
     kind: str
+    shared: bool  # other replicas read what this one writes (so a call's text is relayed to them, cache.relay)
 
     async def get(self, key: str) -> bytes | None: ...
 
@@ -139,8 +140,19 @@ class CacheBackend(Protocol):
         """Hold ``key`` for ``ttl_s`` more, only if ``token`` still holds it; False when it lapsed meanwhile."""
         ...
 
-    async def peek(self, key: str, lock: str) -> tuple[bytes | None, bool]:
-        """The value under ``key`` and whether ``lock`` is held, in one round trip (a waiter's poll)."""
+    async def peek(self, key: str, lock: str) -> tuple[bytes | None, bytes | None]:
+        """The value under ``key`` and the token holding ``lock`` (None: nobody), in one round trip (a waiter's
+        poll)."""
+        ...
+
+    async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> None:
+        """Add ``entries`` (kind, payload) to the relay stream ``key``, in order; the stream lapses ``ttl_s`` after
+        its last addition (see cache.relay)."""
+        ...
+
+    async def relay_read(self, key: str, after: bytes) -> list[tuple[bytes, bytes, bytes]]:
+        """The entries (id, kind, payload) of the relay stream ``key`` added after the entry ``after`` (``RELAY_START``:
+        from its first), oldest first; at most ``RELAY_READ_COUNT`` of them."""
         ...
 
     async def ping(self) -> bool: ...
@@ -149,6 +161,8 @@ class CacheBackend(Protocol):
 
 
 LOCK_SWEEP_AT = 1024
+RELAY_START = b"0-0"  # read a relay stream from its first entry
+RELAY_READ_COUNT = 256
 
 
 @dataclass
@@ -166,6 +180,7 @@ class MemoryBackend:
     """
 
     kind = "memory"
+    shared = False
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self._clock = time.monotonic
@@ -180,6 +195,7 @@ class MemoryBackend:
         self._key_tags: dict[str, tuple[str, ...]] = {}
         self._popularity: dict[str, int] = {}
         self._locks: dict[str, tuple[float, str]] = {}  # key -> (until, holder)
+        self._relays: dict[str, tuple[list[tuple[bytes, bytes]], float]] = {}  # key -> (entries, until)
         self._generation = 0
         # Scope versions come from one counter, so a scope emptied (and dropped) then refilled never repeats a
         # version that a reader's copy of the old index still carries.
@@ -354,8 +370,29 @@ class MemoryBackend:
         self._locks[key] = (now + ttl_s, token)
         return True
 
-    async def peek(self, key: str, lock: str) -> tuple[bytes | None, bool]:
-        return await self.get(key), self._locks.get(lock, (0.0, ""))[0] > self._clock()
+    async def peek(self, key: str, lock: str) -> tuple[bytes | None, bytes | None]:
+        until, holder = self._locks.get(lock, (0.0, ""))
+        return await self.get(key), holder.encode() if until > self._clock() else None
+
+    async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> None:
+        now = self._clock()
+        if key not in self._relays and len(self._relays) >= LOCK_SWEEP_AT:  # streams nobody added to lately
+            self._relays = {name: held for name, held in self._relays.items() if held[1] > now}
+        held, until = self._relays.get(key, ([], 0.0))
+        if until <= now:
+            held = []
+        held.extend(entries)
+        self._relays[key] = (held, now + ttl_s)
+
+    async def relay_read(self, key: str, after: bytes) -> list[tuple[bytes, bytes, bytes]]:
+        held, until = self._relays.get(key, ([], 0.0))
+        if until <= self._clock():
+            return []
+        first = int(after.split(b"-", 1)[0])  # ids are "<position>-0", from 1
+        return [
+            (b"%d-0" % position, kind, payload)
+            for position, (kind, payload) in enumerate(held[first : first + RELAY_READ_COUNT], start=first + 1)
+        ]
 
     async def ping(self) -> bool:
         return True

@@ -92,6 +92,11 @@ class KeySpace:
     def lock(self, entry_key: str) -> str:
         return f"{entry_key}:lock"
 
+    @staticmethod
+    def relay(entry_key: str, holder: bytes) -> str:
+        """The relay stream of the call made under the lock ``holder`` holds (see cache.relay)."""
+        return f"{entry_key}:relay:{holder.decode('ascii', 'replace')}"
+
     def popularity(self) -> str:
         return f"{self.prefix}:pop"
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from helpline.cache.backend import ANYWAY, Forget, IndexedQuestion
+from helpline.cache.backend import ANYWAY, RELAY_READ_COUNT, Forget, IndexedQuestion
 from helpline.cache.keys import KeySpace
 from helpline.redisconn import pool_size
 
@@ -190,6 +190,7 @@ class RedisBackend:
     the wait."""
 
     kind = "redis"
+    shared = True
 
     def __init__(self, client: Any, prefix: str, max_in_flight: int | None = None) -> None:
         self._redis = client
@@ -401,9 +402,24 @@ class RedisBackend:
         return bool(await self._extend(keys=[key], args=[token, max(1, int(ttl_s * 1000))]))
 
     @_gated
-    async def peek(self, key: str, lock: str) -> tuple[bytes | None, bool]:
+    async def peek(self, key: str, lock: str) -> tuple[bytes | None, bytes | None]:
         value, holder = await self._redis.mget([key, lock])  # one slot on a cluster: both carry the tenant's tag
-        return value, holder is not None
+        return value, holder
+
+    @_gated
+    async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> None:
+        """One round trip; untrimmed (a follower that joins late reads the reply from its start), bounded by the
+        reply's length and the TTL."""
+        pipe = self._redis.pipeline(transaction=False)
+        for kind, payload in entries:
+            pipe.xadd(key, {kind: payload})
+        pipe.pexpire(key, max(1, int(ttl_s * 1000)))
+        await pipe.execute()
+
+    @_gated
+    async def relay_read(self, key: str, after: bytes) -> list[tuple[bytes, bytes, bytes]]:
+        found = await self._redis.xrange(key, min=b"(" + after, max=b"+", count=RELAY_READ_COUNT)
+        return [(entry_id, kind, payload) for entry_id, fields in found for kind, payload in fields.items()]
 
     @_gated
     async def ping(self) -> bool:

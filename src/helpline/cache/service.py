@@ -27,11 +27,12 @@ import orjson
 import structlog
 import zstandard
 
-from helpline.cache.backend import CacheBackend
+from helpline.cache.backend import RELAY_START, CacheBackend
 from helpline.cache.guards import SemanticGuard
 from helpline.cache.keys import CacheScope, KeySpace, digest, normalize
 from helpline.cache.near import NearCache
 from helpline.cache.policy import lacks_echoes
+from helpline.cache.relay import CUT, RELAY_POLL_S, RELAY_TTL_S, Entries, RelayCodec, RelayWriter, follow
 from helpline.errors import ServiceUnavailable
 from helpline.knowledge.embeddings import from_bytes, to_bytes
 from helpline.overload import LoopLag, patiently
@@ -54,6 +55,7 @@ SCAN_TIMEOUT_FACTOR = 5  # listing the scopes checks each scope's index: longer 
 DECODED_MEMO = 1024  # decoded answers kept, by their stored bytes (a few MB at most)
 PEER_POLL_S = 0.02  # a replica waiting for another's answer looks for it after this, then 1.5 times later each time
 PEER_POLL_MAX_S = 0.25
+NO_ENTRIES: Entries = []  # (never added to: a default for relay reads)
 Vector = npt.NDArray[np.float32]
 
 
@@ -100,21 +102,27 @@ class Flight:
         self.followers = 0  # streamed requests reading it as it streams
         self.waiting = 0  # requests waiting for its result (plain ones, and streamed ones that do not follow)
         self.cut: str | None = None  # why its stream stopped short, when it did (its followers record it too)
+        self.mirror: RelayWriter | None = None  # copies it for other replicas (cache.relay), when it leads there
+        self.relayed = False  # fed from another replica's call (cache.relay), which its own request follows too
         self._moved = asyncio.Event()
 
     @property
     def wanted(self) -> bool:
         """Whether requests other than its own wait for it or follow it (it goes on if its own shopper leaves)."""
-        return self.followers > 0 or self.waiting > 0
+        return self.followers > (1 if self.relayed else 0) or self.waiting > 0
 
     def publish(self, text: str) -> None:
         self.parts.append(text)
+        if self.mirror is not None:
+            self.mirror.text(text)
         self._wake()
 
     def land(self, result: Any) -> None:
         """The first result stays (None: the computation ended without one)."""
         if not self.future.done():
             self.future.set_result(result)
+            if self.mirror is not None:
+                self.mirror.end(result, self.cut)
         self._wake()
 
     def _wake(self) -> None:
@@ -137,6 +145,21 @@ class Flight:
                     await moved.wait()
         finally:
             self.followers -= 1
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A flight across replicas (cache.relay), for :meth:`AnswerCache.peer_lock`: copied to the store while its
+    request holds the lock; with ``follow``, fed from the holder's copy when another replica holds it (the caller
+    then follows ``flight``). ``quiet_s`` and ``deadline`` (``time.monotonic``) bound a followed stream;
+    ``seen``: streams this request has followed already (one that gave it nothing is not followed again)."""
+
+    flight: Flight
+    codec: RelayCodec
+    follow: bool
+    quiet_s: float
+    deadline: float
+    seen: set[str] = field(default_factory=set)
 
 
 class CacheUnavailable(ServiceUnavailable):
@@ -674,8 +697,8 @@ class AnswerCache:
 
     @contextlib.asynccontextmanager
     async def peer_lock(
-        self, question: str, scope: CacheScope, *, wait_s: float | None = None
-    ) -> AsyncIterator[CacheHit | None]:
+        self, question: str, scope: CacheScope, *, wait_s: float | None = None, relay: Relay | None = None
+    ) -> AsyncIterator[CacheHit | Flight | None]:
         """Across replicas, one provider call per identical miss. The first replica to miss takes this answer's
         lock and computes it (yields None), renewing the lock while it works; the others wait for its answer to
         land (yields the hit), or until its lock is released or lapses without one (yields None: compute too).
@@ -684,7 +707,11 @@ class AnswerCache:
         within ``lock_ttl_s``, and one that answers slowly keeps it however long its providers take. Waiting ends
         at once when the holder gives up without a cacheable answer, and after ``wait_s`` (default
         ``lock_wait_s``) at the latest. With the store down this yields None at once: nobody to wait for; so too
-        while reads are held (:meth:`hold_reads`: what a peer stores meanwhile may be drawn on a removed version)."""
+        while reads are held (:meth:`hold_reads`: what a peer stores meanwhile may be drawn on a removed version).
+
+        With a ``relay`` and a store other replicas share: the holder copies the relay's flight to the store as it
+        streams (cache.relay); a waiter whose relay says ``follow`` yields that flight instead once the holder's
+        copy has begun, fed from it (the caller follows the flight as it would a local call)."""
         if self.reads_held:
             yield None
             return
@@ -697,10 +724,11 @@ class AnswerCache:
             yield None
             return
         if not taken:
-            yield await self._await_peer(
-                key, lock_key, question, scope, self.settings.lock_wait_s if wait_s is None else wait_s
-            )
+            wait_s = self.settings.lock_wait_s if wait_s is None else wait_s
+            async with self._waiting(key, lock_key, question, scope, wait_s=wait_s, relay=relay) as landed:
+                yield landed
             return
+        writer = self._relay_writer(key, token, relay)
         renewing = asyncio.create_task(self._renew(lock_key, token), name="cache-lock-renew")
         try:
             # The previous holder may have stored its answer and let go between this request's lookup and now.
@@ -711,8 +739,11 @@ class AnswerCache:
         finally:
             renewing.cancel()
 
-            # Compare and delete: a lock that lapsed and was taken by another replica stays that replica's.
+            # The outcome is copied before the lock goes: a follower takes a lock gone without one for a holder
+            # gone. Then compare and delete: a lock that lapsed and was taken by another replica stays that one's.
             async def unlock() -> None:
+                if writer is not None:
+                    await writer.close(self.settings.timeout_s)
                 await self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None, even_bypassed=True)
 
             try:
@@ -724,6 +755,44 @@ class AnswerCache:
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
                 raise
+
+    @contextlib.asynccontextmanager
+    async def _waiting(
+        self, key: str, lock_key: str, question: str, scope: CacheScope, *, wait_s: float, relay: Relay | None
+    ) -> AsyncIterator[CacheHit | Flight | None]:
+        """Another replica holds the lock (see :meth:`peer_lock`)."""
+        if relay is None or not relay.follow or not self.backend.shared:
+            yield await self._await_peer(key, lock_key, question, scope, wait_s)
+            return
+        found = await self._await_relay(key, lock_key, question, scope, wait_s=wait_s, relay=relay)
+        if not isinstance(found, tuple):
+            yield found
+            return
+        stream, entries = found
+        relay.flight.relayed = True
+        reader = asyncio.create_task(
+            follow(
+                lambda after: self._guarded("relay", lambda: self.backend.relay_read(stream, after), NO_ENTRIES),
+                entries, relay.flight, relay.codec, quiet_s=relay.quiet_s, deadline=relay.deadline,
+            ),
+            name="cache-relay-follow",
+        )  # fmt: skip
+        try:
+            yield relay.flight
+        finally:
+            reader.cancel()
+
+    def _relay_writer(self, key: str, token: str, relay: Relay | None) -> RelayWriter | None:
+        """The holder's copy of its flight for other replicas (cache.relay), when they share this store."""
+        if relay is None or not self.backend.shared:
+            return None
+        stream = self.keys.relay(key, token.encode())
+
+        async def append(entries: Sequence[tuple[bytes, bytes]]) -> None:
+            await self._guarded("relay", lambda: self.backend.relay_append(stream, entries, RELAY_TTL_S), None)
+
+        writer = relay.flight.mirror = RelayWriter(append, relay.codec)
+        return writer
 
     async def _renew(self, lock_key: str, token: str) -> None:
         """Extend the lock every third of its TTL; a failed try is repeated soon after. Not through
@@ -752,14 +821,50 @@ class AnswerCache:
         while (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 1.5, PEER_POLL_MAX_S)  # a fast answer is seen soon; a slow one costs few polls
-            gone: tuple[bytes | None, bool] = (None, False)
+            gone: tuple[bytes | None, bytes | None] = (None, None)
             raw, held = await self._guarded("get", lambda: self.backend.peek(key, lock_key), gone)
             found = await self._readable(key, raw)
             if found is not None:
                 self._count_hit(key, scope)
                 return CacheHit(found, "exact", 1.0, question)
-            if not held:
+            if held is None:
                 return None  # the holder is done without a cacheable answer (or is gone): compute
+        return None
+
+    async def _await_relay(
+        self, key: str, lock_key: str, question: str, scope: CacheScope, *, wait_s: float, relay: Relay
+    ) -> CacheHit | tuple[str, Entries] | None:
+        """As :meth:`_await_peer`, but done as soon as the holder's relay stream has begun: (the stream, its
+        first entries). A holder that lets go with nothing relayed (a call that failed before any text), a stream
+        already over without an answer (cut, or stopped with its shopper), or an unreadable store: None (compute);
+        a request arriving as a call ends without an answer makes its own rather than replay its partial text."""
+        deadline = time.monotonic() + wait_s
+        pause = PEER_POLL_S
+        holder: bytes | None = None
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 1.5, RELAY_POLL_S)
+            nobody: tuple[bytes | None, bytes | None] = (None, None)
+            raw, holding = await self._guarded("get", lambda: self.backend.peek(key, lock_key), nobody)
+            found = await self._readable(key, raw)
+            if found is not None:
+                self._count_hit(key, scope)
+                return CacheHit(found, "exact", 1.0, question)
+            holder = holding or holder  # one that let go just now may have relayed its outcome before
+            if holder is None:
+                return None
+            stream = self.keys.relay(key, holder)
+            if stream not in relay.seen:
+                read = await self._guarded(
+                    "relay", functools.partial(self.backend.relay_read, stream, RELAY_START), NO_ENTRIES
+                )
+                if read:
+                    relay.seen.add(stream)
+                    if any(kind == CUT for _, kind, _ in read):
+                        return None  # a call that ended without an answer (its holder is letting go): compute
+                    return stream, read
+            if holding is None:
+                return None
         return None
 
     # -- encoding --------------------------------------------------------------------------------------------

@@ -10,14 +10,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import orjson
 import structlog
 
 from helpline.cache.keys import CacheScope, context_digest
 from helpline.cache.policy import cacheable, echoes, is_personal, names_the_asker, owner_scope, word_forms
-from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit, Flight
+from helpline.cache.relay import RELAY_GRACE_S, RelayCodec
+from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit, Flight, Relay
 from helpline.chat.prompts import STORE_NAME, SYSTEM_RULES, estimate_tokens, prompt_fingerprint
 from helpline.chat.reply import BLOCKED_REPLY, ControlLineFilter, ParsedReply, PromptLeakGuard, parse_reply
 from helpline.config import Settings
@@ -26,7 +28,7 @@ from helpline.knowledge.base import KnowledgeBase, Passage
 from helpline.knowledge.embeddings import Vectors
 from helpline.observability.context import annotate
 from helpline.privacy import redact
-from helpline.providers.base import CompletionRequest, StreamChunk, StreamCut, Turn
+from helpline.providers.base import Citation, CompletionRequest, StreamChunk, StreamCut, Turn
 from helpline.providers.router import FallbackRouter
 from helpline.store.repositories import (
     ANONYMOUS,
@@ -106,6 +108,7 @@ class Prepared:
     # Set when this request makes the call for identical ones: its text is published here as it streams.
     relay: Flight | None = None
     answered: bool = False  # a streamed request following another's flight has finished its own reply
+    relays_seen: set[str] = field(default_factory=set)  # other replicas' calls it followed (cache.relay)
     hurried: bool = False  # its provider call had too little of its deadline left for a model (see _call_budget)
 
     @property
@@ -156,6 +159,37 @@ class SharedReply:
     @staticmethod
     def usable(landed: object) -> bool:
         return landed is not None and not (isinstance(landed, SharedReply) and landed.stale)
+
+
+def _relay_encode(landed: object, shown: bool) -> bytes | None:
+    """A flight's outcome for identical requests on other replicas (cache.relay); None: nothing they could use (a
+    stale reply is used only to finish a stream already shown)."""
+    if isinstance(landed, CacheHit):
+        return orjson.dumps({"v": RELAY_FORMAT, "hit": asdict(landed.answer)})
+    if isinstance(landed, SharedReply) and (shown or not landed.stale):
+        usage = {"provider": landed.usage.provider, "model": landed.usage.model}
+        return orjson.dumps({"v": RELAY_FORMAT, "reply": asdict(landed.reply), "usage": usage, "stale": landed.stale})
+    return None
+
+
+def _relay_decode(payload: bytes) -> CacheHit | SharedReply | None:
+    try:
+        data = orjson.loads(payload)
+        if data.get("v") != RELAY_FORMAT:  # another release's, during a rolling upgrade
+            return None
+        if "hit" in data:
+            answer = CachedAnswer(**data["hit"])
+            return CacheHit(answer, "exact", 1.0, answer.question)
+        reply = data["reply"]
+        citations = tuple(Citation(**citation) for citation in reply.pop("citations"))
+        return SharedReply(ParsedReply(**reply, citations=citations), Usage(**data["usage"]), stale=data["stale"])
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        log.warning("cache_relay_unreadable", error=type(error).__name__)
+        return None
+
+
+RELAY_FORMAT = 1
+RELAY_CODEC = RelayCodec(_relay_encode, _relay_decode)
 
 
 def _reply_error(reply: ParsedReply) -> str | None:
@@ -289,7 +323,8 @@ class ChatService:
     ) -> AsyncIterator[CacheHit | SharedReply | Flight | None]:
         """Concurrent identical misses make one provider call. Yields what an identical request's call produced
         (in this process, or cached by another replica); to a ``streamed`` request, the flight of an identical
-        request in this process that has not finished yet (to follow as it streams); or None when this request is
+        request that has not finished yet (to follow as it streams; made in this process, or in another replica and
+        relayed, see :meth:`_lead`); or None when this request is
         to make the call (its reply lands for the others in :meth:`_finish`, cacheable or not: a handoff is
         shared, never cached; its text is published to ``prepared.relay`` as it streams).
 
@@ -304,23 +339,8 @@ class ChatService:
             rounds += 1
             async with self._cache.single_flight(key) as (flight, leading):
                 if leading:
-                    # No request waits for another replica so long that no model could answer it after (requests
-                    # joining this flight meanwhile get what it gets); a streamed one no longer than the router
-                    # would wait for a first token: its shopper is reading, and the other replica's text cannot be
-                    # relayed.
-                    wait_s = max(0.0, self._budget(prepared) - self._router.timings.model_start_s - START_MARGIN_S)
-                    if streamed:
-                        wait_s = min(wait_s, self._settings.first_token_timeout_s)
-                    async with self._cache.peer_lock(prepared.message, prepared.scope, wait_s=wait_s) as peer_hit:
-                        if peer_hit is not None:
-                            flight.land(peer_hit)
-                        prepared.relay = flight
-                        try:
-                            yield peer_hit
-                        finally:
-                            # Over, with its result or without (cut, failed, stopped): before the lock is let go
-                            # (a Redis round trip), so no request arriving meanwhile joins a call that has ended.
-                            flight.land(None)
+                    async with self._lead(self._cache, prepared, flight, streamed=streamed) as landed:
+                        yield landed
                     return
             if streamed and flight.epoch == self._cache.invalidations:
                 yield flight  # (one begun before an invalidation here is awaited instead: it may be refused as stale)
@@ -345,6 +365,34 @@ class ChatService:
             if SharedReply.usable(landed) or (landed is not None and rounds > 1):
                 yield landed
                 return
+
+    @contextlib.asynccontextmanager
+    async def _lead(
+        self, cache: AnswerCache, prepared: Prepared, flight: Flight, *, streamed: bool
+    ) -> AsyncIterator[CacheHit | Flight | None]:
+        """The call this process makes for an identical miss (yields None), unless another replica makes it: then
+        its cached answer, or, to a ``streamed`` request, ``flight`` fed with its text as it streams (cache.relay),
+        which this request and its identical ones here follow as they would a call made here."""
+        # No request waits for another replica so long that no model could answer it after (requests joining this
+        # flight meanwhile get what it gets); a streamed one waits for the other's call to begin streaming no longer
+        # than the router would wait for a first token: its shopper is reading.
+        wait_s = max(0.0, self._budget(prepared) - self._router.timings.model_start_s - START_MARGIN_S)
+        if streamed:
+            wait_s = min(wait_s, self._settings.first_token_timeout_s)
+        relay = Relay(
+            flight, RELAY_CODEC, follow=streamed, quiet_s=self._router.timings.stall_s + RELAY_GRACE_S,
+            deadline=time.monotonic() + self._budget(prepared) + LAND_GRACE_S, seen=prepared.relays_seen,
+        )  # fmt: skip
+        async with cache.peer_lock(prepared.message, prepared.scope, wait_s=wait_s, relay=relay) as peer:
+            if isinstance(peer, CacheHit):
+                flight.land(peer)
+            prepared.relay = flight  # (followed from another replica, it goes on if identical requests here follow)
+            try:
+                yield peer
+            finally:
+                # Over, with its result or without (cut, failed, stopped): before the lock is let go (a Redis round
+                # trip), so no request arriving meanwhile joins a call that has ended.
+                flight.land(None)
 
     async def _answer(self, prepared: Prepared) -> ChatResult:
         await self._retrieve(prepared)
@@ -477,7 +525,9 @@ class ChatService:
                 yield event
 
     async def _stop(self, prepared: Prepared, shown: str, usage: Usage, reason: str) -> AsyncGenerator[ChatEvent, None]:
-        if prepared.relay is not None:  # the requests following this one record why their reply ended here too
+        # The requests following this one record why their reply ended here too (a flight that has landed already,
+        # one this request followed, keeps the reason it gave them).
+        if prepared.relay is not None and not prepared.relay.future.done():
             prepared.relay.cut = reason
             prepared.relay.land(None)  # over: a request arriving while the cut is recorded makes its own call
         await self._record_cut(prepared, shown, usage, reason)
