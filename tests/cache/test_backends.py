@@ -57,6 +57,32 @@ async def test_invalidation_removes_exactly_the_tagged_entries(cache_backend: Ca
     assert await cache_backend.invalidate(["doc-1", "doc-2"]) == []
 
 
+async def test_an_answer_rewritten_from_other_documents_leaves_the_tags_it_no_longer_draws_on(
+    cache_backend: CacheBackend, keyspace: KeySpace
+) -> None:
+    """The same question answered again (its entry expired from the index's view, or a re-warm after a change) from
+    other documents: a change to a document only the old answer drew on used to remove the new answer too (the
+    entry kept every tag it was ever written with). Exactly the answers that use a document go when it changes."""
+    key, other = keyspace.entry(SCOPE, "q"), keyspace.entry(SCOPE, "other")
+    for name, entry, tags in (
+        ("q", key, ["doc-1", "doc-2"]),
+        ("other", other, ["doc-1"]),
+        ("q", key, ["doc-2", "doc-3"]),
+    ):
+        await cache_backend.put(entry, f"{name}:{tags[-1]}".encode(), ttl_s=60, tags=tags, scope_id=SCOPE.id,
+                                question=name, vector=b"\x00" * 1536)  # fmt: skip
+    assert await cache_backend.tag_members("doc-1") == [other]
+    assert await cache_backend.tag_members("doc-2") == await cache_backend.tag_members("doc-3") == [key]
+    assert await cache_backend.invalidate(["doc-1"]) == [other]
+    assert await cache_backend.get(key) == b"q:doc-3"  # its answer no longer draws on doc-1
+    assert await cache_backend.invalidate(["doc-3"]) == [key]
+    assert await cache_backend.tag_members("doc-2") == []
+    await cache_backend.put(key, b"q:doc-4", ttl_s=60, tags=["doc-4"], scope_id=SCOPE.id, question="q",
+                            vector=b"\x00" * 1536)  # fmt: skip
+    assert await cache_backend.invalidate(["doc-2", "doc-3"]) == []  # written again after its removal: untouched
+    assert await cache_backend.get(key) == b"q:doc-4"
+
+
 async def test_an_invalidation_naming_the_current_version_keeps_what_drew_on_it(
     cache_backend: CacheBackend, keyspace: KeySpace
 ) -> None:

@@ -240,9 +240,15 @@ class MemoryBackend:
         scope = self._scopes.setdefault(scope_id, _Scope())
         scope.entries[key] = IndexedQuestion(key, question, vector, answer_key)
         scope.version = next(self._versions)
+        for tag in set(self._key_tags.get(key, ())).difference(tags):  # drawn on by its previous answer only
+            members = self._tags.get(tag)
+            if members is not None:
+                members.pop(key, None)
+                if not members:
+                    del self._tags[tag]
         for tag in tags:
             self._tags.setdefault(tag, {})[key] = versions.get(tag, "")
-        self._key_tags[key] = tuple(dict.fromkeys((*self._key_tags.get(key, ()), *tags)))
+        self._key_tags[key] = tuple(dict.fromkeys(tags))
         self._evict()
         return True
 

@@ -54,6 +54,8 @@ for i = 1, n do
     local key = fields[j]
     if keep == '' or fields[j + 1] ~= keep then
       if redis.call('DEL', key) == 1 then table.insert(removed, key) end
+      for _, tag in ipairs(redis.call('SMEMBERS', key .. ':tg')) do redis.call('HDEL', tag, key) end
+      redis.call('DEL', key .. ':tg')
       local scope = string.match(key, ':e:([^:]+):[^:]+$')
       if scope then
         if redis.call('HDEL', ARGV[1] .. ':s:' .. scope, key) == 1 then
@@ -104,6 +106,19 @@ redis.call('EXPIRE', KEYS[3], ttl * 2)
 redis.call('ZADD', KEYS[5], 'GT', ARGV[6], ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[7])
 if redis.call('TTL', KEYS[5]) < ttl * 2 then redis.call('EXPIRE', KEYS[5], ttl * 2) end
+-- The entry leaves the tags its previous answer drew on and this one does not (else a change to a document the
+-- answer no longer cites would remove it): each entry lists its tag hashes beside it, and expires with it.
+local listed = KEYS[1] .. ':tg'
+local carries = {}
+for i = 1, n do carries[KEYS[6 + i]] = true end
+for _, tag in ipairs(redis.call('SMEMBERS', listed)) do
+  if not carries[tag] then redis.call('HDEL', tag, KEYS[1]) end
+end
+redis.call('DEL', listed)
+if n > 0 then
+  redis.call('SADD', listed, unpack(KEYS, 7, 6 + n))
+  redis.call('EXPIRE', listed, ttl)
+end
 for i = 1, n do
   local tag = KEYS[6 + i]
   redis.call('HSET', tag, KEYS[1], ARGV[8 + i])
@@ -149,6 +164,8 @@ if ARGV[1] == 'value' then
   if now and now ~= ARGV[2] then return 0 end
 end
 redis.call('DEL', KEYS[1])
+for _, tag in ipairs(redis.call('SMEMBERS', KEYS[1] .. ':tg')) do redis.call('HDEL', tag, KEYS[1]) end
+redis.call('DEL', KEYS[1] .. ':tg')
 if redis.call('HDEL', KEYS[2], KEYS[1]) == 1 then redis.call('INCR', KEYS[3]) end
 redis.call('ZREM', KEYS[4], KEYS[1])
 return 1
