@@ -804,18 +804,32 @@ async def test_a_lookup_that_saw_a_newer_version_takes_no_hit_from_an_older_read
 async def test_relay_streams_are_read_in_order_after_an_entry_and_lapse(
     cache_backend: CacheBackend, keyspace: KeySpace
 ) -> None:
-    """A relay stream (cache.relay): entries come back in the order they were added, from the first or after a
-    given one, and the stream lapses its TTL after its last addition."""
-    stream = keyspace.relay(keyspace.entry(SCOPE, "how long does delivery take"), b"holder")
-    assert await cache_backend.relay_read(stream, RELAY_START) == []
-    await cache_backend.relay_append(stream, [(b"t", b"Standard "), (b"t", "délivery".encode())], 5)
-    first = await cache_backend.relay_read(stream, RELAY_START)
+    """A relay stream (cache.relay): nothing is added while nobody reads it; a follower's poll reads the entry, the
+    lock's holder and the store's marks, and counts it as a reader for a while; entries come back in the order
+    they were added, from the first or after a given one; the stream lapses its TTL after its last addition."""
+    key = keyspace.entry(SCOPE, "how long does delivery take")
+    lock = keyspace.lock(key)
+    stream = keyspace.relay(key, b"holder")
+    assert not await cache_backend.relay_append(stream, [(b"t", b"nobody reads this")], 5)
+    assert await cache_backend.lock(lock, 5, "holder")
+    polled = await cache_backend.relay_poll(key, lock, stream, RELAY_START, 0.5)
+    assert (polled.value, polled.holder, polled.entries) == (None, b"holder", [])
+    assert polled.marks == await cache_backend.marks()
+    assert await cache_backend.relay_append(stream, [(b"t", b"Standard "), (b"t", "délivery".encode())], 5)
+    first = (await cache_backend.relay_poll(key, lock, stream, RELAY_START, 0.5)).entries
     assert [(kind, payload) for _, kind, payload in first] == [(b"t", b"Standard "), (b"t", "délivery".encode())]
-    await cache_backend.relay_append(stream, [(b"e", b"{}")], 0.3)
+    assert await cache_backend.relay_read(stream, RELAY_START) == first
+    assert await cache_backend.relay_append(stream, [(b"e", b"{}")], 0.3)
     after = await cache_backend.relay_read(stream, first[-1][0])
     assert [(kind, payload) for _, kind, payload in after] == [(b"e", b"{}")]
     assert await cache_backend.relay_read(stream, after[-1][0]) == []
-    other = keyspace.relay(keyspace.entry(SCOPE, "how long does delivery take"), b"another holder")
+    other = keyspace.relay(key, b"another holder")
     assert await cache_backend.relay_read(other, RELAY_START) == []  # each holder's call has its own
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.6)
     assert await cache_backend.relay_read(stream, RELAY_START) == []  # lapsed with the last addition's TTL
+    assert not await cache_backend.relay_append(stream, [(b"t", b"late")], 5)  # its reader's mark lapsed too
+    generation, invalidations = await cache_backend.marks()
+    await cache_backend.invalidate(["doc-1"], {"doc-1": "1:a"})
+    assert await cache_backend.marks() == (generation, invalidations + 1)  # a version's change: counted
+    await cache_backend.invalidate(["doc-1"])
+    assert await cache_backend.marks() == (generation + 1, invalidations + 2)  # a whole tag: the generation too

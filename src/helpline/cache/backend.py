@@ -145,9 +145,22 @@ class CacheBackend(Protocol):
         poll)."""
         ...
 
-    async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> None:
-        """Add ``entries`` (kind, payload) to the relay stream ``key``, in order; the stream lapses ``ttl_s`` after
-        its last addition (see cache.relay)."""
+    async def marks(self) -> tuple[int, int]:
+        """(the generation, how many invalidations the store has seen), in one round trip: a call reads them with
+        the knowledge, and an identical request on another replica follows that call only if neither has moved
+        since (cache.relay)."""
+        ...
+
+    async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
+        """Add ``entries`` (kind, payload) to the relay stream ``key``, in order, if anybody reads it (a
+        :meth:`relay_poll` of it lately); whether they were added. The stream lapses ``ttl_s`` after its last
+        addition (see cache.relay)."""
+        ...
+
+    async def relay_poll(self, key: str, lock: str, stream: str | None, after: bytes, reader_ttl_s: float) -> RelayPoll:
+        """One round trip of a relay's follower: the entry's value, the lock's holder and the store's
+        :meth:`marks`; with a ``stream``, its entries after ``after`` (as :meth:`relay_read`), and the follower
+        counted as its reader for ``reader_ttl_s``."""
         ...
 
     async def relay_read(self, key: str, after: bytes) -> list[tuple[bytes, bytes, bytes]]:
@@ -163,6 +176,14 @@ class CacheBackend(Protocol):
 LOCK_SWEEP_AT = 1024
 RELAY_START = b"0-0"  # read a relay stream from its first entry
 RELAY_READ_COUNT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RelayPoll:
+    value: bytes | None
+    holder: bytes | None
+    marks: tuple[int, int]
+    entries: list[tuple[bytes, bytes, bytes]]
 
 
 @dataclass
@@ -196,6 +217,8 @@ class MemoryBackend:
         self._popularity: dict[str, int] = {}
         self._locks: dict[str, tuple[float, str]] = {}  # key -> (until, holder)
         self._relays: dict[str, tuple[list[tuple[bytes, bytes]], float]] = {}  # key -> (entries, until)
+        self._readers: dict[str, float] = {}  # relay stream -> until when somebody reads it
+        self._invalidations = 0
         self._generation = 0
         # Scope versions come from one counter, so a scope emptied (and dropped) then refilled never repeats a
         # version that a reader's copy of the old index still carries.
@@ -312,6 +335,7 @@ class MemoryBackend:
     ) -> list[str]:
         current = {tag: version for tag, version in (current or {}).items() if version}  # "": the whole tag
         now = self._clock()
+        self._invalidations += 1
         if any(tag not in current for tag in tags):
             self._generation += 1
         removed = []
@@ -380,15 +404,30 @@ class MemoryBackend:
         until, holder = self._locks.get(lock, (0.0, ""))
         return await self.get(key), holder.encode() if until > self._clock() else None
 
-    async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> None:
+    async def marks(self) -> tuple[int, int]:
+        return self._generation, self._invalidations
+
+    async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
         now = self._clock()
+        if self._readers.get(key, 0.0) <= now:
+            return False
         if key not in self._relays and len(self._relays) >= LOCK_SWEEP_AT:  # streams nobody added to lately
             self._relays = {name: held for name, held in self._relays.items() if held[1] > now}
+            self._readers = {name: until for name, until in self._readers.items() if until > now}
         held, until = self._relays.get(key, ([], 0.0))
         if until <= now:
             held = []
         held.extend(entries)
         self._relays[key] = (held, now + ttl_s)
+        return True
+
+    async def relay_poll(self, key: str, lock: str, stream: str | None, after: bytes, reader_ttl_s: float) -> RelayPoll:
+        value, holder = await self.peek(key, lock)
+        entries: list[tuple[bytes, bytes, bytes]] = []
+        if stream is not None:
+            entries = await self.relay_read(stream, after)
+            self._readers[stream] = self._clock() + reader_ttl_s
+        return RelayPoll(value, holder, await self.marks(), entries)
 
     async def relay_read(self, key: str, after: bytes) -> list[tuple[bytes, bytes, bytes]]:
         held, until = self._relays.get(key, ([], 0.0))

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from helpline.cache.backend import ANYWAY, RELAY_READ_COUNT, Forget, IndexedQuestion
+from helpline.cache.backend import ANYWAY, RELAY_READ_COUNT, Forget, IndexedQuestion, RelayPoll
 from helpline.cache.keys import KeySpace
 from helpline.redisconn import pool_size
 
@@ -170,6 +170,14 @@ if redis.call('HDEL', KEYS[2], KEYS[1]) == 1 then redis.call('INCR', KEYS[3]) en
 redis.call('ZREM', KEYS[4], KEYS[1])
 return 1
 """
+# A relay stream's entries, added only while somebody reads it (cache.relay). KEYS: the stream, its readers mark.
+# ARGV: the stream's TTL in milliseconds, then kind, payload, kind, payload, ...
+RELAY_APPEND = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('XADD', KEYS[1], '*', ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 # Compare and delete: a holder whose lock expired (and was taken by another) must not remove the new holder's.
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -222,6 +230,7 @@ class RedisBackend:
         self._extend = client.register_script(EXTEND)
         self._prune = client.register_script(PRUNE)
         self._drop_scopes = client.register_script(DROP_SCOPES)
+        self._relay_append = client.register_script(RELAY_APPEND)
 
     @_gated
     async def get(self, key: str) -> bytes | None:
@@ -424,19 +433,36 @@ class RedisBackend:
         return value, holder
 
     @_gated
-    async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> None:
-        """One round trip; untrimmed (a follower that joins late reads the reply from its start), bounded by the
-        reply's length and the TTL."""
-        pipe = self._redis.pipeline(transaction=False)
+    async def marks(self) -> tuple[int, int]:
+        generation, invalidations = await self._redis.mget([f"{self._prefix}:gen", f"{self._prefix}:ic"])
+        return int(generation or 0), int(invalidations or 0)
+
+    @_gated
+    async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
+        """Untrimmed (a follower that joins late reads the reply from its start), bounded by the reply's length and
+        the TTL."""
+        args: list[bytes | int] = [max(1, int(ttl_s * 1000))]
         for kind, payload in entries:
-            pipe.xadd(key, {kind: payload})
-        pipe.pexpire(key, max(1, int(ttl_s * 1000)))
-        await pipe.execute()
+            args += [kind, payload]
+        return bool(await self._relay_append(keys=[key, f"{key}:r"], args=args))
+
+    @_gated
+    async def relay_poll(self, key: str, lock: str, stream: str | None, after: bytes, reader_ttl_s: float) -> RelayPoll:
+        # One node on a cluster (every key carries the tenant's tag), whose pipelines take no MGET.
+        pipe = self._redis.pipeline(transaction=False)
+        for name in (key, lock, f"{self._prefix}:gen", f"{self._prefix}:ic"):
+            pipe.get(name)
+        if stream is not None:
+            pipe.xrange(stream, min=b"(" + after, max=b"+", count=RELAY_READ_COUNT)
+            pipe.set(f"{stream}:r", b"1", px=max(1, int(reader_ttl_s * 1000)))
+        found = await pipe.execute()
+        value, holder, generation, invalidations = found[:4]
+        entries = _entries(found[4]) if stream is not None else []
+        return RelayPoll(value, holder, (int(generation or 0), int(invalidations or 0)), entries)
 
     @_gated
     async def relay_read(self, key: str, after: bytes) -> list[tuple[bytes, bytes, bytes]]:
-        found = await self._redis.xrange(key, min=b"(" + after, max=b"+", count=RELAY_READ_COUNT)
-        return [(entry_id, kind, payload) for entry_id, fields in found for kind, payload in fields.items()]
+        return _entries(await self._redis.xrange(key, min=b"(" + after, max=b"+", count=RELAY_READ_COUNT))
 
     @_gated
     async def ping(self) -> bool:
@@ -444,6 +470,11 @@ class RedisBackend:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _entries(found: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[bytes, bytes, bytes]]:
+    """XRANGE's reply as (id, kind, payload): each relay entry holds one field."""
+    return [(entry_id, kind, payload) for entry_id, fields in found for kind, payload in fields.items()]
 
 
 def _unpack(key: bytes, packed: bytes) -> tuple[IndexedQuestion | None, float]:

@@ -6,19 +6,26 @@ wait for the answer to land in the cache, and a streamed one gave up after the r
 made a provider call of its own: each replica paid for the same reply, and its shopper read nothing meanwhile.
 
 Now the lock holder copies its flight to a relay stream in the store (a Redis stream under the answer's key and
-the holder's lock token): the text as it is shown, then the outcome, encoded by the chat layer (a cached answer,
-a reply shared but not cached, or, for a stream cut after some text, why). An identical streamed request on
-another replica that finds the lock held and the stream begun copies it into its own replica's flight, which it
-and its replica's identical requests follow as they would a local call.
+the holder's lock token) while anybody reads it: first a header (the store's generation and invalidation count
+when the call read the knowledge), then the text as it is shown, then the outcome, encoded by the chat layer (a
+cached answer, a reply shared but not cached, or, for a stream cut after some text, why). A follower on another
+replica counts itself as a reader (a mark with a short TTL, renewed at each poll); with nobody reading, the holder
+keeps its text and writes nothing but a check. An identical streamed request that finds the lock held and the
+stream begun copies it into its own replica's flight, which it and its replica's identical requests follow as
+they would a local call, unless the store has seen an invalidation since the holder read the knowledge (then it
+makes its own call, as it would for a local call begun before an invalidation), or the stream already ended
+without an answer.
 
-A follower gives up on a stream that stops moving for longer than the router lets a live reply stall (plus a
-grace for the copying): its holder is gone (its lock lapses) or cannot reach the store. Its reply then ends cut,
-as a local follower's does when the call it follows is cut.
+Each of the follower's polls also reads the answer's cache entry and its lock: the answer stored (its outcome not
+relayed yet, or lost) is taken from the cache; a lock gone without an outcome ends the reply cut (the holder
+writes its outcome before it lets go; a holder that died lets its lock lapse within the lock's TTL). A holder
+whose shopper leaves goes on while another replica reads its stream, as it does for followers in its own process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -32,17 +39,22 @@ log = structlog.get_logger(__name__)
 
 RELAY_TTL_S = 30.0  # a stream lapses this long after its last addition (its followers read it while it moves)
 RELAY_POLL_S = 0.05  # a follower reads the stream this often
-RELAY_GRACE_S = 1.0  # beyond the router's stall timeout, before a quiet stream counts as stopped
-TEXT, END, CUT = b"t", b"e", b"c"
+RELAY_READER_S = 2.0  # a follower counts as the stream's reader this long after its last poll
+RELAY_FLUSH_S = 0.05  # the holder writes what was shown at most this often (while somebody reads)
+RELAY_IDLE_FLUSH_S = 0.1  # and checks for a reader this often while nobody does
+HEAD, TEXT, END, CUT = b"h", b"t", b"e", b"c"
 STOPPED = "the reply it followed, made on another replica, stopped arriving"
 
 Entries = list[tuple[bytes, bytes, bytes]]
+Marks = tuple[int, int]
+_background: set[asyncio.Task[None]] = set()  # writers finishing after their flight's request let go
 
 
 class Mirrored(Protocol):
-    """What the relay needs of a flight it copies into."""
+    """What the relay needs of a flight it copies from or into."""
 
     cut: str | None
+    origin: Marks | None
 
     def publish(self, text: str) -> None: ...
 
@@ -53,102 +65,165 @@ class Mirrored(Protocol):
 class RelayCodec:
     """The chat layer's outcomes in the store. ``encode(landed, shown)``: bytes, or None when there is nothing
     another replica could use (then a stream already shown ends as cut, and one not begun is not relayed at all);
-    ``decode`` gives the outcome back (None for bytes it cannot read)."""
+    ``decode`` gives it back (None for bytes it cannot read)."""
 
     encode: Callable[[Any, bool], bytes | None]
     decode: Callable[[bytes], Any]
 
 
-class RelayWriter:
-    """Copies a flight to its relay stream: what was published since the last write goes in one entry, so a slow
-    store costs the stream fewer, longer pieces rather than the shopper any time. ``append`` never raises (the
-    cache's guarded store call)."""
+def header(origin: Marks | None) -> bytes:
+    return b"-" if origin is None else b"%d:%d" % origin
 
-    def __init__(self, append: Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[object]], codec: RelayCodec) -> None:
+
+def current(entries: Entries, marks: Marks) -> bool:
+    """Whether a stream's call read the knowledge after the store's last invalidation (``marks``: now)."""
+    return bool(entries) and entries[0][1] == HEAD and entries[0][2] == header(marks)
+
+
+class RelayWriter:
+    """Copies a flight to its relay stream while somebody reads it: what was shown since the last write goes in one
+    entry, at most every RELAY_FLUSH_S, so a slow store costs the stream fewer, longer pieces rather than the shopper
+    any time. Text not written (nobody reads yet, or the write failed) is kept and goes with the next write, so a
+    follower never misses a piece. ``append`` never raises: True written, False nobody reads, None failed."""
+
+    def __init__(
+        self,
+        append: Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[bool | None]],
+        codec: RelayCodec,
+        flight: Mirrored,
+    ) -> None:
         self._append = append
         self._codec = codec
+        self._flight = flight
+        self.read = False  # another replica reads the stream (as of the last write or check)
+        self._wrote = False
         self._text: list[str] = []
         self._end: tuple[bytes, bytes] | None = None
-        self._ended = False
+        self._ended = asyncio.Event()
         self._shown = False
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="cache-relay")
 
     def text(self, piece: str) -> None:
-        if not self._ended:
+        if not self._ended.is_set():
             self._text.append(piece)
             self._shown = True
             self._wake.set()
 
     def end(self, landed: Any, cut: str | None) -> None:
-        if self._ended:
+        if self._ended.is_set():
             return
-        self._ended = True
         payload = self._codec.encode(landed, self._shown)
         if payload is not None:
             self._end = (END, payload)
         elif self._shown:
             self._end = (CUT, (cut or "cancelled").encode())
+        self._ended.set()
         self._wake.set()
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            entries: list[tuple[bytes, bytes]] = []
-            if self._text:
-                entries.append((TEXT, "".join(self._text).encode()))
-                self._text.clear()
-            ended = self._ended
+            ended = self._ended.is_set()
+            pieces = len(self._text)
+            entries = [] if self._wrote else [(HEAD, header(self._flight.origin))]
+            if pieces:
+                entries.append((TEXT, "".join(self._text[:pieces]).encode()))
             if ended and self._end is not None:
                 entries.append(self._end)
-            if entries:
-                await self._append(entries)
+            if len(entries) > (0 if self._wrote else 1):
+                written = await self._append(entries)
+                if written is not None:
+                    self.read = written
+                if written:
+                    self._wrote = True
+                    del self._text[:pieces]
+                elif pieces and not ended:
+                    self._wake.set()  # kept for the next write: try again after a pause
             if ended:
                 return
+            with contextlib.suppress(TimeoutError):  # a pause between writes, cut short by the end
+                await asyncio.wait_for(self._ended.wait(), RELAY_FLUSH_S if self.read else RELAY_IDLE_FLUSH_S)
 
     async def close(self, timeout_s: float) -> None:
-        """Let the outcome reach the store (waiting ``timeout_s`` at most), then stop copying. A flight that has
-        not landed by now never will for this writer: it ends as cancelled."""
+        """Let the outcome reach the store (waiting ``timeout_s`` at most; the write then finishes in the
+        background, bounded by the store's own timeout), then stop copying. A flight that has not landed by now
+        never will for this writer: it ends as cancelled."""
         self.end(None, None)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-        except TimeoutError:
-            self._task.cancel()
+        if not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                _background.add(self._task)
+                self._task.add_done_callback(_background.discard)
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """One follower poll: the stream's entries since the last, the answer if the cache has it, whether the holder
+    still holds the lock (None: the store did not answer)."""
+
+    entries: Entries
+    landed: Any
+    held: bool
 
 
 async def follow(
-    read: Callable[[bytes], Awaitable[Entries]],
+    poll: Callable[[bytes], Awaitable[Polled | None]],
     entries: Entries,
     flight: Mirrored,
     codec: RelayCodec,
     *,
-    quiet_s: float,
     deadline: float,
+    lost_s: float,
 ) -> None:
-    """Copy a relay stream into ``flight``, from ``entries`` (its first read) until its outcome, until it stays
-    quiet for ``quiet_s``, or until ``deadline`` (``time.monotonic``); the flight lands either way."""
+    """Copy a relay stream into ``flight``, from ``entries`` (what was read of it so far), until its outcome, the
+    answer in the cache, its holder gone, ``deadline`` (``time.monotonic``), or a store that has not answered for
+    ``lost_s``; the flight lands in every case."""
     after = RELAY_START
-    moved = time.monotonic()
+    answered = time.monotonic()
     while True:
-        for entry_id, kind, payload in entries:
-            after = entry_id
-            if kind == TEXT:
-                flight.publish(payload.decode("utf-8", "replace"))
-            elif kind == END:
-                flight.land(codec.decode(payload))
-                return
-            elif kind == CUT:
-                flight.cut = payload.decode("utf-8", "replace")
-                flight.land(None)
-                return
+        if _copied(entries, flight, codec):
+            return
+        after = entries[-1][0] if entries else after
         now = time.monotonic()
-        if entries:
-            moved = now
-        elif now - moved > quiet_s or now > deadline:
-            log.warning("cache_relay_stopped", quiet_s=round(now - moved, 2))
-            flight.cut = STOPPED
-            flight.land(None)
+        if now > deadline or now - answered > lost_s:
+            _stopped(flight, "deadline" if now > deadline else "store")
             return
         await asyncio.sleep(RELAY_POLL_S)
-        entries = await read(after)
+        polled = await poll(after)
+        if polled is None:
+            entries = []
+            continue
+        answered = time.monotonic()
+        entries = polled.entries
+        if entries:
+            continue
+        if polled.landed is not None:  # stored, its outcome not relayed (yet, or lost): the cache's is the same
+            flight.land(polled.landed)
+            return
+        if not polled.held:  # let go without an outcome (which it writes before it lets go): gone
+            _stopped(flight, "holder")
+            return
+
+
+def _copied(entries: Entries, flight: Mirrored, codec: RelayCodec) -> bool:
+    """Copy ``entries`` into ``flight``; whether they held the stream's outcome (the flight has landed)."""
+    for _, kind, payload in entries:
+        if kind == TEXT:
+            flight.publish(payload.decode("utf-8", "replace"))
+        elif kind == END:
+            flight.land(codec.decode(payload))
+            return True
+        elif kind == CUT:
+            flight.cut = payload.decode("utf-8", "replace")
+            flight.land(None)
+            return True
+    return False
+
+
+def _stopped(flight: Mirrored, why: str) -> None:
+    log.warning("cache_relay_stopped", why=why)
+    flight.cut = STOPPED
+    flight.land(None)

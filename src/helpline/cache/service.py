@@ -27,12 +27,24 @@ import orjson
 import structlog
 import zstandard
 
-from helpline.cache.backend import RELAY_START, CacheBackend
+from helpline.cache.backend import RELAY_READ_COUNT, RELAY_START, CacheBackend, RelayPoll
 from helpline.cache.guards import SemanticGuard
 from helpline.cache.keys import CacheScope, KeySpace, digest, normalize
 from helpline.cache.near import NearCache
 from helpline.cache.policy import lacks_echoes
-from helpline.cache.relay import CUT, RELAY_POLL_S, RELAY_TTL_S, Entries, RelayCodec, RelayWriter, follow
+from helpline.cache.relay import (
+    CUT,
+    END,
+    RELAY_POLL_S,
+    RELAY_READER_S,
+    RELAY_TTL_S,
+    Entries,
+    Polled,
+    RelayCodec,
+    RelayWriter,
+    current,
+    follow,
+)
 from helpline.errors import ServiceUnavailable
 from helpline.knowledge.embeddings import from_bytes, to_bytes
 from helpline.overload import LoopLag, patiently
@@ -55,7 +67,6 @@ SCAN_TIMEOUT_FACTOR = 5  # listing the scopes checks each scope's index: longer 
 DECODED_MEMO = 1024  # decoded answers kept, by their stored bytes (a few MB at most)
 PEER_POLL_S = 0.02  # a replica waiting for another's answer looks for it after this, then 1.5 times later each time
 PEER_POLL_MAX_S = 0.25
-NO_ENTRIES: Entries = []  # (never added to: a default for relay reads)
 Vector = npt.NDArray[np.float32]
 
 
@@ -104,12 +115,14 @@ class Flight:
         self.cut: str | None = None  # why its stream stopped short, when it did (its followers record it too)
         self.mirror: RelayWriter | None = None  # copies it for other replicas (cache.relay), when it leads there
         self.relayed = False  # fed from another replica's call (cache.relay), which its own request follows too
+        self.origin: tuple[int, int] | None = None  # the store's marks when its call read the knowledge (relay)
         self._moved = asyncio.Event()
 
     @property
     def wanted(self) -> bool:
         """Whether requests other than its own wait for it or follow it (it goes on if its own shopper leaves)."""
-        return self.followers > (1 if self.relayed else 0) or self.waiting > 0
+        here = self.followers > (1 if self.relayed else 0) or self.waiting > 0
+        return here or (self.mirror is not None and self.mirror.read)  # (or on another replica: cache.relay)
 
     def publish(self, text: str) -> None:
         self.parts.append(text)
@@ -151,13 +164,12 @@ class Flight:
 class Relay:
     """A flight across replicas (cache.relay), for :meth:`AnswerCache.peer_lock`: copied to the store while its
     request holds the lock; with ``follow``, fed from the holder's copy when another replica holds it (the caller
-    then follows ``flight``). ``quiet_s`` and ``deadline`` (``time.monotonic``) bound a followed stream;
-    ``seen``: streams this request has followed already (one that gave it nothing is not followed again)."""
+    then follows ``flight``), until ``deadline`` (``time.monotonic``) at the latest; ``seen``: streams this request
+    has followed already (one that gave it nothing is not followed again)."""
 
     flight: Flight
     codec: RelayCodec
     follow: bool
-    quiet_s: float
     deadline: float
     seen: set[str] = field(default_factory=set)
 
@@ -768,19 +780,29 @@ class AnswerCache:
         if not isinstance(found, tuple):
             yield found
             return
-        stream, entries = found
+        stream, holder, entries = found
+
+        async def poll(after: bytes) -> Polled | None:
+            polled = await self._relay_poll(key, lock_key, stream, after)
+            if polled is None:
+                return None
+            cached = await self._readable(key, polled.value)
+            landed = None if cached is None else self._peer_hit(key, question, scope, cached)
+            return Polled(polled.entries, landed, polled.holder == holder)
+
         relay.flight.relayed = True
         reader = asyncio.create_task(
-            follow(
-                lambda after: self._guarded("relay", lambda: self.backend.relay_read(stream, after), NO_ENTRIES),
-                entries, relay.flight, relay.codec, quiet_s=relay.quiet_s, deadline=relay.deadline,
-            ),
+            follow(poll, entries, relay.flight, relay.codec, deadline=relay.deadline, lost_s=self.settings.lock_ttl_s),
             name="cache-relay-follow",
-        )  # fmt: skip
+        )
         try:
             yield relay.flight
         finally:
             reader.cancel()
+
+    def _peer_hit(self, key: str, question: str, scope: CacheScope, answer: CachedAnswer) -> CacheHit:
+        self._count_hit(key, scope)
+        return CacheHit(answer, "exact", 1.0, question)
 
     def _relay_writer(self, key: str, token: str, relay: Relay | None) -> RelayWriter | None:
         """The holder's copy of its flight for other replicas (cache.relay), when they share this store."""
@@ -788,11 +810,36 @@ class AnswerCache:
             return None
         stream = self.keys.relay(key, token.encode())
 
-        async def append(entries: Sequence[tuple[bytes, bytes]]) -> None:
-            await self._guarded("relay", lambda: self.backend.relay_append(stream, entries, RELAY_TTL_S), None)
+        async def append(entries: Sequence[tuple[bytes, bytes]]) -> bool | None:
+            return await self._relay_call(functools.partial(self.backend.relay_append, stream, entries, RELAY_TTL_S))
 
-        writer = relay.flight.mirror = RelayWriter(append, relay.codec)
+        writer = relay.flight.mirror = RelayWriter(append, relay.codec, relay.flight)
         return writer
+
+    async def _relay_call(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """A relay's store call (cache.relay), None when it fails or the store is bypassed. Unlike
+        :meth:`_guarded`, a failure does not bypass the store for every request: the relay is a convenience of
+        the requests that follow a call (they fall back on the cache entry and the lock)."""
+        if not self.available:
+            return None
+        try:
+            settings = self.settings
+            return await patiently(
+                call(), self._lag, timeout_s=settings.timeout_s, overload_timeout_s=settings.overload_timeout_s,
+                on_overload=self._overloaded, given_up=self._bypass_signal(),
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - a relay must never fail a request
+            log.info("cache_relay_failed", error=type(error).__name__)
+            return None
+
+    async def _relay_poll(self, key: str, lock_key: str, stream: str | None, after: bytes) -> RelayPoll | None:
+        return await self._relay_call(
+            functools.partial(self.backend.relay_poll, key, lock_key, stream, after, RELAY_READER_S)
+        )
+
+    async def marks(self) -> tuple[int, int] | None:
+        """The store's (generation, invalidation count) as a call reads the knowledge; None when it cannot say."""
+        return await self._guarded("generation", self.backend.marks, None)
 
     async def _renew(self, lock_key: str, token: str) -> None:
         """Extend the lock every third of its TTL; a failed try is repeated soon after. Not through
@@ -833,39 +880,46 @@ class AnswerCache:
 
     async def _await_relay(
         self, key: str, lock_key: str, question: str, scope: CacheScope, *, wait_s: float, relay: Relay
-    ) -> CacheHit | tuple[str, Entries] | None:
-        """As :meth:`_await_peer`, but done as soon as the holder's relay stream has begun: (the stream, its
-        first entries). A holder that lets go with nothing relayed (a call that failed before any text), a stream
-        already over without an answer (cut, or stopped with its shopper), or an unreadable store: None (compute);
-        a request arriving as a call ends without an answer makes its own rather than replay its partial text."""
+    ) -> CacheHit | tuple[str, bytes, Entries] | None:
+        """As :meth:`_await_peer`, but done as soon as the holder's relay stream has begun: (the stream, its holder,
+        what it holds so far). None (compute) when the holder lets go with nothing relayed (a call that failed
+        before any text), when the stream already ended without an answer (cut, or stopped with its shopper: a
+        request arriving then makes its own call rather than replay the partial text), when the store saw an
+        invalidation after the call read the knowledge (its answer may be drawn on a version that is gone), or when
+        the store does not answer. Polling also counts this request as the stream's reader, for the holder."""
         deadline = time.monotonic() + wait_s
         pause = PEER_POLL_S
         holder: bytes | None = None
         while (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 1.5, RELAY_POLL_S)
-            nobody: tuple[bytes | None, bytes | None] = (None, None)
-            raw, holding = await self._guarded("get", lambda: self.backend.peek(key, lock_key), nobody)
-            found = await self._readable(key, raw)
+            stream = None if holder is None else self.keys.relay(key, holder)
+            polled = await self._relay_poll(key, lock_key, stream, RELAY_START)
+            if polled is None:
+                return None
+            found = await self._readable(key, polled.value)
             if found is not None:
-                self._count_hit(key, scope)
-                return CacheHit(found, "exact", 1.0, question)
-            holder = holding or holder  # one that let go just now may have relayed its outcome before
-            if holder is None:
-                return None
-            stream = self.keys.relay(key, holder)
-            if stream not in relay.seen:
-                read = await self._guarded(
-                    "relay", functools.partial(self.backend.relay_read, stream, RELAY_START), NO_ENTRIES
-                )
-                if read:
-                    relay.seen.add(stream)
-                    if any(kind == CUT for _, kind, _ in read):
-                        return None  # a call that ended without an answer (its holder is letting go): compute
-                    return stream, read
-            if holding is None:
-                return None
+                return self._peer_hit(key, question, scope, found)
+            if holder is not None and stream is not None and polled.entries and stream not in relay.seen:
+                entries = await self._rest_of(stream, polled.entries)
+                relay.seen.add(stream)
+                kinds = {kind for _, kind, _ in entries}
+                # (one that let go since is followed for the outcome it wrote before)
+                followed = CUT not in kinds and (polled.holder == holder or END in kinds)
+                return (stream, holder, entries) if followed and current(entries, polled.marks) else None
+            if polled.holder is None:
+                return None  # let go with nothing relayed (or lapsed): compute
+            holder = polled.holder
         return None
+
+    async def _rest_of(self, stream: str, entries: Entries) -> Entries:
+        """``entries`` (a first read of ``stream``) and what follows them, to the stream's end as of now."""
+        read = list(entries)
+        batch = entries
+        while len(batch) >= RELAY_READ_COUNT:
+            batch = await self._relay_call(functools.partial(self.backend.relay_read, stream, batch[-1][0])) or []
+            read += batch
+        return read
 
     # -- encoding --------------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import structlog
 
 from helpline.cache.keys import CacheScope, context_digest
 from helpline.cache.policy import cacheable, echoes, is_personal, names_the_asker, owner_scope, word_forms
-from helpline.cache.relay import RELAY_GRACE_S, RelayCodec
+from helpline.cache.relay import RelayCodec
 from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit, Flight, Relay
 from helpline.chat.prompts import STORE_NAME, SYSTEM_RULES, estimate_tokens, prompt_fingerprint
 from helpline.chat.reply import BLOCKED_REPLY, ControlLineFilter, ParsedReply, PromptLeakGuard, parse_reply
@@ -380,8 +380,8 @@ class ChatService:
         if streamed:
             wait_s = min(wait_s, self._settings.first_token_timeout_s)
         relay = Relay(
-            flight, RELAY_CODEC, follow=streamed, quiet_s=self._router.timings.stall_s + RELAY_GRACE_S,
-            deadline=time.monotonic() + self._budget(prepared) + LAND_GRACE_S, seen=prepared.relays_seen,
+            flight, RELAY_CODEC, follow=streamed, deadline=time.monotonic() + self._budget(prepared) + LAND_GRACE_S,
+            seen=prepared.relays_seen,
         )  # fmt: skip
         async with cache.peer_lock(prepared.message, prepared.scope, wait_s=wait_s, relay=relay) as peer:
             if isinstance(peer, CacheHit):
@@ -425,7 +425,10 @@ class ChatService:
 
     async def _retrieve(self, prepared: Prepared) -> None:
         if self._cache is not None:  # before the knowledge is read: see Prepared.generation
-            prepared.generation = await self._cache.generation()
+            marks = await self._cache.marks()
+            prepared.generation = None if marks is None else marks[0]
+            if prepared.relay is not None:  # (another replica follows its call only if no invalidation came since)
+                prepared.relay.origin = marks
         prepared.knowledge_epoch = self._knowledge.epoch
         prepared.knowledge_revision = self._knowledge.revision
         if prepared.vector is None:
@@ -512,6 +515,9 @@ class ChatService:
         landed = await asyncio.shield(flight.future)
         if landed is not None and shown:
             prepared.answered = True
+            whole = landed.answer.reply if isinstance(landed, CacheHit) else landed.reply.text
+            if whole.startswith(shown) and whole[len(shown) :].strip():  # its last words were not relayed (cache.relay)
+                yield ChatEvent("delta", {"text": whole[len(shown) :]})
             yield ChatEvent("done", (await self._serve_landed(prepared, landed)).body())
         elif SharedReply.usable(landed):  # it did not stream (a plain request): replay its text
             prepared.answered = True
