@@ -828,8 +828,9 @@ async def test_relay_streams_are_read_in_order_after_an_entry_and_lapse(
     await asyncio.sleep(0.6)
     assert await cache_backend.relay_read(stream, RELAY_START) == []  # lapsed with the last addition's TTL
     assert not await cache_backend.relay_append(stream, [(b"t", b"late")], 5)  # its reader's mark lapsed too
-    generation, invalidations = await cache_backend.marks()
-    await cache_backend.invalidate(["doc-1"], {"doc-1": "1:a"})
-    assert await cache_backend.marks() == (generation, invalidations + 1)  # a version's change: counted
+    generation, invalidations, knowledge = await cache_backend.marks()
+    assert knowledge == -1  # no invalidation declared a knowledge revision yet
+    await cache_backend.invalidate(["doc-1"], {"doc-1": "7:a"}, mark_ttl_s=60, revision=7)
+    assert await cache_backend.marks() == (generation, invalidations + 1, 7)  # a version's change: counted, declared
     await cache_backend.invalidate(["doc-1"])
-    assert await cache_backend.marks() == (generation + 1, invalidations + 2)  # a whole tag: the generation too
+    assert await cache_backend.marks() == (generation + 1, invalidations + 2, 7)  # a whole tag: the generation too

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
@@ -18,7 +18,7 @@ from helpline.cache.relay import CUT, END, HEAD, TEXT, header
 from helpline.cache.service import AnswerCache, Flight, Relay
 from helpline.chat.service import RELAY_CODEC, ChatEvent, ChatService
 from helpline.knowledge.embeddings import Embedder
-from helpline.providers.fake import FakeReply
+from helpline.providers.fake import FakeProvider, FakeReply
 from helpline.store.repositories import ANONYMOUS
 from tests.cache.test_cache_api import (
     first_delta_then_leave,
@@ -62,6 +62,44 @@ async def streamed_on_both(a: Api, fake_a_calls: list[object], b: Api, followers
         await asyncio.sleep(0.01)
     followed = await asyncio.gather(*(stream_on(b) for _ in range(followers)))
     return await leading, list(followed)
+
+
+Append = Callable[[str, Sequence[tuple[bytes, bytes]], float], Awaitable[bool]]
+
+
+async def relayed_through(
+    a: Api, fake_a: FakeProvider, b: Api, store: Callable[[Append], Append]
+) -> tuple[Timed, Timed]:
+    """A streamed request on A, whose relay writes go through ``store`` (given the real write), followed by one on
+    B once A's provider works on it: (A's events, B's events)."""
+    cache = a.services.cache
+    assert cache is not None
+    cache.backend.relay_append = store(cache.backend.relay_append)  # type: ignore[method-assign,assignment]
+    leading = asyncio.create_task(stream_on(a))
+    await wait_for_provider_call(fake_a)
+    events = await stream_on(b)
+    return await leading, events
+
+
+class SecondWrite:
+    """A's relay writes (see relayed_through), with ``act`` done once before the second that carries entries (the
+    first holds the header and the first words)."""
+
+    def __init__(self, act: Callable[[], Awaitable[None]]) -> None:
+        self.act = act
+        self.written = 0
+        self.acted = False
+
+    def __call__(self, append: Append) -> Append:
+        async def store(key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
+            if self.written == 1 and not self.acted and entries:
+                self.acted = True
+                await self.act()
+            added = await append(key, entries, ttl_s)
+            self.written += added and bool(entries)
+            return added
+
+        return store
 
 
 async def test_streamed_requests_on_another_replica_follow_its_call_as_it_streams(
@@ -210,7 +248,7 @@ async def test_a_request_arriving_after_a_relayed_call_was_cut_makes_its_own(
             flight.land(None)
             await asyncio.sleep(0.3)  # the text and the cut are in the relay stream; the lock is still held
         else:
-            texts = [(TEXT, b"word ")] * pieces
+            texts = [(TEXT, b"%d:word " % (5 * piece)) for piece in range(pieces)]
             assert await cache.backend.relay_append(
                 stream, [(HEAD, header(flight.origin)), *texts, (CUT, b"the stream ended")], 30
             )
@@ -284,29 +322,16 @@ async def test_a_relay_write_that_fails_leaves_no_hole_in_the_followers_text(
     same words as A's, none missing (review helper-45: they were dropped), and the hiccup does not switch A's cache
     off for every request."""
     slow = FakeReply(text=REPLY, chunks=6, chunk_delay_s=0.3)
+
+    async def hiccup() -> None:
+        raise ConnectionError("a hiccup")
+
+    second = SecondWrite(hiccup)
     async with two_replicas(sqlite_url, embedder, slow, **TIMINGS) as (a, fake_a, b, fake_b):
-        cache = a.services.cache
-        assert cache is not None
-        backend = cache.backend
-        written, failed = 0, 0
-        append = backend.relay_append
-
-        async def hiccup(key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
-            nonlocal written, failed
-            if written == 1 and not failed:  # the write after the first (the header's and some text's)
-                failed += 1
-                raise ConnectionError("a hiccup")
-            added = await append(key, entries, ttl_s)
-            written += added
-            return added
-
-        backend.relay_append = hiccup  # type: ignore[method-assign]
-        leading = asyncio.create_task(stream_on(a))
-        await wait_for_provider_call(fake_a)
-        events = await stream_on(b)
-        led = await leading
-        assert cache.available
-    assert (failed, written >= 2) == (1, True)
+        led, events = await relayed_through(a, fake_a, b, second)
+        assert a.services.cache is not None
+        assert a.services.cache.available
+    assert (second.acted, second.written >= 2) == (True, True)
     assert text_of(events) == text_of(led) == REPLY
     assert events[-1][1].kind == "done"
     assert fake_b.requests == []
@@ -315,25 +340,21 @@ async def test_a_relay_write_that_fails_leaves_no_hole_in_the_followers_text(
 async def test_an_answer_whose_relayed_outcome_was_lost_is_taken_from_the_cache(
     sqlite_url: str, embedder: Embedder
 ) -> None:
-    """A's last write (its outcome) fails; A stored the answer and let go of the lock. B's request, which was
-    following, takes the answer from the cache with the words it had not been sent yet, and ends done, not cut
-    (review helper-45)."""
+    """A's last writes (its last words and its outcome) fail; A stored the answer and let go of the lock. B's
+    request, which was following, takes the answer from the cache with the words it had not been sent yet, and
+    ends done, not cut (reviews helper-45 and helper-46)."""
     slow = FakeReply(text=REPLY, chunks=4, chunk_delay_s=0.3)
-    async with two_replicas(sqlite_url, embedder, slow, **TIMINGS) as (a, fake_a, b, fake_b):
-        cache = a.services.cache
-        assert cache is not None
-        append = cache.backend.relay_append
 
-        async def no_ending(key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
-            if any(kind in (END, CUT) for kind, _ in entries):
-                raise ConnectionError("the last write fails")
+    def no_ending(append: Append) -> Append:
+        async def store(key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
+            if any(kind in (END, CUT) or b"next working day" in payload for kind, payload in entries):
+                raise ConnectionError("the last writes fail")  # the last words, and the outcome
             return await append(key, entries, ttl_s)
 
-        cache.backend.relay_append = no_ending  # type: ignore[method-assign]
-        leading = asyncio.create_task(stream_on(a))
-        await wait_for_provider_call(fake_a)
-        events = await stream_on(b)
-        await leading
+        return store
+
+    async with two_replicas(sqlite_url, embedder, slow, **TIMINGS) as (a, fake_a, b, fake_b):
+        _, events = await relayed_through(a, fake_a, b, no_ending)
     done = events[-1][1]
     assert (done.kind, done.data["cache"], text_of(events)) == ("done", "exact", REPLY)
     assert fake_b.requests == []
@@ -354,3 +375,59 @@ async def test_a_lone_follower_whose_shopper_leaves_stops_following(sqlite_url: 
         recorded = await a.conversations.count()
     assert text_of(led) == REPLY
     assert recorded == 1  # A's shopper's only
+
+
+async def test_a_relay_write_that_lands_after_its_timeout_is_not_shown_twice(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """One of A's writes is slow (Redis busy for 0.3 s, twice the store timeout): A writes its text again, and then
+    the slow write lands too. B's shopper reads each word once, in order (review helper-46: "…and eStandard delivery
+    takes one…")."""
+    slow = FakeReply(text=REPLY, chunks=6, chunk_delay_s=0.3)
+    second = SecondWrite(lambda: asyncio.sleep(0.3))
+    async with two_replicas(sqlite_url, embedder, slow, **TIMINGS) as (a, fake_a, b, fake_b):
+        led, events = await relayed_through(a, fake_a, b, second)
+    assert second.acted
+    assert text_of(events) == text_of(led) == REPLY
+    assert fake_b.requests == []
+
+
+async def test_a_call_from_a_copy_of_the_knowledge_older_than_an_invalidation_named_is_not_followed(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """The policy changes through B, which names the new knowledge revision in its invalidation. A has not read
+    the change yet (it polls every few seconds): a call A starts now reads the store's current marks but A's old
+    text. B's shopper must not follow it (review helper-46): B answers from the new text."""
+    old = FakeReply(text="Standard delivery takes three days.", chunks=6, chunk_delay_s=0.3)
+    async with two_replicas(sqlite_url, embedder, old, **TIMINGS) as (a, fake_a, b, fake_b):
+        fake_b.default = FakeReply(text="Orders arrive within 2 hours.")
+        await save_delivery_times(b)
+        leading = asyncio.create_task(stream_on(a))  # A still has the old text
+        await wait_for_provider_call(fake_a)
+        events = await stream_on(b)
+        await leading
+    done = events[-1][1]
+    assert (done.kind, done.data["reply"]) == ("done", "Orders arrive within 2 hours.")
+    assert len(fake_b.requests) == 1
+
+
+async def test_an_outcome_written_after_the_unlock_still_reaches_the_followers(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """A's outcome (a handoff, never cached) is written slowly, and lands after A let go of the lock. B's
+    followers wait a moment for it rather than end cut at once (review helper-46)."""
+    handoff = FakeReply(text="Let me pass you to a colleague who can look into this.", action="handoff", chunks=4,
+                        chunk_delay_s=0.3)  # fmt: skip
+
+    def slow_end(append: Append) -> Append:
+        async def store(key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
+            if any(kind == END for kind, _ in entries):
+                await asyncio.sleep(0.25)  # longer than the store timeout (0.15 s): A stops waiting for it
+            return await append(key, entries, ttl_s)
+
+        return store
+
+    async with two_replicas(sqlite_url, embedder, handoff, **TIMINGS) as (a, fake_a, b, fake_b):
+        _, events = await relayed_through(a, fake_a, b, slow_end)
+    assert (events[-1][1].kind, events[-1][1].data["action"]) == ("done", "handoff")
+    assert fake_b.requests == []

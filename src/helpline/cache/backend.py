@@ -145,10 +145,11 @@ class CacheBackend(Protocol):
         poll)."""
         ...
 
-    async def marks(self) -> tuple[int, int]:
-        """(the generation, how many invalidations the store has seen), in one round trip: a call reads them with
-        the knowledge, and an identical request on another replica follows that call only if neither has moved
-        since (cache.relay)."""
+    async def marks(self) -> tuple[int, int, int]:
+        """(the generation, how many invalidations the store has seen, its knowledge mark or -1), in one round trip:
+        a call reads them with the knowledge, and an identical request on another replica follows that call only if
+        neither of the first two has moved since and the call's copy of the knowledge is not older than the mark
+        (cache.relay)."""
         ...
 
     async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
@@ -182,7 +183,7 @@ RELAY_READ_COUNT = 256
 class RelayPoll:
     value: bytes | None
     holder: bytes | None
-    marks: tuple[int, int]
+    marks: tuple[int, int, int]
     entries: list[tuple[bytes, bytes, bytes]]
 
 
@@ -404,8 +405,9 @@ class MemoryBackend:
         until, holder = self._locks.get(lock, (0.0, ""))
         return await self.get(key), holder.encode() if until > self._clock() else None
 
-    async def marks(self) -> tuple[int, int]:
-        return self._generation, self._invalidations
+    async def marks(self) -> tuple[int, int, int]:
+        mark = await self.knowledge_mark()
+        return self._generation, self._invalidations, -1 if mark is None else mark
 
     async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
         now = self._clock()

@@ -433,9 +433,8 @@ class RedisBackend:
         return value, holder
 
     @_gated
-    async def marks(self) -> tuple[int, int]:
-        generation, invalidations = await self._redis.mget([f"{self._prefix}:gen", f"{self._prefix}:ic"])
-        return int(generation or 0), int(invalidations or 0)
+    async def marks(self) -> tuple[int, int, int]:
+        return _marks(*await self._redis.mget([f"{self._prefix}:gen", f"{self._prefix}:ic", self._knowledge]))
 
     @_gated
     async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
@@ -450,15 +449,14 @@ class RedisBackend:
     async def relay_poll(self, key: str, lock: str, stream: str | None, after: bytes, reader_ttl_s: float) -> RelayPoll:
         # One node on a cluster (every key carries the tenant's tag), whose pipelines take no MGET.
         pipe = self._redis.pipeline(transaction=False)
-        for name in (key, lock, f"{self._prefix}:gen", f"{self._prefix}:ic"):
+        for name in (key, lock, f"{self._prefix}:gen", f"{self._prefix}:ic", self._knowledge):
             pipe.get(name)
         if stream is not None:
             pipe.xrange(stream, min=b"(" + after, max=b"+", count=RELAY_READ_COUNT)
             pipe.set(f"{stream}:r", b"1", px=max(1, int(reader_ttl_s * 1000)))
         found = await pipe.execute()
-        value, holder, generation, invalidations = found[:4]
-        entries = _entries(found[4]) if stream is not None else []
-        return RelayPoll(value, holder, (int(generation or 0), int(invalidations or 0)), entries)
+        entries = _entries(found[5]) if stream is not None else []
+        return RelayPoll(found[0], found[1], _marks(*found[2:5]), entries)
 
     @_gated
     async def relay_read(self, key: str, after: bytes) -> list[tuple[bytes, bytes, bytes]]:
@@ -470,6 +468,10 @@ class RedisBackend:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _marks(generation: bytes | None, invalidations: bytes | None, knowledge: bytes | None) -> tuple[int, int, int]:
+    return int(generation or 0), int(invalidations or 0), int(knowledge or -1)
 
 
 def _entries(found: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[bytes, bytes, bytes]]:

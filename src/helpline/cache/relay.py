@@ -46,7 +46,7 @@ HEAD, TEXT, END, CUT = b"h", b"t", b"e", b"c"
 STOPPED = "the reply it followed, made on another replica, stopped arriving"
 
 Entries = list[tuple[bytes, bytes, bytes]]
-Marks = tuple[int, int]
+Marks = tuple[int, int, int]  # the store's generation, invalidation count, knowledge mark (see CacheBackend.marks)
 _background: set[asyncio.Task[None]] = set()  # writers finishing after their flight's request let go
 
 
@@ -54,7 +54,7 @@ class Mirrored(Protocol):
     """What the relay needs of a flight it copies from or into."""
 
     cut: str | None
-    origin: Marks | None
+    origin: Marks | None  # the store's generation and invalidation count, and its own copy's knowledge revision
 
     def publish(self, text: str) -> None: ...
 
@@ -72,12 +72,19 @@ class RelayCodec:
 
 
 def header(origin: Marks | None) -> bytes:
-    return b"-" if origin is None else b"%d:%d" % origin
+    return b"-" if origin is None else b"%d:%d:%d" % origin
 
 
 def current(entries: Entries, marks: Marks) -> bool:
-    """Whether a stream's call read the knowledge after the store's last invalidation (``marks``: now)."""
-    return bool(entries) and entries[0][1] == HEAD and entries[0][2] == header(marks)
+    """Whether a stream's call read the knowledge after the store's last invalidation, from a copy no older than
+    the newest knowledge an invalidation declared (``marks``: the store's now)."""
+    if not entries or entries[0][1] != HEAD:
+        return False
+    try:
+        generation, invalidations, revision = (int(part) for part in entries[0][2].split(b":"))
+    except ValueError:  # "-": the call never read the knowledge (it found the answer cached)
+        return False
+    return (generation, invalidations) == marks[:2] and revision >= marks[2]
 
 
 class RelayWriter:
@@ -97,6 +104,7 @@ class RelayWriter:
         self._flight = flight
         self.read = False  # another replica reads the stream (as of the last write or check)
         self._wrote = False
+        self._sent = 0  # characters of the reply written
         self._text: list[str] = []
         self._end: tuple[bytes, bytes] | None = None
         self._ended = asyncio.Event()
@@ -127,20 +135,26 @@ class RelayWriter:
             self._wake.clear()
             ended = self._ended.is_set()
             pieces = len(self._text)
+            text = "".join(self._text[:pieces])
             entries = [] if self._wrote else [(HEAD, header(self._flight.origin))]
-            if pieces:
-                entries.append((TEXT, "".join(self._text[:pieces]).encode()))
+            if text:  # with its place in the reply: a write that timed out but landed later is not shown twice
+                entries.append((TEXT, b"%d:" % self._sent + text.encode()))
             if ended and self._end is not None:
                 entries.append(self._end)
             if len(entries) > (0 if self._wrote else 1):
-                written = await self._append(entries)
+                # While nobody reads, only ask whether somebody does: the text waits (not sent again and again).
+                sending = self.read or ended
+                written = await self._append(entries if sending else [])
                 if written is not None:
                     self.read = written
-                if written:
+                if sending and written:
                     self._wrote = True
+                    self._sent += len(text)
                     del self._text[:pieces]
-                elif pieces and not ended:
-                    self._wake.set()  # kept for the next write: try again after a pause
+                elif not ended:
+                    self._wake.set()  # kept for the next write
+                    if written:
+                        continue  # somebody reads now: at once
             if ended:
                 return
             with contextlib.suppress(TimeoutError):  # a pause between writes, cut short by the end
@@ -177,14 +191,18 @@ async def follow(
     *,
     deadline: float,
     lost_s: float,
+    settle_s: float,
 ) -> None:
     """Copy a relay stream into ``flight``, from ``entries`` (what was read of it so far), until its outcome, the
-    answer in the cache, its holder gone, ``deadline`` (``time.monotonic``), or a store that has not answered for
-    ``lost_s``; the flight lands in every case."""
+    answer in the cache, its holder gone (the lock let go of, and no outcome within ``settle_s``: a write may land
+    after the unlock), ``deadline`` (``time.monotonic``), or a store that has not answered for ``lost_s``; the
+    flight lands in every case."""
     after = RELAY_START
+    copy = _Copy(flight, codec)
     answered = time.monotonic()
+    gone: float | None = None
     while True:
-        if _copied(entries, flight, codec):
+        if copy.ended(entries):
             return
         after = entries[-1][0] if entries else after
         now = time.monotonic()
@@ -203,24 +221,42 @@ async def follow(
         if polled.landed is not None:  # stored, its outcome not relayed (yet, or lost): the cache's is the same
             flight.land(polled.landed)
             return
-        if not polled.held:  # let go without an outcome (which it writes before it lets go): gone
+        if polled.held:
+            gone = None
+        elif gone is None:
+            gone = answered
+        elif answered - gone > settle_s:  # let go without an outcome (written before it lets go): gone
             _stopped(flight, "holder")
             return
 
 
-def _copied(entries: Entries, flight: Mirrored, codec: RelayCodec) -> bool:
-    """Copy ``entries`` into ``flight``; whether they held the stream's outcome (the flight has landed)."""
-    for _, kind, payload in entries:
-        if kind == TEXT:
-            flight.publish(payload.decode("utf-8", "replace"))
-        elif kind == END:
-            flight.land(codec.decode(payload))
-            return True
-        elif kind == CUT:
-            flight.cut = payload.decode("utf-8", "replace")
-            flight.land(None)
-            return True
-    return False
+class _Copy:
+    """A stream's entries into a flight: each piece of text from where the flight's text ends (a piece written
+    twice, or again with more, is shown once)."""
+
+    def __init__(self, flight: Mirrored, codec: RelayCodec) -> None:
+        self._flight = flight
+        self._codec = codec
+        self._shown = 0
+
+    def ended(self, entries: Entries) -> bool:
+        """Copy ``entries``; whether they held the stream's outcome (the flight has landed)."""
+        flight = self._flight
+        for _, kind, payload in entries:
+            if kind == TEXT:
+                at, _, raw = payload.partition(b":")
+                text = raw.decode("utf-8", "replace")[max(0, self._shown - int(at)) :]
+                if text:
+                    flight.publish(text)
+                    self._shown += len(text)
+            elif kind == END:
+                flight.land(self._codec.decode(payload))
+                return True
+            elif kind == CUT:
+                flight.cut = payload.decode("utf-8", "replace")
+                flight.land(None)
+                return True
+        return False
 
 
 def _stopped(flight: Mirrored, why: str) -> None:

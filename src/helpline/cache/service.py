@@ -67,6 +67,9 @@ SCAN_TIMEOUT_FACTOR = 5  # listing the scopes checks each scope's index: longer 
 DECODED_MEMO = 1024  # decoded answers kept, by their stored bytes (a few MB at most)
 PEER_POLL_S = 0.02  # a replica waiting for another's answer looks for it after this, then 1.5 times later each time
 PEER_POLL_MAX_S = 0.25
+# A holder waits this many store timeouts for its relay's outcome to be written before it lets go of the lock, and a
+# follower that sees the lock gone this long for the outcome (a write given up on may still land: see cache.relay).
+RELAY_SETTLE_TIMEOUTS = 2
 Vector = npt.NDArray[np.float32]
 
 
@@ -115,7 +118,7 @@ class Flight:
         self.cut: str | None = None  # why its stream stopped short, when it did (its followers record it too)
         self.mirror: RelayWriter | None = None  # copies it for other replicas (cache.relay), when it leads there
         self.relayed = False  # fed from another replica's call (cache.relay), which its own request follows too
-        self.origin: tuple[int, int] | None = None  # the store's marks when its call read the knowledge (relay)
+        self.origin: tuple[int, int, int] | None = None  # the store's marks and its knowledge revision (relay)
         self._moved = asyncio.Event()
 
     @property
@@ -260,11 +263,7 @@ class AnswerCache:
         try:
             if self.backend.kind == "memory":  # in-process: cannot hang, and a timer per call costs on every hit
                 return await call()
-            settings = self.settings
-            return await patiently(
-                call(), self._lag, timeout_s=settings.timeout_s, overload_timeout_s=settings.overload_timeout_s,
-                on_overload=self._overloaded, given_up=self._bypass_signal(),
-            )  # fmt: skip
+            return await self._timed(call)
         except Exception as error:  # noqa: BLE001 - the cache must never fail a request
             self._bypass_until = time.monotonic() + self.settings.bypass_s
             if self._bypassed is not None and not self._bypassed.done():
@@ -274,6 +273,14 @@ class AnswerCache:
             )
             self._on_event("store_error", operation)
             return default
+
+    async def _timed(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A store call within the store timeout, given more time while this process's loop runs late."""
+        settings = self.settings
+        return await patiently(
+            call(), self._lag, timeout_s=settings.timeout_s, overload_timeout_s=settings.overload_timeout_s,
+            on_overload=self._overloaded, given_up=self._bypass_signal(),
+        )  # fmt: skip
 
     def _overloaded(self) -> None:
         self.overload_waits += 1
@@ -755,7 +762,7 @@ class AnswerCache:
             # gone. Then compare and delete: a lock that lapsed and was taken by another replica stays that one's.
             async def unlock() -> None:
                 if writer is not None:
-                    await writer.close(self.settings.timeout_s)
+                    await writer.close(RELAY_SETTLE_TIMEOUTS * self.settings.timeout_s)
                 await self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None, even_bypassed=True)
 
             try:
@@ -792,9 +799,12 @@ class AnswerCache:
 
         relay.flight.relayed = True
         reader = asyncio.create_task(
-            follow(poll, entries, relay.flight, relay.codec, deadline=relay.deadline, lost_s=self.settings.lock_ttl_s),
+            follow(
+                poll, entries, relay.flight, relay.codec, deadline=relay.deadline, lost_s=self.settings.lock_ttl_s,
+                settle_s=RELAY_SETTLE_TIMEOUTS * self.settings.timeout_s,
+            ),
             name="cache-relay-follow",
-        )
+        )  # fmt: skip
         try:
             yield relay.flight
         finally:
@@ -823,11 +833,7 @@ class AnswerCache:
         if not self.available:
             return None
         try:
-            settings = self.settings
-            return await patiently(
-                call(), self._lag, timeout_s=settings.timeout_s, overload_timeout_s=settings.overload_timeout_s,
-                on_overload=self._overloaded, given_up=self._bypass_signal(),
-            )  # fmt: skip
+            return await self._timed(call)
         except Exception as error:  # noqa: BLE001 - a relay must never fail a request
             log.info("cache_relay_failed", error=type(error).__name__)
             return None
@@ -837,8 +843,9 @@ class AnswerCache:
             functools.partial(self.backend.relay_poll, key, lock_key, stream, after, RELAY_READER_S)
         )
 
-    async def marks(self) -> tuple[int, int] | None:
-        """The store's (generation, invalidation count) as a call reads the knowledge; None when it cannot say."""
+    async def marks(self) -> tuple[int, int, int] | None:
+        """The store's (generation, invalidation count, knowledge mark) as a call reads the knowledge; None when it
+        cannot say."""
         return await self._guarded("generation", self.backend.marks, None)
 
     async def _renew(self, lock_key: str, token: str) -> None:

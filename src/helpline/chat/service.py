@@ -427,8 +427,9 @@ class ChatService:
         if self._cache is not None:  # before the knowledge is read: see Prepared.generation
             marks = await self._cache.marks()
             prepared.generation = None if marks is None else marks[0]
-            if prepared.relay is not None:  # (another replica follows its call only if no invalidation came since)
-                prepared.relay.origin = marks
+            if prepared.relay is not None and marks is not None:  # (another replica follows its call only if no
+                # invalidation came since, and its copy of the knowledge is not older than one an invalidation named)
+                prepared.relay.origin = (marks[0], marks[1], self._knowledge.revision)
         prepared.knowledge_epoch = self._knowledge.epoch
         prepared.knowledge_revision = self._knowledge.revision
         if prepared.vector is None:
@@ -515,9 +516,9 @@ class ChatService:
         landed = await asyncio.shield(flight.future)
         if landed is not None and shown:
             prepared.answered = True
-            whole = landed.answer.reply if isinstance(landed, CacheHit) else landed.reply.text
-            if whole.startswith(shown) and whole[len(shown) :].strip():  # its last words were not relayed (cache.relay)
-                yield ChatEvent("delta", {"text": whole[len(shown) :]})
+            whole, said = landed.answer.reply if isinstance(landed, CacheHit) else landed.reply.text, shown.lstrip()
+            if whole.startswith(said) and whole[len(said) :].strip():  # its last words were not relayed (cache.relay)
+                yield ChatEvent("delta", {"text": whole[len(said) :]})
             yield ChatEvent("done", (await self._serve_landed(prepared, landed)).body())
         elif SharedReply.usable(landed):  # it did not stream (a plain request): replay its text
             prepared.answered = True
