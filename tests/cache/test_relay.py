@@ -244,6 +244,7 @@ async def test_a_request_arriving_after_a_relayed_call_was_cut_makes_its_own(
         await cache.backend.relay_poll(key, lock, stream, RELAY_START, 5)  # somebody reads it
         if pieces == 1:  # through A's relay writer
             flight.publish("Standard delivery takes ")
+            await asyncio.sleep(0.3)  # A's writer finds the reader and writes
             flight.cut = "the stream ended before its final chunk"
             flight.land(None)
             await asyncio.sleep(0.3)  # the text and the cut are in the relay stream; the lock is still held
@@ -429,5 +430,57 @@ async def test_an_outcome_written_after_the_unlock_still_reaches_the_followers(
 
     async with two_replicas(sqlite_url, embedder, handoff, **TIMINGS) as (a, fake_a, b, fake_b):
         _, events = await relayed_through(a, fake_a, b, slow_end)
+    assert (events[-1][1].kind, events[-1][1].data["action"]) == ("done", "handoff")
+    assert fake_b.requests == []
+
+
+async def test_a_plain_miss_nobody_follows_makes_no_relay_write(sqlite_url: str, embedder: Embedder) -> None:
+    """A plain request's answer, stored in the cache, with nobody on another replica reading its call: its shopper
+    waits for no relay write (review helper-47: every plain miss paid one, up to the store timeout when slow); a
+    request arriving now finds the answer in the cache."""
+    writes: list[int] = []
+
+    def counted(append: Append) -> Append:
+        async def store(key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
+            writes.append(len(entries))
+            await asyncio.sleep(0.2)  # a slow store: whoever waits for this write shows it
+            return await append(key, entries, ttl_s)
+
+        return store
+
+    async with two_replicas(sqlite_url, embedder, FakeReply(text=REPLY), **TIMINGS) as (a, _, b, fake_b):
+        cache = a.services.cache
+        assert cache is not None
+        cache.backend.relay_append = counted(cache.backend.relay_append)  # type: ignore[method-assign,assignment]
+        started = time.perf_counter()
+        response = await a.client.post("/v1/chat", json={"message": QUESTION})
+        took = time.perf_counter() - started
+        assert response.json()["cache"] == "miss"
+        assert (await b.client.post("/v1/chat", json={"message": QUESTION})).json()["cache"] == "exact"
+    assert writes == []
+    assert took < 0.2
+    assert fake_b.requests == []
+
+
+async def test_an_outcome_whose_write_fails_once_is_written_again(sqlite_url: str, embedder: Embedder) -> None:
+    """The write of A's outcome (a handoff: never cached, so the relay is the only way B's followers get it) fails
+    once: it is tried again before A lets go, and B's followers end done, not cut (review helper-47)."""
+    handoff = FakeReply(text="Let me pass you to a colleague who can look into this.", action="handoff", chunks=4,
+                        chunk_delay_s=0.3)  # fmt: skip
+    failed = 0
+
+    def once(append: Append) -> Append:
+        async def store(key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
+            nonlocal failed
+            if not failed and any(kind == END for kind, _ in entries):
+                failed += 1
+                raise ConnectionError("a hiccup")
+            return await append(key, entries, ttl_s)
+
+        return store
+
+    async with two_replicas(sqlite_url, embedder, handoff, **TIMINGS) as (a, fake_a, b, fake_b):
+        _, events = await relayed_through(a, fake_a, b, once)
+    assert failed == 1
     assert (events[-1][1].kind, events[-1][1].data["action"]) == ("done", "handoff")
     assert fake_b.requests == []

@@ -47,7 +47,6 @@ STOPPED = "the reply it followed, made on another replica, stopped arriving"
 
 Entries = list[tuple[bytes, bytes, bytes]]
 Marks = tuple[int, int, int]  # the store's generation, invalidation count, knowledge mark (see CacheBackend.marks)
-_background: set[asyncio.Task[None]] = set()  # writers finishing after their flight's request let go
 
 
 class Mirrored(Protocol):
@@ -65,10 +64,12 @@ class Mirrored(Protocol):
 class RelayCodec:
     """The chat layer's outcomes in the store. ``encode(landed, shown)``: bytes, or None when there is nothing
     another replica could use (then a stream already shown ends as cut, and one not begun is not relayed at all);
-    ``decode`` gives it back (None for bytes it cannot read)."""
+    ``decode`` gives it back (None for bytes it cannot read); ``stored(landed)``: whether a follower finds it in the
+    cache anyway (then nobody needs it relayed unless somebody already reads the stream)."""
 
     encode: Callable[[Any, bool], bytes | None]
     decode: Callable[[bytes], Any]
+    stored: Callable[[Any], bool]
 
 
 def header(origin: Marks | None) -> bytes:
@@ -107,6 +108,7 @@ class RelayWriter:
         self._sent = 0  # characters of the reply written
         self._text: list[str] = []
         self._end: tuple[bytes, bytes] | None = None
+        self._needed = False  # its outcome is of use to a reader who has not read the stream yet
         self._ended = asyncio.Event()
         self._shown = False
         self._wake = asyncio.Event()
@@ -124,53 +126,73 @@ class RelayWriter:
         payload = self._codec.encode(landed, self._shown)
         if payload is not None:
             self._end = (END, payload)
+            self._needed = not self._codec.stored(landed)  # (a cut one is not followed by one arriving now)
         elif self._shown:
             self._end = (CUT, (cut or "cancelled").encode())
         self._ended.set()
         self._wake.set()
 
     async def _run(self) -> None:
+        retried = False
         while True:
             await self._wake.wait()
             self._wake.clear()
             ended = self._ended.is_set()
-            pieces = len(self._text)
-            text = "".join(self._text[:pieces])
-            entries = [] if self._wrote else [(HEAD, header(self._flight.origin))]
-            if text:  # with its place in the reply: a write that timed out but landed later is not shown twice
-                entries.append((TEXT, b"%d:" % self._sent + text.encode()))
-            if ended and self._end is not None:
-                entries.append(self._end)
-            if len(entries) > (0 if self._wrote else 1):
-                # While nobody reads, only ask whether somebody does: the text waits (not sent again and again).
-                sending = self.read or ended
-                written = await self._append(entries if sending else [])
-                if written is not None:
-                    self.read = written
-                if sending and written:
-                    self._wrote = True
-                    self._sent += len(text)
-                    del self._text[:pieces]
-                elif not ended:
-                    self._wake.set()  # kept for the next write
-                    if written:
-                        continue  # somebody reads now: at once
+            if self._flight.origin is None or (ended and not self.read and not self._needed):
+                # Nobody could follow it (its call never read the knowledge: the answer was cached), or nobody reads
+                # it and a request arriving now finds its outcome in the cache (or would not follow a cut one): a
+                # plain miss costs its shopper no relay write.
+                written: bool | None = True
+            else:
+                written = await self._write(ended)
+            if ended and written is None and not retried:  # the outcome failed to go: once more
+                retried = True
+                self._wake.set()
+                continue
             if ended:
                 return
+            if written and self._text:  # somebody reads now (a check found them): write at once
+                continue
             with contextlib.suppress(TimeoutError):  # a pause between writes, cut short by the end
                 await asyncio.wait_for(self._ended.wait(), RELAY_FLUSH_S if self.read else RELAY_IDLE_FLUSH_S)
 
-    async def close(self, timeout_s: float) -> None:
-        """Let the outcome reach the store (waiting ``timeout_s`` at most; the write then finishes in the
-        background, bounded by the store's own timeout), then stop copying. A flight that has not landed by now
-        never will for this writer: it ends as cancelled."""
+    async def _write(self, ended: bool) -> bool | None:
+        """Write what was shown since the last write (and the outcome, once ended), or, while nobody reads, only
+        ask whether somebody does: the text waits rather than being sent again and again. ``append``'s answer
+        (True: nothing was left to write); text not written is kept for the next write."""
+        pieces = len(self._text)
+        text = "".join(self._text[:pieces])
+        entries = [] if self._wrote else [(HEAD, header(self._flight.origin))]
+        if text:  # with its place in the reply: a write that timed out but landed later is not shown twice
+            entries.append((TEXT, b"%d:" % self._sent + text.encode()))
+        if ended and self._end is not None:
+            entries.append(self._end)
+        if len(entries) == (0 if self._wrote else 1):
+            return True
+        sending = self.read or ended
+        written = await self._append(entries if sending else [])
+        if written is not None:
+            self.read = written
+        if sending and written:
+            self._wrote = True
+            self._sent += len(text)
+            del self._text[:pieces]
+        elif pieces:
+            self._wake.set()  # kept for the next write
+        return written
+
+    async def close(self, timeout_s: float) -> asyncio.Task[None] | None:
+        """Let the outcome reach the store (waiting ``timeout_s`` at most), then stop copying; the write still on its
+        way then (bounded by the store's own timeout), for the caller to see finished. A flight that has not landed
+        by now never will for this writer: it ends as cancelled."""
         self.end(None, None)
-        if not self._task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except TimeoutError:
-                _background.add(self._task)
-                self._task.add_done_callback(_background.discard)
+        if self._task.done():
+            return None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except TimeoutError:
+            return self._task
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ PEER_POLL_MAX_S = 0.25
 # A holder waits this many store timeouts for its relay's outcome to be written before it lets go of the lock, and a
 # follower that sees the lock gone this long for the outcome (a write given up on may still land: see cache.relay).
 RELAY_SETTLE_TIMEOUTS = 2
+CLEANUP_TIMEOUTS = 4  # a closing cache waits this many store timeouts for its background lock and relay work
 Vector = npt.NDArray[np.float32]
 
 
@@ -655,6 +656,8 @@ class AnswerCache:
             if self._near is not None:
                 await self._near.settled()
             await asyncio.gather(*self._loading.values(), return_exceptions=True)
+            if self._cleanups:  # locks let go of and relay writes finishing in the background
+                await asyncio.wait(set(self._cleanups), timeout=CLEANUP_TIMEOUTS * self.settings.timeout_s)
         finally:
             self._lag.stop()
             await self.backend.close()
@@ -762,7 +765,10 @@ class AnswerCache:
             # gone. Then compare and delete: a lock that lapsed and was taken by another replica stays that one's.
             async def unlock() -> None:
                 if writer is not None:
-                    await writer.close(RELAY_SETTLE_TIMEOUTS * self.settings.timeout_s)
+                    writing = await writer.close(RELAY_SETTLE_TIMEOUTS * self.settings.timeout_s)
+                    if writing is not None:  # finishes in the background; the cache's close waits for it
+                        self._cleanups.add(writing)
+                        writing.add_done_callback(self._cleanups.discard)
                 await self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None, even_bypassed=True)
 
             try:

@@ -189,7 +189,7 @@ def _relay_decode(payload: bytes) -> CacheHit | SharedReply | None:
 
 
 RELAY_FORMAT = 1
-RELAY_CODEC = RelayCodec(_relay_encode, _relay_decode)
+RELAY_CODEC = RelayCodec(_relay_encode, _relay_decode, stored=lambda landed: isinstance(landed, CacheHit))
 
 
 def _reply_error(reply: ParsedReply) -> str | None:
