@@ -484,3 +484,24 @@ async def test_an_outcome_whose_write_fails_once_is_written_again(sqlite_url: st
     assert failed == 1
     assert (events[-1][1].kind, events[-1][1].data["action"]) == ("done", "handoff")
     assert fake_b.requests == []
+
+
+async def test_a_stream_entry_the_follower_cannot_read_ends_its_reply_at_once(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """A's stream holds a piece of text this release cannot read (another release's format, during a rolling
+    upgrade): B's request ends its reply cut at once with what it could show, rather than wait for nothing."""
+    async with two_replicas(sqlite_url, embedder, None, **TIMINGS) as (a, _, b, fake_b), holding(a) as held:
+        flight, cache, key = held
+        lock = cache.keys.lock(key)
+        stream = cache.keys.relay(key, (await cache.backend.peek(key, lock))[1] or b"")
+        await cache.backend.relay_poll(key, lock, stream, RELAY_START, 5)  # somebody reads it
+        readable, unreadable = (TEXT, b"0:Standard delivery "), (TEXT, b"takes one to two working days.")
+        assert await cache.backend.relay_append(stream, [(HEAD, header(flight.origin)), readable, unreadable], 30)
+        started = time.monotonic()
+        events = await asyncio.wait_for(stream_on(b), 10)
+        elapsed = time.monotonic() - started
+    assert text_of(events) == "Standard delivery "
+    assert (events[-1][1].kind, events[-1][1].data["code"]) == ("error", "reply_cut")
+    assert elapsed < 2.0
+    assert fake_b.requests == []

@@ -222,6 +222,7 @@ class RedisBackend:
         self._prefix = prefix
         self._scopes = f"{prefix}:scopes"
         self._knowledge = f"{prefix}:kr"  # the knowledge mark: the newest knowledge revision declared
+        self._marks = (f"{prefix}:gen", f"{prefix}:ic", self._knowledge)  # see marks()
         self._gate = asyncio.Semaphore(max_in_flight or pool_size(client) or 64)
         self._invalidate = client.register_script(INVALIDATE)
         self._put = client.register_script(PUT)
@@ -434,7 +435,7 @@ class RedisBackend:
 
     @_gated
     async def marks(self) -> tuple[int, int, int]:
-        return _marks(*await self._redis.mget([f"{self._prefix}:gen", f"{self._prefix}:ic", self._knowledge]))
+        return _marks(*await self._redis.mget(list(self._marks)))
 
     @_gated
     async def relay_append(self, key: str, entries: Sequence[tuple[bytes, bytes]], ttl_s: float) -> bool:
@@ -449,7 +450,7 @@ class RedisBackend:
     async def relay_poll(self, key: str, lock: str, stream: str | None, after: bytes, reader_ttl_s: float) -> RelayPoll:
         # One node on a cluster (every key carries the tenant's tag), whose pipelines take no MGET.
         pipe = self._redis.pipeline(transaction=False)
-        for name in (key, lock, f"{self._prefix}:gen", f"{self._prefix}:ic", self._knowledge):
+        for name in (key, lock, *self._marks):
             pipe.get(name)
         if stream is not None:
             pipe.xrange(stream, min=b"(" + after, max=b"+", count=RELAY_READ_COUNT)

@@ -198,7 +198,7 @@ class RelayWriter:
 @dataclass(frozen=True, slots=True)
 class Polled:
     """One follower poll: the stream's entries since the last, the answer if the cache has it, whether the holder
-    still holds the lock (None: the store did not answer)."""
+    still holds the lock."""
 
     entries: Entries
     landed: Any
@@ -217,8 +217,25 @@ async def follow(
 ) -> None:
     """Copy a relay stream into ``flight``, from ``entries`` (what was read of it so far), until its outcome, the
     answer in the cache, its holder gone (the lock let go of, and no outcome within ``settle_s``: a write may land
-    after the unlock), ``deadline`` (``time.monotonic``), or a store that has not answered for ``lost_s``; the
-    flight lands in every case."""
+    after the unlock), ``deadline`` (``time.monotonic``), or a store that has not answered for ``lost_s`` (``poll``
+    gives None); the flight lands in every case, an entry it cannot read (another release's) included."""
+    try:
+        await _follow(poll, entries, flight, codec, deadline=deadline, lost_s=lost_s, settle_s=settle_s)
+    except (ValueError, UnicodeError) as error:
+        log.warning("cache_relay_unreadable", error=type(error).__name__)
+        _stopped(flight, "unreadable")
+
+
+async def _follow(
+    poll: Callable[[bytes], Awaitable[Polled | None]],
+    entries: Entries,
+    flight: Mirrored,
+    codec: RelayCodec,
+    *,
+    deadline: float,
+    lost_s: float,
+    settle_s: float,
+) -> None:
     after = RELAY_START
     copy = _Copy(flight, codec)
     answered = time.monotonic()

@@ -330,10 +330,7 @@ class AnswerCache:
             return None
         key = self.entry_key(question, scope)
         found = await self._readable(key, await self._shared_read(key))
-        if found is None:
-            return None
-        self._count_hit(key, scope)
-        return CacheHit(found, "exact", 1.0, question)
+        return None if found is None else self._exact_hit(key, question, scope, found)
 
     async def lookup_semantic(self, question: str, vector: Vector, scope: CacheScope) -> CacheHit | None:
         return await self._semantic(question, vector, scope)
@@ -755,9 +752,7 @@ class AnswerCache:
         try:
             # The previous holder may have stored its answer and let go between this request's lookup and now.
             found = await self._read(key)
-            if found is not None:
-                self._count_hit(key, scope)
-            yield CacheHit(found, "exact", 1.0, question) if found is not None else None
+            yield None if found is None else self._exact_hit(key, question, scope, found)
         finally:
             renewing.cancel()
 
@@ -800,7 +795,7 @@ class AnswerCache:
             if polled is None:
                 return None
             cached = await self._readable(key, polled.value)
-            landed = None if cached is None else self._peer_hit(key, question, scope, cached)
+            landed = None if cached is None else self._exact_hit(key, question, scope, cached)
             return Polled(polled.entries, landed, polled.holder == holder)
 
         relay.flight.relayed = True
@@ -816,7 +811,8 @@ class AnswerCache:
         finally:
             reader.cancel()
 
-    def _peer_hit(self, key: str, question: str, scope: CacheScope, answer: CachedAnswer) -> CacheHit:
+    def _exact_hit(self, key: str, question: str, scope: CacheScope, answer: CachedAnswer) -> CacheHit:
+        """``answer``, stored under ``question``'s own key, as a counted hit."""
         self._count_hit(key, scope)
         return CacheHit(answer, "exact", 1.0, question)
 
@@ -885,8 +881,7 @@ class AnswerCache:
             raw, held = await self._guarded("get", lambda: self.backend.peek(key, lock_key), gone)
             found = await self._readable(key, raw)
             if found is not None:
-                self._count_hit(key, scope)
-                return CacheHit(found, "exact", 1.0, question)
+                return self._exact_hit(key, question, scope, found)
             if held is None:
                 return None  # the holder is done without a cacheable answer (or is gone): compute
         return None
@@ -912,7 +907,7 @@ class AnswerCache:
                 return None
             found = await self._readable(key, polled.value)
             if found is not None:
-                return self._peer_hit(key, question, scope, found)
+                return self._exact_hit(key, question, scope, found)
             if holder is not None and stream is not None and polled.entries and stream not in relay.seen:
                 entries = await self._rest_of(stream, polled.entries)
                 relay.seen.add(stream)

@@ -189,6 +189,13 @@ def _relay_decode(payload: bytes) -> CacheHit | SharedReply | None:
 
 
 RELAY_FORMAT = 1
+
+
+def _text_of(landed: CacheHit | SharedReply) -> str:
+    """The reply's text, as the shopper reads it."""
+    return landed.answer.reply if isinstance(landed, CacheHit) else landed.reply.text
+
+
 RELAY_CODEC = RelayCodec(_relay_encode, _relay_decode, stored=lambda landed: isinstance(landed, CacheHit))
 
 
@@ -494,7 +501,7 @@ class ChatService:
 
     async def _replay(self, prepared: Prepared, landed: CacheHit | SharedReply) -> AsyncGenerator[ChatEvent, None]:
         """An answer already made (cached, or an identical request's) as a stream: its text in pieces, then done."""
-        text = landed.answer.reply if isinstance(landed, CacheHit) else landed.reply.text
+        text = _text_of(landed)
         for start in range(0, len(text), REPLAY_CHUNK_CHARS):
             yield ChatEvent("delta", {"text": text[start : start + REPLAY_CHUNK_CHARS]})
         yield ChatEvent("done", (await self._serve_landed(prepared, landed)).body())
@@ -516,7 +523,7 @@ class ChatService:
         landed = await asyncio.shield(flight.future)
         if landed is not None and shown:
             prepared.answered = True
-            whole, said = landed.answer.reply if isinstance(landed, CacheHit) else landed.reply.text, shown.lstrip()
+            whole, said = _text_of(landed), shown.lstrip()
             if whole.startswith(said) and whole[len(said) :].strip():  # its last words were not relayed (cache.relay)
                 yield ChatEvent("delta", {"text": whole[len(said) :]})
             yield ChatEvent("done", (await self._serve_landed(prepared, landed)).body())
