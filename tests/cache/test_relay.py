@@ -32,7 +32,9 @@ from tests.conftest import Api
 QUESTION = "How long does delivery take?"
 REPLY = "Standard delivery takes one to two working days, and express delivery arrives the next working day."
 # A streamed request on another replica waits this long for the call it would follow to begin streaming.
-TIMINGS = {"first_token_timeout_s": 0.5, "stall_timeout_s": 0.5, "provider_timeout_s": 10.0}
+# Most replies below come in pieces 0.3 s apart: a stall timeout well above that keeps a busy CI machine from
+# ending a call mid-reply (it did once, at 0.5 s).
+TIMINGS = {"first_token_timeout_s": 0.5, "stall_timeout_s": 1.5, "provider_timeout_s": 10.0}
 
 Timed = list[tuple[float, ChatEvent]]
 
@@ -298,7 +300,7 @@ async def test_a_request_asked_after_an_invalidation_does_not_follow_a_call_that
     """A streams an answer drawn on the old delivery policy; the policy changes (through B); then a shopper asks
     on B. B must not follow A's call (its answer is from a version that is gone, review helper-45): it answers
     from the new text, as it would not join a call of its own process begun before an invalidation."""
-    old = FakeReply(text="Standard delivery takes three days.", chunks=6, chunk_delay_s=0.3)
+    old = FakeReply(text="Standard delivery takes three days.", chunks=12, chunk_delay_s=0.3)  # a 3.6 s call
     async with two_replicas(sqlite_url, embedder, old, **TIMINGS) as (a, fake_a, b, fake_b):
         fake_b.default = FakeReply(text="Orders arrive within 2 hours.")
         leading = asyncio.create_task(stream_on(a))
