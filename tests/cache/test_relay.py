@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import pytest
 
 from helpline.cache.backend import RELAY_READ_COUNT, RELAY_START
-from helpline.cache.relay import CUT, END, HEAD, TEXT, header
+from helpline.cache.relay import CUT, END, HEAD, TEXT, RelayWriter, header
 from helpline.cache.service import AnswerCache, Flight, Relay
 from helpline.chat.service import RELAY_CODEC, ChatEvent, ChatService
 from helpline.knowledge.embeddings import Embedder
@@ -161,6 +161,76 @@ async def test_a_reply_cut_on_its_replica_ends_cut_on_the_other(sqlite_url: str,
         assert text_of(events) == text_of(led)
         assert (events[-1][1].kind, events[-1][1].data["code"]) == ("error", "reply_cut")
     assert len(fake_b.requests) == 0
+
+
+async def test_streamed_requests_on_another_replica_wait_for_a_plain_requests_call_however_long_it_takes(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """A plain request on A makes the call: its reply comes whole, after three times the first-token timeout. B's
+    streamed requests used to give up on it after that timeout (no text came to the relay) and call B's provider:
+    two calls for one answer. A's relay now starts as soon as somebody reads it (its header, before any text), so
+    B's requests follow A's call as they would an identical plain request's in their own process: one call."""
+    slow = FakeReply(text=REPLY, chunks=4, chunk_delay_s=0.5)
+    async with two_replicas(sqlite_url, embedder, slow, **TIMINGS) as (a, fake_a, b, fake_b):
+        first = asyncio.create_task(a.client.post("/v1/chat", json={"message": QUESTION}))
+        await wait_for_provider_call(fake_a)
+        followed = await asyncio.gather(stream_on(b), stream_on(b))
+        assert (await first).json()["reply"] == REPLY
+    assert (len(fake_a.requests), len(fake_b.requests)) == (1, 0)
+    for events in followed:
+        done = events[-1][1]
+        assert (done.kind, done.data["cache"], done.data["reply"], text_of(events)) == ("done", "exact", REPLY, REPLY)
+
+
+async def test_a_holder_gone_before_any_text_leaves_its_followers_to_make_their_own_call(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """B follows A's call from its header, before any text; then A is gone (its lock let go of, no outcome). B's
+    shopper, shown nothing yet, is not left with an error: B makes its own call and answers."""
+    async with two_replicas(sqlite_url, embedder, FakeReply(text=REPLY), **TIMINGS) as (a, _, b, fake_b):
+        async with holding(a) as (_, cache, key):
+            following = asyncio.create_task(stream_on(b))
+            deadline = time.monotonic() + 5
+            while not fake_b.requests and not following.done():  # B reads A's stream, its header and nothing more
+                lock = cache.keys.lock(key)
+                stream = cache.keys.relay(key, (await cache.backend.peek(key, lock))[1] or b"")
+                if await cache.backend.relay_read(stream, RELAY_START):
+                    break
+                assert time.monotonic() < deadline, "A's relay never began"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            assert not following.done()
+            assert fake_b.requests == []
+        events = await asyncio.wait_for(following, 10)  # A let go of its lock without an outcome
+    assert (events[-1][1].kind, text_of(events)) == ("done", REPLY)
+    assert len(fake_b.requests) == 1
+
+
+async def test_a_call_nobody_follows_does_not_wait_for_a_check_for_readers_at_its_end() -> None:
+    """While nobody reads its relay, a holder's writer asks the store now and then whether somebody does. A call
+    that ends while such a check is on its way (a slow store) lets its shopper go at once: nothing is left to write
+    for anybody, so the check finishes in the background (the cache's close awaits it)."""
+    checks: list[Sequence[tuple[bytes, bytes]]] = []
+    answer = asyncio.Event()
+
+    async def append(entries: Sequence[tuple[bytes, bytes]]) -> bool | None:
+        checks.append(entries)
+        await answer.wait()
+        return False  # nobody reads
+
+    flight = Flight()
+    flight.origin = (1, 0, 0)  # its call has read the knowledge
+    writer = flight.mirror = RelayWriter(append, RELAY_CODEC, flight)
+    deadline = time.monotonic() + 5
+    while not checks:
+        assert time.monotonic() < deadline, "the writer never checked for a reader"
+        await asyncio.sleep(0.01)
+    flight.land(None)
+    left = await asyncio.wait_for(writer.close(5.0), 0.5)  # not the 5 s: the check is not waited for
+    assert left is not None
+    answer.set()
+    await asyncio.wait_for(left, 1)
+    assert [list(entries) for entries in checks] == [[]]  # a check, and nothing written after it
 
 
 @contextlib.asynccontextmanager

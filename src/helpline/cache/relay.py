@@ -10,8 +10,10 @@ the holder's lock token) while anybody reads it: first a header (the store's gen
 when the call read the knowledge), then the text as it is shown, then the outcome, encoded by the chat layer (a
 cached answer, a reply shared but not cached, or, for a stream cut after some text, why). A follower on another
 replica counts itself as a reader (a mark with a short TTL, renewed at each poll); with nobody reading, the holder
-keeps its text and writes nothing but a check. An identical streamed request that finds the lock held and the
-stream begun copies it into its own replica's flight, which it and its replica's identical requests follow as
+keeps its text and writes nothing but a check. The header goes as soon as somebody reads, before any text: a
+plain request's call shows none until its outcome, and its followers elsewhere used to give up on it after the
+first-token timeout and pay for a call of their own. An identical streamed request that finds the lock held and
+the stream begun copies it into its own replica's flight, which it and its replica's identical requests follow as
 they would a local call, unless the store has seen an invalidation since the holder read the knowledge (then it
 makes its own call, as it would for a local call begun before an invalidation), or the stream already ended
 without an answer.
@@ -112,6 +114,7 @@ class RelayWriter:
         self._ended = asyncio.Event()
         self._shown = False
         self._wake = asyncio.Event()
+        self._wake.set()  # the header goes as soon as somebody reads, before any text (a plain call shows none)
         self._task = asyncio.create_task(self._run(), name="cache-relay")
 
     def text(self, piece: str) -> None:
@@ -139,10 +142,12 @@ class RelayWriter:
             self._wake.clear()
             ended = self._ended.is_set()
             if self._flight.origin is None or (ended and not self.read and not self._needed):
-                # Nobody could follow it (its call never read the knowledge: the answer was cached), or nobody reads
-                # it and a request arriving now finds its outcome in the cache (or would not follow a cut one): a
-                # plain miss costs its shopper no relay write.
+                # Nobody could follow it (its call never read the knowledge: the answer was cached, or it has not
+                # read it yet), or nobody reads it and a request arriving now finds its outcome in the cache (or
+                # would not follow a cut one): a plain miss costs its shopper no relay write.
                 written: bool | None = True
+                if not ended and not self._wrote:
+                    self._wake.set()  # the header is still to go: look again after the pause
             else:
                 written = await self._write(ended)
             if ended and written is None and not retried:  # the outcome failed to go: once more
@@ -167,7 +172,7 @@ class RelayWriter:
             entries.append((TEXT, b"%d:" % self._sent + text.encode()))
         if ended and self._end is not None:
             entries.append(self._end)
-        if len(entries) == (0 if self._wrote else 1):
+        if not entries:
             return True
         sending = self.read or ended
         written = await self._append(entries if sending else [])
@@ -177,8 +182,8 @@ class RelayWriter:
             self._wrote = True
             self._sent += len(text)
             del self._text[:pieces]
-        elif pieces:
-            self._wake.set()  # kept for the next write
+        elif pieces or not self._wrote:
+            self._wake.set()  # kept for the next write (the header too: it goes once somebody reads)
         return written
 
     async def close(self, timeout_s: float) -> asyncio.Task[None] | None:
@@ -188,6 +193,8 @@ class RelayWriter:
         self.end(None, None)
         if self._task.done():
             return None
+        if not self.read and not self._needed:  # nothing to write: at most a check for a reader is on its way
+            return self._task
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
         except TimeoutError:

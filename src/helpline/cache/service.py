@@ -890,11 +890,12 @@ class AnswerCache:
         self, key: str, lock_key: str, question: str, scope: CacheScope, *, wait_s: float, relay: Relay
     ) -> CacheHit | tuple[str, bytes, Entries] | None:
         """As :meth:`_await_peer`, but done as soon as the holder's relay stream has begun: (the stream, its holder,
-        what it holds so far). None (compute) when the holder lets go with nothing relayed (a call that failed
-        before any text), when the stream already ended without an answer (cut, or stopped with its shopper: a
-        request arriving then makes its own call rather than replay the partial text), when the store saw an
-        invalidation after the call read the knowledge (its answer may be drawn on a version that is gone), or when
-        the store does not answer. Polling also counts this request as the stream's reader, for the holder."""
+        what it holds so far: the header at least, written once this request reads it). None (compute) when the
+        holder lets go with nothing relayed, when the stream already ended without an answer (cut, or stopped
+        with its shopper: a request arriving then makes its own call rather than replay the partial text), when
+        the store saw an invalidation after the call read the knowledge (its answer may be drawn on a version that
+        is gone), or when the store does not answer. Polling also counts this request as the stream's reader, for
+        the holder."""
         deadline = time.monotonic() + wait_s
         pause = PEER_POLL_S
         holder: bytes | None = None

@@ -381,8 +381,8 @@ class ChatService:
         its cached answer, or, to a ``streamed`` request, ``flight`` fed with its text as it streams (cache.relay),
         which this request and its identical ones here follow as they would a call made here."""
         # No request waits for another replica so long that no model could answer it after (requests joining this
-        # flight meanwhile get what it gets); a streamed one waits for the other's call to begin streaming no longer
-        # than the router would wait for a first token: its shopper is reading.
+        # flight meanwhile get what it gets); a streamed one waits for the other's relay to begin (its header goes
+        # once somebody reads it) no longer than the router would wait for a first token: its shopper is reading.
         wait_s = max(0.0, self._budget(prepared) - self._router.timings.model_start_s - START_MARGIN_S)
         if streamed:
             wait_s = min(wait_s, self._settings.first_token_timeout_s)
