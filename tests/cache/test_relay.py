@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -166,12 +167,13 @@ async def test_a_reply_cut_on_its_replica_ends_cut_on_the_other(sqlite_url: str,
 async def test_streamed_requests_on_another_replica_wait_for_a_plain_requests_call_however_long_it_takes(
     sqlite_url: str, embedder: Embedder
 ) -> None:
-    """A plain request on A makes the call: its reply comes whole, after three times the first-token timeout. B's
-    streamed requests used to give up on it after that timeout (no text came to the relay) and call B's provider:
-    two calls for one answer. A's relay now starts as soon as somebody reads it (its header, before any text), so
-    B's requests follow A's call as they would an identical plain request's in their own process: one call."""
-    slow = FakeReply(text=REPLY, chunks=4, chunk_delay_s=0.5)
-    async with two_replicas(sqlite_url, embedder, slow, **TIMINGS) as (a, fake_a, b, fake_b):
+    """A plain request on A makes the call: its reply comes whole, well after the first-token timeout (2.4 s against
+    1.5 s). B's streamed requests used to give up on it after that timeout (no text came to the relay) and call B's
+    provider: two calls for one answer. A's relay now starts as soon as somebody reads it (its header, before any
+    text), so B's requests follow A's call as they would an identical plain request's in their own process."""
+    slow = FakeReply(text=REPLY, chunks=4, chunk_delay_s=0.8)
+    timings = {**TIMINGS, "first_token_timeout_s": 1.5}  # B sees the header within it on a busy machine too
+    async with two_replicas(sqlite_url, embedder, slow, **timings) as (a, fake_a, b, fake_b):
         first = asyncio.create_task(a.client.post("/v1/chat", json={"message": QUESTION}))
         await wait_for_provider_call(fake_a)
         followed = await asyncio.gather(stream_on(b), stream_on(b))
@@ -187,7 +189,8 @@ async def test_a_holder_gone_before_any_text_leaves_its_followers_to_make_their_
 ) -> None:
     """B follows A's call from its header, before any text; then A is gone (its lock let go of, no outcome). B's
     shopper, shown nothing yet, is not left with an error: B makes its own call and answers."""
-    async with two_replicas(sqlite_url, embedder, FakeReply(text=REPLY), **TIMINGS) as (a, _, b, fake_b):
+    timings = {**TIMINGS, "first_token_timeout_s": 1.5}  # B sees the header within it on a busy machine too
+    async with two_replicas(sqlite_url, embedder, FakeReply(text=REPLY), **timings) as (a, _, b, fake_b):
         async with holding(a) as (_, cache, key):
             following = asyncio.create_task(stream_on(b))
             deadline = time.monotonic() + 5
@@ -231,6 +234,65 @@ async def test_a_call_nobody_follows_does_not_wait_for_a_check_for_readers_at_it
     answer.set()
     await asyncio.wait_for(left, 1)
     assert [list(entries) for entries in checks] == [[]]  # a check, and nothing written after it
+
+
+def test_a_call_that_has_not_read_the_knowledge_yet_never_holds_the_event_loop() -> None:
+    """A streamed call shows text while its relay cannot be followed yet (the store did not answer the read of its
+    marks: no header to write). Its writer must pause between looks, not spin: an early version of the header's
+    check looped without ever yielding (review helper-48), freezing the whole replica. Run in a thread of its own,
+    so that a spinning loop fails this test instead of hanging the suite."""
+    done: list[str] = []
+
+    async def scenario() -> None:
+        async def append(entries: Sequence[tuple[bytes, bytes]]) -> bool | None:
+            raise AssertionError("nothing may be written for a call nobody can follow")
+
+        flight = Flight()  # origin None: its marks were never read
+        writer = flight.mirror = RelayWriter(append, RELAY_CODEC, flight)
+        flight.publish("Standard delivery takes ")
+        await asyncio.sleep(0.3)  # the loop turns meanwhile
+        flight.land(None)
+        left = await writer.close(1.0)
+        if left is not None:
+            await left
+        done.append("over")
+
+    thread = threading.Thread(target=lambda: asyncio.run(scenario()), daemon=True)
+    thread.start()
+    thread.join(5)
+    assert done == ["over"]
+
+
+async def test_a_holder_followed_before_its_first_words_notices_its_reader_leave() -> None:
+    """A holder's header is read by another replica, then that reader leaves before any text came (its shopper
+    went). The holder keeps asking whether somebody reads while it has nothing to write (review helper-48: it
+    stopped asking once the header was written), so its call is no longer kept going for nobody: ``wanted``
+    turns false, and its own shopper's leaving would stop it."""
+    reading = True
+    written: list[bytes] = []
+
+    async def append(entries: Sequence[tuple[bytes, bytes]]) -> bool | None:
+        if reading:
+            written.extend(kind for kind, _ in entries)
+        return reading
+
+    flight = Flight()
+    flight.origin = (1, 0, 0)
+    writer = flight.mirror = RelayWriter(append, RELAY_CODEC, flight)
+    deadline = time.monotonic() + 5
+    while written != [HEAD]:
+        assert time.monotonic() < deadline, "the header was never written"
+        await asyncio.sleep(0.01)
+    assert flight.wanted
+    reading = False
+    while flight.wanted:
+        assert time.monotonic() < deadline, "the holder never noticed its reader leave"
+        await asyncio.sleep(0.01)
+    flight.land(None)
+    left = await writer.close(1.0)
+    if left is not None:
+        await left
+    assert written == [HEAD]
 
 
 @contextlib.asynccontextmanager

@@ -43,7 +43,9 @@ RELAY_TTL_S = 30.0  # a stream lapses this long after its last addition (its fol
 RELAY_POLL_S = 0.05  # a follower reads the stream this often
 RELAY_READER_S = 2.0  # a follower counts as the stream's reader this long after its last poll
 RELAY_FLUSH_S = 0.05  # the holder writes what was shown at most this often (while somebody reads)
-RELAY_IDLE_FLUSH_S = 0.1  # and checks for a reader this often while nobody does
+RELAY_IDLE_FLUSH_S = 0.1  # and checks for a reader this often while nobody does (or no text comes) ...
+RELAY_IDLE_BACKOFF = 1.5  # ... then less often after each check that found nobody ...
+RELAY_IDLE_MAX_S = 0.5  # ... down to this (well inside a reader's mark, RELAY_READER_S)
 HEAD, TEXT, END, CUT = b"h", b"t", b"e", b"c"
 STOPPED = "the reply it followed, made on another replica, stopped arriving"
 
@@ -113,8 +115,8 @@ class RelayWriter:
         self._needed = False  # its outcome is of use to a reader who has not read the stream yet
         self._ended = asyncio.Event()
         self._shown = False
-        self._wake = asyncio.Event()
-        self._wake.set()  # the header goes as soon as somebody reads, before any text (a plain call shows none)
+        self._wake = asyncio.Event()  # a piece of text, or the end
+        self._idle_s = RELAY_IDLE_FLUSH_S  # the pause before the next check while nothing is sent
         self._task = asyncio.create_task(self._run(), name="cache-relay")
 
     def text(self, piece: str) -> None:
@@ -136,55 +138,70 @@ class RelayWriter:
         self._wake.set()
 
     async def _run(self) -> None:
+        """Write or check, then pause (:meth:`_pause`), until the end. The header goes as soon as somebody reads,
+        before any text: a plain request's call shows none until its outcome."""
         retried = False
         while True:
-            await self._wake.wait()
-            self._wake.clear()
             ended = self._ended.is_set()
             if self._flight.origin is None or (ended and not self.read and not self._needed):
                 # Nobody could follow it (its call never read the knowledge: the answer was cached, or it has not
                 # read it yet), or nobody reads it and a request arriving now finds its outcome in the cache (or
                 # would not follow a cut one): a plain miss costs its shopper no relay write.
-                written: bool | None = True
-                if not ended and not self._wrote:
-                    self._wake.set()  # the header is still to go: look again after the pause
+                answer: bool | None = True
+                sent = asked = False
             else:
-                written = await self._write(ended)
-            if ended and written is None and not retried:  # the outcome failed to go: once more
-                retried = True
-                self._wake.set()
-                continue
+                answer, sent = await self._write(ended)
+                asked = True
             if ended:
+                if answer is None and not retried:  # the outcome failed to go: once more
+                    retried = True
+                    continue
                 return
-            if written and self._text:  # somebody reads now (a check found them): write at once
-                continue
-            with contextlib.suppress(TimeoutError):  # a pause between writes, cut short by the end
-                await asyncio.wait_for(self._ended.wait(), RELAY_FLUSH_S if self.read else RELAY_IDLE_FLUSH_S)
+            if asked and not sent and answer and (self._text or not self._wrote):
+                continue  # a check found a reader: what waits for them goes at once
+            await self._pause(backing_off=asked and not sent)
 
-    async def _write(self, ended: bool) -> bool | None:
-        """Write what was shown since the last write (and the outcome, once ended), or, while nobody reads, only
-        ask whether somebody does: the text waits rather than being sent again and again. ``append``'s answer
-        (True: nothing was left to write); text not written is kept for the next write."""
+    async def _pause(self, *, backing_off: bool) -> None:
+        """Until the next write or check, cut short by the end. While somebody reads: at least RELAY_FLUSH_S (a slow
+        store gets fewer, longer pieces), then until the next piece of text, or a check whether they still do (the
+        holder's call goes on for them). While nobody does: a check every ``_idle_s``, which grows after each one
+        that found nobody (RELAY_IDLE_MAX_S at most), so a long call nobody follows costs the store a few checks."""
+        if self.read:
+            await _until(self._ended, RELAY_FLUSH_S)
+            if self._text:
+                return
+            self._wake.clear()  # (no await since the look at the text: a piece that comes now sets it again)
+            await _until(self._wake, self._idle_s)
+            return
+        await _until(self._ended, self._idle_s)
+        if backing_off:
+            self._idle_s = min(self._idle_s * RELAY_IDLE_BACKOFF, RELAY_IDLE_MAX_S)
+
+    async def _write(self, ended: bool) -> tuple[bool | None, bool]:
+        """While somebody reads (or at the end): write what was shown since the last write, the header first if it
+        has not gone, and the outcome once ended. Otherwise, and when nothing new is there, only ask whether
+        somebody reads: the text waits rather than being sent again and again. (``append``'s answer, whether
+        entries were sent); text not written is kept for the next write."""
         pieces = len(self._text)
         text = "".join(self._text[:pieces])
-        entries = [] if self._wrote else [(HEAD, header(self._flight.origin))]
+        news: list[tuple[bytes, bytes]] = []
         if text:  # with its place in the reply: a write that timed out but landed later is not shown twice
-            entries.append((TEXT, b"%d:" % self._sent + text.encode()))
+            news.append((TEXT, b"%d:" % self._sent + text.encode()))
         if ended and self._end is not None:
-            entries.append(self._end)
-        if not entries:
-            return True
-        sending = self.read or ended
-        written = await self._append(entries if sending else [])
-        if written is not None:
-            self.read = written
-        if sending and written:
+            news.append(self._end)
+        if ended and not news:
+            return True, False  # over, with nothing for anybody
+        entries = news if self._wrote else [(HEAD, header(self._flight.origin)), *news]
+        sending = (self.read or ended) and bool(news or not self._wrote)
+        answer = await self._append(entries if sending else [])
+        if answer is not None:
+            self.read = answer
+        if sending and answer:
             self._wrote = True
             self._sent += len(text)
             del self._text[:pieces]
-        elif pieces or not self._wrote:
-            self._wake.set()  # kept for the next write (the header too: it goes once somebody reads)
-        return written
+            self._idle_s = RELAY_IDLE_FLUSH_S
+        return answer, sending
 
     async def close(self, timeout_s: float) -> asyncio.Task[None] | None:
         """Let the outcome reach the store (waiting ``timeout_s`` at most), then stop copying; the write still on its
@@ -303,6 +320,11 @@ class _Copy:
                 flight.land(None)
                 return True
         return False
+
+
+async def _until(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
 
 
 def _stopped(flight: Mirrored, why: str) -> None:
