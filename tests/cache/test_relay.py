@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
+from helpline.cache import relay as relay_module
 from helpline.cache.backend import RELAY_READ_COUNT, RELAY_START
 from helpline.cache.relay import CUT, END, HEAD, TEXT, RelayWriter, header
 from helpline.cache.service import AnswerCache, Flight, Relay
@@ -293,6 +294,33 @@ async def test_a_holder_followed_before_its_first_words_notices_its_reader_leave
     if left is not None:
         await left
     assert written == [HEAD]
+
+
+async def test_an_outcome_that_comes_right_after_a_write_goes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The call ends while its last words are being written to a reader. The outcome must follow at once: the
+    writer's pause cleared the end's wake-up and slept a whole check interval first (review helper-49), so the
+    holder let go of its lock before its outcome when that interval had grown. (The interval is 2 s here, so a
+    lost wake-up cannot pass for a slow machine.)"""
+    monkeypatch.setattr(relay_module, "RELAY_IDLE_FLUSH_S", 2.0)
+    written: list[tuple[float, bytes]] = []
+    flight = Flight()
+    flight.origin = (1, 0, 0)
+
+    async def append(entries: Sequence[tuple[bytes, bytes]]) -> bool | None:
+        written.extend((time.monotonic(), kind) for kind, _ in entries)
+        if any(kind == TEXT for kind, _ in entries):
+            flight.land(None)  # the call is over (cut) while its last words go
+        return True  # somebody reads
+
+    writer = flight.mirror = RelayWriter(append, RELAY_CODEC, flight)
+    flight.publish("Standard delivery takes ")
+    deadline = time.monotonic() + 5
+    while len(written) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert await writer.close(1.0) is None
+    kinds = [kind for _, kind in written]
+    assert kinds == [HEAD, TEXT, CUT]
+    assert written[-1][0] - written[1][0] < 1.0
 
 
 @contextlib.asynccontextmanager

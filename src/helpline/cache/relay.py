@@ -120,7 +120,7 @@ class RelayWriter:
         self._task = asyncio.create_task(self._run(), name="cache-relay")
 
     def text(self, piece: str) -> None:
-        if not self._ended.is_set():
+        if piece and not self._ended.is_set():  # (an empty piece would be news with nothing to send)
             self._text.append(piece)
             self._shown = True
             self._wake.set()
@@ -168,9 +168,9 @@ class RelayWriter:
         that found nobody (RELAY_IDLE_MAX_S at most), so a long call nobody follows costs the store a few checks."""
         if self.read:
             await _until(self._ended, RELAY_FLUSH_S)
-            if self._text:
+            if self._text or self._ended.is_set():  # (the end's wake may be set already: clearing it would lose it)
                 return
-            self._wake.clear()  # (no await since the look at the text: a piece that comes now sets it again)
+            self._wake.clear()  # (no await since the look: a piece or the end that comes now sets it again)
             await _until(self._wake, self._idle_s)
             return
         await _until(self._ended, self._idle_s)
@@ -196,11 +196,12 @@ class RelayWriter:
         answer = await self._append(entries if sending else [])
         if answer is not None:
             self.read = answer
+        if answer:
+            self._idle_s = RELAY_IDLE_FLUSH_S  # somebody reads: no pause grown while nobody did
         if sending and answer:
             self._wrote = True
             self._sent += len(text)
             del self._text[:pieces]
-            self._idle_s = RELAY_IDLE_FLUSH_S
         return answer, sending
 
     async def close(self, timeout_s: float) -> asyncio.Task[None] | None:
