@@ -206,7 +206,8 @@ class RelayWriter:
 
     async def close(self, timeout_s: float) -> asyncio.Task[None] | None:
         """Let the outcome reach the store (waiting ``timeout_s`` at most), then stop copying; the write still on its
-        way then (bounded by the store's own timeout), for the caller to see finished. A flight that has not landed
+        way then (bounded by the store's own timeout), for the caller to see finished; that task at once when there
+        is nothing to write for anybody (at most a check for a reader is on its way). A flight that has not landed
         by now never will for this writer: it ends as cancelled."""
         self.end(None, None)
         if self._task.done():
