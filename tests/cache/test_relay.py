@@ -303,6 +303,7 @@ async def test_an_outcome_that_comes_right_after_a_write_goes_at_once(monkeypatc
     lost wake-up cannot pass for a slow machine.)"""
     monkeypatch.setattr(relay_module, "RELAY_IDLE_FLUSH_S", 2.0)
     written: list[tuple[float, bytes]] = []
+    ended = asyncio.Event()
     flight = Flight()
     flight.origin = (1, 0, 0)
 
@@ -310,13 +311,13 @@ async def test_an_outcome_that_comes_right_after_a_write_goes_at_once(monkeypatc
         written.extend((time.monotonic(), kind) for kind, _ in entries)
         if any(kind == TEXT for kind, _ in entries):
             flight.land(None)  # the call is over (cut) while its last words go
+        if any(kind == CUT for kind, _ in entries):
+            ended.set()
         return True  # somebody reads
 
     writer = flight.mirror = RelayWriter(append, RELAY_CODEC, flight)
     flight.publish("Standard delivery takes ")
-    deadline = time.monotonic() + 5
-    while len(written) < 3 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(ended.wait(), 5)
     assert await writer.close(1.0) is None
     kinds = [kind for _, kind in written]
     assert kinds == [HEAD, TEXT, CUT]
