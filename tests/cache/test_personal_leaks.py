@@ -165,6 +165,33 @@ async def test_an_apology_is_not_cached(cached: tuple[Api, FakeProvider]) -> Non
     assert again["cache"] == "miss", again["reply"]
 
 
+async def test_a_key_that_does_not_name_its_shopper_never_shares_a_personal_answer(
+    cached: tuple[Api, FakeProvider],
+) -> None:
+    """The same store backend forgets the ``user`` field (or never sends it): the OpenAI-compatible route cannot
+    tell its shoppers apart, so a personal answer it gave one of them must not be served to the next (it was: the
+    key was taken as one shopper). Each such personal question is answered for its request alone; generic answers
+    stay shared."""
+    api, fake = cached
+    backend, _ = await api.services.api_keys.create("store-backend")
+    headers = {"authorization": f"Bearer {backend}"}
+
+    async def complete(question: str) -> dict[str, object]:
+        body = {"model": "helpline", "messages": [{"role": "user", "content": question}]}
+        response = await api.client.post("/v1/chat/completions", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        helpline: dict[str, object] = response.json()["helpline"]
+        return {**helpline, "reply": response.json()["choices"][0]["message"]["content"]}
+
+    fake.replies = [FakeReply(text="Alice: that is about order GB-48213."), FakeReply(text="Bob's own answer.")]
+    assert (await complete("What's my order number?"))["reply"] == "Alice: that is about order GB-48213."
+    other = await complete("What's my order number?")
+    assert (other["cache"], other["reply"]) == ("miss", "Bob's own answer.")
+    fake.default = FakeReply(text="Standard delivery takes one to two working days.")
+    assert (await complete("How long does delivery take?"))["cache"] == "miss"
+    assert (await complete("How long does delivery take?"))["cache"] == "exact"
+
+
 async def test_a_key_serving_many_shoppers_keeps_each_shoppers_personal_answer_theirs(
     cached: tuple[Api, FakeProvider],
 ) -> None:

@@ -108,8 +108,9 @@ async def chat_completions(*, body: CompletionIn, request: Request, caller: Call
     await charge(request, caller.services, caller.principal, session_id=None)
     created = int(time.time())
     prepared = await caller.chat.prepare(
-        question, principal=caller.principal, request_id=caller.request_id, history=history, end_user=body.user
-    )
+        question, principal=caller.principal, request_id=caller.request_id, history=history, end_user=body.user,
+        key_is_shopper=False,  # a store's backend may call with one key for all its shoppers: `user` names them
+    )  # fmt: skip
     if body.stream:
         return EventSourceResponse(_chunks(caller.chat.chat_stream(prepared), created), ping=15)
     return completion_body(await caller.chat.answer(prepared), created)

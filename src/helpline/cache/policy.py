@@ -594,15 +594,20 @@ def _introduces(message: str) -> bool:
     return False
 
 
-def owner_scope(personal: bool, key_id: int | None, session_id: str, end_user: str | None = None) -> str:
-    """Whose a personal answer is: the API key's; the key's end user, when a key serving many shoppers names them
-    (the OpenAI-compatible ``user`` field); else the conversation's (anonymous callers cannot claim a name)."""
+def owner_scope(
+    personal: bool, key_id: int | None, session_id: str, end_user: str | None = None, *, key_is_shopper: bool = True
+) -> str:
+    """Whose a personal answer is: the API key's (a signed-in shopper's, on ``/v1/chat``); the key's end user, when
+    a key serving many shoppers names them (the OpenAI-compatible ``user`` field); else the conversation's:
+    anonymous callers cannot claim a name, and a key that may serve many shoppers (``key_is_shopper`` False: the
+    OpenAI-compatible route) without naming one cannot tell them apart, so its personal answer is its request's
+    conversation's alone (a new one each request there)."""
     if not personal:
         return "shared"
-    if key_id is None:
-        return f"session:{session_id}"
-    if end_user:
+    if end_user and key_id is not None:
         return f"user:{key_id}:" + hashlib.sha256(end_user.encode()).hexdigest()[:32]
+    if key_id is None or not key_is_shopper:
+        return f"session:{session_id}"
     return f"user:{key_id}"
 
 

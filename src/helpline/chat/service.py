@@ -263,12 +263,15 @@ class ChatService:
         locale: str | None = None,
         history: tuple[Turn, ...] = (),
         end_user: str | None = None,
+        key_is_shopper: bool = True,
     ) -> Prepared:
         """Everything that can refuse the request, before any event is sent; then the cache lookup.
 
         ``history``: earlier turns supplied by the caller (the OpenAI-compatible API is stateless); a stored
         session's own turns take their place when ``session_id`` is given. ``end_user``: the shopper an API key
-        serving many names (the OpenAI-compatible ``user`` field): their personal answers are theirs alone."""
+        serving many names (the OpenAI-compatible ``user`` field): their personal answers are theirs alone.
+        ``key_is_shopper``: False where a key may serve many shoppers (the OpenAI-compatible route): without an
+        ``end_user``, a personal answer is then this request's conversation's alone (see owner_scope)."""
         message = clean_message(raw_message, self._settings.max_message_chars)
         if session_id is not None:
             await self.check_owner(session_id, principal)
@@ -276,7 +279,9 @@ class ChatService:
         else:  # the caller's own turns (OpenAI-compatible API): masked like the message before anything sees them
             history = tuple(Turn(redact(turn.message).text, redact(turn.reply).text) for turn in history)
             session_id = await self._conversations.create_session(principal, locale)
-        scope = self.scope(message, locale, history, principal, session_id, end_user=end_user)
+        scope = self.scope(
+            message, locale, history, principal, session_id, end_user=end_user, key_is_shopper=key_is_shopper
+        )
         # Providers, the cache and the embedder see the message with personal data masked; the record keeps it.
         safe = redact(message).text
         prepared = Prepared(safe, session_id, principal, request_id, locale, history, None, scope, original=message)
@@ -300,6 +305,7 @@ class ChatService:
         session_id: str,
         *,
         end_user: str | None = None,
+        key_is_shopper: bool = True,
     ) -> CacheScope:
         """Everything that changes the answer: store, locale, prompt, knowledge, conversation, owner."""
         return CacheScope(
@@ -309,7 +315,9 @@ class ChatService:
             variant=self._settings.prompt_variant,
             kb_version=self._knowledge.embedder.model_id,
             context=context_digest(history),
-            owner=owner_scope(is_personal(message), principal.key_id, session_id, end_user),
+            owner=owner_scope(
+                is_personal(message), principal.key_id, session_id, end_user, key_is_shopper=key_is_shopper
+            ),
         )
 
     async def chat(self, raw_message: str, **context: Any) -> ChatResult:
