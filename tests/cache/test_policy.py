@@ -466,3 +466,23 @@ def test_a_question_lacking_an_echo_may_not_have_the_answer() -> None:
     assert lacks_echoes("Is the cake safe with a peanut allergy?", echoed)  # no Oliver
     assert not lacks_echoes("my son OLIVER has a peanut allergy: is the cake safe?", echoed)
     assert not lacks_echoes("Is the cake safe?", [])  # nothing repeated: nothing to lack
+
+
+def full_width(text: str) -> str:
+    """``text`` typed with a full-width keyboard (U+FF01..U+FF5E for ASCII's printable characters)."""
+    return "".join(chr(ord(char) + 0xFEE0) if "!" <= char <= "~" else char for char in text)
+
+
+def test_the_rules_read_letters_typed_full_width_as_the_cache_key_does() -> None:
+    """The exact tier's key reads text in Unicode's compatibility form (NFKC: a full-width "Jane" is "Jane"), and
+    the rules about whose an answer is read the text as typed: a name or a "my" typed full width passed all three
+    (review helper-50), so an answer that calls the shopper by name could be stored for everyone under the same key
+    as the plain question."""
+    jane, oliver = full_width("Jane"), full_width("Oliver")
+    assert is_personal(f"Where is {full_width('my')} order?") is True
+    assert is_personal(f"This is {jane}. How long does delivery take?") is True
+    assert names_the_asker(f"how long does delivery take? thanks, {jane}", "Hi Jane! Delivery takes 2 days.") is True
+    question = f"My son {oliver} has a peanut allergy, is the cake safe?"
+    echoed = echoes(question, "As Oliver has a peanut allergy, no.", STORE_WORDS)
+    assert echoed == ["allergy", "oliver", "peanut"]
+    assert not lacks_echoes(question, echoed)

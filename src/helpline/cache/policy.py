@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 from functools import lru_cache
 
@@ -467,6 +468,7 @@ def names_the_asker(question: str, reply: str) -> bool:
     inside a sentence are no address.
     The question rules (is_personal) read introductions typed in English with capitals; this reads what the answer
     would share. A false positive costs a cache write, not a leak."""
+    question, reply = _compatible(question), _compatible(reply)
     asked = {_folded(word) for word in _LETTERS.findall(question)}
     for found in _LETTERS.finditer(reply):
         word = found.group()
@@ -499,6 +501,7 @@ def echoes(question: str, reply: str, known: Collection[str]) -> list[str]:
     whole knowledge: a catalogue uses "toddler" and "baby" somewhere, which did not make them the store's words in
     an answer about a cake (a second review). The exact tier needs no such check: its question has the same words.
     Courtesies and function words are no such words."""
+    question, reply = _compatible(question), _compatible(reply)
     repeated = word_forms([reply])
     told = _said_of_the_asker(reply)
     return sorted(
@@ -543,7 +546,7 @@ def _said_of_the_asker(reply: str) -> set[str]:
 
 def lacks_echoes(question: str, echoed: Sequence[str]) -> bool:
     """Whether ``question`` lacks a word another question's reply repeated from it (see :func:`echoes`)."""
-    return bool(echoed) and not set(echoed) <= word_forms([question])
+    return bool(echoed) and not set(echoed) <= word_forms([_compatible(question)])
 
 
 def word_forms(texts: Iterable[str]) -> set[str]:
@@ -566,6 +569,12 @@ def _opens_item(reply: str, at: int) -> bool:
     return _LIST_ITEM.fullmatch(reply[:at].rsplit("\n", 1)[-1]) is not None
 
 
+def _compatible(text: str) -> str:
+    """``text`` in Unicode's compatibility form (NFKC: "Jane" typed with a full-width keyboard is "Jane"), as the
+    exact tier's key reads it (cache.keys.normalize): the rules about whose an answer is read what the key reads."""
+    return unicodedata.normalize("NFKC", text)
+
+
 def _folded(word: str) -> str:
     return word.replace("\u2019", "'").casefold().removesuffix("'s")
 
@@ -573,6 +582,7 @@ def _folded(word: str) -> str:
 @lru_cache(maxsize=1024)  # a pure function of the text; repeated questions are what a cache serves
 def is_personal(message: str) -> bool:
     """A question whose answer depends on who asks; it must never be served to another owner."""
+    message = _compatible(message)
     text = " " + message.lower().replace("\u2019", "'")
     if ("@" in text and _EMAIL.search(text)) or (_DIGIT.search(text) and _identifying_number(text)):
         return True
