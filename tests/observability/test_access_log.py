@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from helpline.api.middleware import RequestIdMiddleware
 from helpline.observability import logging as logging_module
 from helpline.observability.access import AccessLogMiddleware
 from helpline.observability.context import annotate, request_fields, request_scope
-from helpline.observability.logging import configure_logging, log_line
+from helpline.observability.logging import configure_logging, log_line, uvicorn_log_config
 from tests.conftest import Api
 
 
@@ -110,6 +112,12 @@ def tiny_app() -> FastAPI:
         annotate(provider="ollama")
         raise RuntimeError("database password is hunter2")
 
+    @app.get("/crash-with-pii")
+    async def crash_with_pii() -> dict[str, str]:  # as a database error quotes the row it could not write
+        raise RuntimeError(
+            "[parameters: ('reach jane.doe@example.com or +44 20 7946 0958', 'paid by 4111 1111 1111 1111')]"
+        )
+
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app
@@ -149,6 +157,42 @@ async def test_a_crash_is_a_plain_500_outside_and_a_stack_trace_only_in_the_serv
     traced = [entry for entry in json_lines(err) if entry.get("event") == "unhandled_error"]
     assert traced
     assert "Traceback" in traced[0]["exception"]
+
+
+async def test_a_stack_trace_in_the_server_log_is_redacted_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """An error's text may quote what a shopper wrote (a database error quotes the parameters of the row it could
+    not write): the stack trace is written after every other field was redacted, and was written as it was."""
+    capture_logs(capsys)
+    response = await call(tiny_app(), "/crash-with-pii")
+    assert response.status_code == 500
+    [traced] = [entry for entry in json_lines(capsys.readouterr().err) if entry.get("event") == "unhandled_error"]
+    assert "Traceback" in traced["exception"]
+    for said in ("jane.doe@example.com", "7946 0958", "4111 1111 1111 1111"):
+        assert said not in traced["exception"]
+    assert "[email]" in traced["exception"]
+
+
+def test_uvicorns_own_stack_traces_are_text_and_redacted() -> None:
+    """uvicorn logs an application's crash through the standard library, formatted by the configuration the server
+    is given: its stack trace was written as the exception's repr (with what the error quoted, unredacted)."""
+    config = uvicorn_log_config("INFO", json_logs=True)["formatters"]["helpline"]
+    formatter = structlog.stdlib.ProcessorFormatter(**{key: value for key, value in config.items() if key != "()"})
+
+    def write_the_row() -> None:  # as a database error quotes the parameters of the row it could not write
+        raise RuntimeError("[parameters: ('reach jane.doe@example.com', 'paid by 4111 1111 1111 1111')]")
+
+    try:
+        write_the_row()
+    except RuntimeError:
+        record = logging.getLogger("uvicorn.error").makeRecord(
+            "uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application", (), sys.exc_info()
+        )
+    line = orjson.loads(formatter.format(record))
+    assert line["event"] == "Exception in ASGI application"
+    assert "Traceback" in line["exception"]
+    assert "jane.doe@example.com" not in line["exception"]
+    assert "4111 1111 1111 1111" not in line["exception"]
+    assert "exc_info" not in line
 
 
 def test_annotate_outside_a_request_is_a_no_op() -> None:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from helpline.store import db
 from helpline.store.models import ApiKey, KnowledgeDocument
@@ -213,3 +213,13 @@ async def test_every_change_of_a_document_moves_the_knowledge_revision_on(
     assert await write("h1") > deletion
     assert await repository.delete(doc_id)
     await repository.settle_changes(await changes())
+
+
+async def test_a_database_error_does_not_quote_what_was_written(engine: AsyncEngine) -> None:
+    """A failed statement's error (logged with its stack trace) names none of its parameters: they are what shoppers
+    wrote (a message, a comment). The SQLite writing process already hid them; the app's engine did not."""
+    with pytest.raises(sa.exc.DBAPIError) as raised:
+        async with engine.connect() as connection:
+            await connection.execute(sa.text("SELECT :said FROM no_such_table"), {"said": "jane.doe@example.com"})
+    assert "no_such_table" in str(raised.value)
+    assert "jane.doe@example.com" not in str(raised.value)

@@ -63,6 +63,15 @@ def _redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Muta
     return event
 
 
+def _redact_exception(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The stack trace, formatted after :func:`_redact` ran: an error's text may quote what a shopper wrote (a
+    database error quotes the parameters of the row it could not write)."""
+    trace = event.get("exception")
+    if isinstance(trace, str):
+        event["exception"] = redact_text(trace)
+    return event
+
+
 class _CurrentStderr:
     """Writes to whatever ``sys.stderr`` is at the time of the write, not when logging was configured.
 
@@ -152,7 +161,7 @@ def configure_logging(level: str = "INFO", json_logs: bool | None = None) -> Non
     _Output.level = _LEVELS.get(level.upper(), logging.INFO)
     _Output.json = json_logs
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, _redact_exception, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_Output.level),
         # WriteLogger writes each line and its newline in ONE write; PrintLogger's print() wrote them apart, and two
         # workers sharing one stderr then interleaved two JSON lines on one line (seen in CI).
@@ -176,7 +185,12 @@ def uvicorn_log_config(level: str = "INFO", json_logs: bool | None = None) -> di
             "helpline": {
                 "()": structlog.stdlib.ProcessorFormatter,
                 "foreign_pre_chain": _shared_processors(),
-                "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta, _renderer(json_logs)],
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,  # a stack trace as text (it was the exception's repr) ...
+                    _redact_exception,  # ... redacted, as in our own lines
+                    _renderer(json_logs),
+                ],
             }
         },
         "handlers": {

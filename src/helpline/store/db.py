@@ -18,7 +18,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
     """An async engine with settings that suit each backend."""
     url = make_url(database_url)
-    kwargs: dict[str, Any] = {"echo": echo}
+    # hide_parameters: an error's text (logged with its stack trace) never quotes what a shopper wrote.
+    kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
         if database and database != ":memory:":
