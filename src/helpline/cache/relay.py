@@ -245,23 +245,6 @@ async def follow(
     answer in the cache, its holder gone (the lock let go of, and no outcome within ``settle_s``: a write may land
     after the unlock), ``deadline`` (``time.monotonic``), or a store that has not answered for ``lost_s`` (``poll``
     gives None); the flight lands in every case, an entry it cannot read (another release's) included."""
-    try:
-        await _follow(poll, entries, flight, codec, deadline=deadline, lost_s=lost_s, settle_s=settle_s)
-    except (ValueError, UnicodeError) as error:
-        log.warning("cache_relay_unreadable", error=type(error).__name__)
-        _stopped(flight, "unreadable")
-
-
-async def _follow(
-    poll: Callable[[bytes], Awaitable[Polled | None]],
-    entries: Entries,
-    flight: Mirrored,
-    codec: RelayCodec,
-    *,
-    deadline: float,
-    lost_s: float,
-    settle_s: float,
-) -> None:
     after = RELAY_START
     copy = _Copy(flight, codec)
     answered = time.monotonic()
@@ -305,12 +288,19 @@ class _Copy:
         self._shown = 0
 
     def ended(self, entries: Entries) -> bool:
-        """Copy ``entries``; whether they held the stream's outcome (the flight has landed)."""
+        """Copy ``entries``; whether they held the stream's outcome or one it cannot read (another release's): the
+        flight has landed."""
         flight = self._flight
         for _, kind, payload in entries:
             if kind == TEXT:
                 at, _, raw = payload.partition(b":")
-                text = raw.decode("utf-8", "replace")[max(0, self._shown - int(at)) :]
+                try:
+                    start = int(at)
+                except ValueError as error:
+                    log.warning("cache_relay_unreadable", error=type(error).__name__)
+                    _stopped(flight, "unreadable")
+                    return True
+                text = raw.decode("utf-8", "replace")[max(0, self._shown - start) :]
                 if text:
                     flight.publish(text)
                     self._shown += len(text)
