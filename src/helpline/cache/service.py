@@ -761,9 +761,8 @@ class AnswerCache:
             async def unlock() -> None:
                 if writer is not None:
                     writing = await writer.close(RELAY_SETTLE_TIMEOUTS * self.settings.timeout_s)
-                    if writing is not None:  # finishes in the background; the cache's close waits for it
-                        self._cleanups.add(writing)
-                        writing.add_done_callback(self._cleanups.discard)
+                    if writing is not None:  # finishes in the background
+                        self._in_background(writing)
                 await self._guarded("unlock", lambda: self.backend.unlock(lock_key, token), None, even_bypassed=True)
 
             try:
@@ -771,10 +770,13 @@ class AnswerCache:
             except asyncio.CancelledError:
                 # Cancelled again while letting go (sse-starlette cancels a disconnected stream's task at every
                 # await): let go in the background rather than hold the lock until it lapses.
-                cleanup = asyncio.create_task(unlock())
-                self._cleanups.add(cleanup)
-                cleanup.add_done_callback(self._cleanups.discard)
+                self._in_background(asyncio.create_task(unlock()))
                 raise
+
+    def _in_background(self, task: asyncio.Task[None]) -> None:
+        """Lock and relay work left to finish after its request let go: the cache's close waits for it."""
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     @contextlib.asynccontextmanager
     async def _waiting(
