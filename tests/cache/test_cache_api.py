@@ -629,6 +629,41 @@ async def test_a_request_that_waited_for_an_answer_refused_as_stale_gets_a_fresh
     assert len(fake.requests) == 2
 
 
+@pytest.mark.parametrize("bypassed", ["when the knowledge was read", "when the answer came"])
+async def test_a_request_asked_after_a_change_never_gets_an_old_answer_the_store_could_not_check(
+    sqlite_url: str, embedder: Embedder, bypassed: str
+) -> None:
+    """As above, with the cache store bypassed for a moment (one call timed out) when the call read the knowledge,
+    or when its answer came: the store cannot refuse the answer then, and this process's own knowledge of the
+    change must (found by a review, session 26: the request asked after the PUT was served the old text as an
+    exact hit)."""
+    settings = make_settings(
+        sqlite_url, redis_url="redis://127.0.0.1:6379/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
+        **UNLIMITED,
+    )  # fmt: skip
+    fake = FakeProvider(name="gemini", model="gemini-test", default=FakeReply(text="Orders arrive within 2 hours."))
+    fake.replies = [FakeReply(text="Standard delivery takes three days.", first_token_delay_s=1.5)]
+    question = "How long does delivery take?"
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        cache = api.services.cache
+        assert cache is not None
+        if bypassed == "when the knowledge was read":
+            cache._bypass_until = time.monotonic() + 60
+        asking = asyncio.create_task(ask(api, question))
+        await wait_for_provider_call(fake)  # it has read the old text
+        cache._bypass_until = 0.0
+        await save_delivery_times(api)  # 200: the change went through
+        waiter = asyncio.create_task(ask(api, question))  # asked after it: joins the call still answering
+        await asyncio.sleep(0.3)
+        assert not asking.done()
+        if bypassed == "when the answer came":
+            cache._bypass_until = time.monotonic() + 60
+        old, fresh = await asking, await waiter
+    assert old["reply"] == "Standard delivery takes three days."
+    assert (fresh["cache"], fresh["reply"]) == ("miss", "Orders arrive within 2 hours.")
+    assert len(fake.requests) == 2
+
+
 async def test_when_the_call_everyone_waits_for_is_cancelled_one_of_them_calls_again(
     cached: tuple[Api, FakeProvider],
 ) -> None:
