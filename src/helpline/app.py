@@ -194,6 +194,7 @@ def create_app(
         await asyncio.to_thread(language, "")
         chat = ChatService(settings, conversations, knowledge, router_provider, cache)
         invalidator = Invalidator(cache, chat, knowledge)
+        chat.catch_up = invalidator.catch_up
         await invalidator.start()
         watch_task = asyncio.create_task(invalidator.watch(settings.kb_refresh_s), name="knowledge-watch")
         app.state.services = Services(

@@ -546,6 +546,22 @@ async def test_tag_sets_shed_the_keys_of_expired_entries(cache_backend: CacheBac
     assert len(members) < len(old) + len(new)  # writes dropped expired members (Redis samples a few per write)
 
 
+async def test_a_write_with_a_shorter_ttl_leaves_no_longer_lived_entry_out_of_its_index_and_tags(
+    cache_backend: CacheBackend, keyspace: KeySpace
+) -> None:
+    """Replicas mid-way through a change of CACHE_TTL_S write with different TTLs: the shorter write cut the tag
+    hash's and the index's expiry below the longer-lived entry's, which no invalidation reached once they had
+    expired (found by a review, session 26)."""
+    vector = b"\x00" * 1536
+    lasting, brief = keyspace.entry(SCOPE, "lasting"), keyspace.entry(SCOPE, "brief")
+    await cache_backend.put(lasting, b"v", ttl_s=60, tags=["doc-d"], scope_id=SCOPE.id, question="l", vector=vector)
+    await cache_backend.put(brief, b"v", ttl_s=1, tags=["doc-d"], scope_id=SCOPE.id, question="b", vector=vector)
+    await asyncio.sleep(2.3)  # past twice the brief one's TTL
+    assert lasting in [entry.key for entry in await cache_backend.semantic_entries(SCOPE.id)]
+    assert lasting in await cache_backend.invalidate(["doc-d"])
+    assert await cache_backend.get(lasting) is None
+
+
 async def test_scope_ids_name_every_scope_with_entries(cache_backend: CacheBackend, keyspace: KeySpace) -> None:
     """What an invalidation by retrieval walks: every scope of the tenant, and no other tenant's."""
     scopes = [SCOPE, dataclasses.replace(SCOPE, locale="fr"), dataclasses.replace(SCOPE, owner="user:1:abc")]

@@ -555,7 +555,9 @@ async def test_replicas_repeating_an_invalidation_keep_the_rewarmed_answers_and_
         assert b.services.invalidator is not None
         await a.services.invalidator.settled()
         assert len(fake_a.requests) == 2  # the first answer, then the re-warm
-        # B has not polled yet: it answers from the old text, and that answer is not cached.
+        # B has not polled yet, and cannot read the change before it answers (its database is slow): it answers
+        # from the old text, and that answer is not cached.
+        b.services.chat.catch_up = None
         british = {"message": question, "locale": "en-GB"}  # a scope of its own: not re-warmed
         stale = (await b.client.post("/v1/chat", json=british)).json()
         assert cited in [citation["id"] for citation in stale["citations"]]
@@ -1185,6 +1187,9 @@ async def test_a_replica_that_has_not_polled_an_added_document_caches_nothing_wi
     question = {"message": "Do you sell matcha green tea powder?", "locale": "en-GB"}  # not re-warmed by A
     async with two_replicas(sqlite_url, embedder) as (a, _fake_a, b, fake_b):
         assert b.services.invalidator is not None
+        # B cannot catch up before it answers (as when its database does not answer in time; see the next tests):
+        # the store's refusal is what keeps its answer out of the cache.
+        b.services.chat.catch_up = None
         await add_matcha(a)
         fake_b.default = FakeReply(text="Sorry, matcha is not in our range.")
         stale = (await b.client.post("/v1/chat", json=question)).json()
@@ -1197,6 +1202,46 @@ async def test_a_replica_that_has_not_polled_an_added_document_caches_nothing_wi
         assert "prod-matcha" in {citation["id"] for citation in fresh["citations"]}
         assert (fresh["cache"], again["cache"], again["reply"]) == ("miss", "exact", fresh["reply"])
         assert len(fake_b.requests) == 3
+
+
+async def test_a_replica_reads_a_change_made_on_another_before_it_answers(sqlite_url: str, embedder: Embedder) -> None:
+    """Replica A changes the delivery times (its PUT returned 200); replica B, which has not polled, is asked
+    next: it reads the change before it answers, not up to KB_REFRESH_S later (found by a review, session 26:
+    B's provider was given the old text), and its answer is cached as any other."""
+    async with two_replicas(sqlite_url, embedder, FakeReply(text="Within 2 hours.")) as (a, _fake_a, b, fake_b):
+        await save_delivery_times(a)
+        first = await ask(b, "How long does delivery take?")
+        again = await ask(b, "How long does delivery take?")
+    given = {p.id: p.text for p in fake_b.requests[0].passages}
+    assert "within 2 hours" in given[DELIVERY_TIMES]
+    assert (first["cache"], again["cache"]) == ("miss", "exact")
+
+
+async def test_a_replica_that_cannot_read_a_change_waits_for_it_once_and_briefly(
+    sqlite_url: str, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B's database does not answer its read of the change: the first request waits CATCH_UP_S for it, then
+    answers from B's copy (not cached: the store refuses it); the next ones do not wait at all for a while."""
+    async with two_replicas(sqlite_url, embedder, FakeReply(text="Three days.")) as (a, _fake_a, b, fake_b):
+        hung = asyncio.Event()
+
+        async def hanging() -> list[str]:
+            await hung.wait()
+            return []
+
+        monkeypatch.setattr(b.services.knowledge, "refresh", hanging)
+        await save_delivery_times(a)
+        started = time.monotonic()
+        first = await ask(b, "How long does delivery take?")
+        waited = time.monotonic() - started
+        started = time.monotonic()
+        second = await ask(b, "How long does delivery take?")
+        unwaited = time.monotonic() - started
+        hung.set()
+    assert 1.0 <= waited < 3.0
+    assert unwaited < 0.8
+    assert (first["cache"], second["cache"]) == ("miss", "miss")  # from the old copy: never cached
+    assert "within 2 hours" not in {p.id: p.text for p in fake_b.requests[0].passages}[DELIVERY_TIMES]
 
 
 async def test_deleting_a_document_removes_it_and_the_answers_that_drew_on_it(

@@ -19,6 +19,7 @@ log = structlog.get_logger(__name__)
 OWED_RETRY_S = 1.0  # the watcher's interval while a removal is owed
 REQUEST_SCAN_FACTOR = 5  # an admin request's budget for invalidation by retrieval, in store timeouts
 SETTLE_ROUNDS = 3  # reads of the knowledge per poll while documents keep changing under it (the next poll goes on)
+CATCH_UP_QUIET_S = 5.0  # after a request's wait for this copy to catch up ran out: how long requests do not wait
 Question = tuple[str, str]  # a popular question to re-warm, and the locale it was asked in
 
 
@@ -44,6 +45,8 @@ class Invalidator:
         # The knowledge went back (see :meth:`_went_back`) and the store has not confirmed a reset since.
         self.went_back = False
         self._polling = asyncio.Lock()
+        self._wake = asyncio.Event()  # a request found this copy behind: the watcher polls now (see catch_up)
+        self._quiet_until = 0.0
 
     @property
     def owed(self) -> bool:
@@ -192,9 +195,35 @@ class Invalidator:
         """Poll the database for knowledge changed by another process (another replica, `helpline kb ingest`), and
         retry invalidations the cache store did not confirm."""
         while True:
+            self._wake.clear()
             await self.poll()
             # While a removal is owed no cached answer is served: retried sooner than the usual interval.
-            await asyncio.sleep(min(interval_s, OWED_RETRY_S) if self.owed else interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(interval_s, OWED_RETRY_S) if self.owed else interval_s):
+                    await self._wake.wait()
+
+    async def catch_up(self, revision: int, wait_s: float) -> bool:
+        """For a request about to read the knowledge, which found the cache store's knowledge mark (the newest
+        revision an invalidation declared: another replica changed a document) ahead of this copy: wakes the
+        watcher and waits for its read of the database, up to ``wait_s``. Whether the copy caught up. Without
+        this a replica answered from the old text (a price, a delivery time) until its next poll, up to
+        KB_REFRESH_S after the change's PUT had returned on another (found by a review, session 26); those answers
+        were not cached (the store refuses them), but they were shown. When a wait runs out (the database is slow
+        or down) requests do not wait again for a while, and answer from the copy they have."""
+        if self._knowledge.revision >= revision:
+            return True
+        clock = asyncio.get_running_loop().time
+        if clock() < self._quiet_until:
+            return False
+        self._wake.set()
+        try:
+            async with asyncio.timeout(wait_s):
+                await self._knowledge.reached(revision)
+        except TimeoutError:
+            self._quiet_until = clock() + CATCH_UP_QUIET_S
+            log.warning("knowledge_behind", declared=revision, copy=self._knowledge.revision)
+            return False
+        return True
 
     async def start(self) -> None:
         """At start-up, before the first request: drain the outbox if it is not empty (left by a process that

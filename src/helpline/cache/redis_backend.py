@@ -97,9 +97,11 @@ local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
 redis.call('HSET', KEYS[2], KEYS[1], ARGV[3])
 redis.call('INCR', KEYS[3])
--- The index outlives no entry by long: it expires with the newest entry (fields cannot expire on 7.0).
-redis.call('EXPIRE', KEYS[2], ttl * 2)
-redis.call('EXPIRE', KEYS[3], ttl * 2)
+-- The index outlives no entry by long: it expires with the newest entry (fields cannot expire on 7.0). Never
+-- sooner than it did: a write with a shorter TTL (replicas mid-way through a change of CACHE_TTL_S) would leave
+-- longer-lived entries outside the index and their tags (review, session 26), which no invalidation then reaches.
+if redis.call('TTL', KEYS[2]) < ttl * 2 then redis.call('EXPIRE', KEYS[2], ttl * 2) end
+if redis.call('TTL', KEYS[3]) < ttl * 2 then redis.call('EXPIRE', KEYS[3], ttl * 2) end
 -- The scopes of the tenant, each until its index expires: what an invalidation by retrieval walks, without a SCAN
 -- of a shared Redis's whole keyspace. Scopes whose index expired leave it here (a busy tenant's set never expires,
 -- and every follow-up context and personal owner is a scope of its own).
@@ -122,7 +124,7 @@ end
 for i = 1, n do
   local tag = KEYS[6 + i]
   redis.call('HSET', tag, KEYS[1], ARGV[8 + i])
-  redis.call('EXPIRE', tag, ttl * 2)
+  if redis.call('TTL', tag) < ttl * 2 then redis.call('EXPIRE', tag, ttl * 2) end
   -- A busy tag's hash never expires and keeps the keys of expired entries, which makes its invalidation (one
   -- script, blocking Redis while it runs) ever longer: each write checks a few random members and drops the gone.
   for _, member in ipairs(redis.call('HRANDFIELD', tag, TAG_SAMPLE)) do

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -235,6 +235,9 @@ LAND_GRACE_S = 1.0
 # What a request that waited for another replica keeps beyond a model's start (RouterTimings.model_start_s) for the
 # work before the router starts one (retrieval, the prompt).
 START_MARGIN_S = 0.25
+# How long a miss waits for this process's copy of the knowledge to catch up with a change another replica made
+# (a read of the database: tens of milliseconds), before it answers from the copy it has (see _retrieve).
+CATCH_UP_S = 1.0
 
 
 class ChatService:
@@ -255,6 +258,9 @@ class ChatService:
         self._own_forms = frozenset(word_forms([SYSTEM_RULES.format(store=STORE_NAME)]))
         self._prompt_version = prompt_fingerprint(settings.retrieval_top_k, settings.answer_min_score)
         self._producers: set[asyncio.Task[None]] = set()
+        # Brings this process's copy of the knowledge up to a revision another replica declared, within a wait;
+        # whether it did (the Invalidator's catch_up, set where both are built: it is made with this service).
+        self.catch_up: Callable[[int, float], Awaitable[bool]] | None = None
 
     async def prepare(
         self,
@@ -444,6 +450,10 @@ class ChatService:
     async def _retrieve(self, prepared: Prepared) -> None:
         if self._cache is not None:  # before the knowledge is read: see Prepared.generation
             marks = await self._cache.marks()
+            # Another replica declared a newer knowledge than this copy (it changed a document): read it first.
+            declared = -1 if marks is None else marks[2]
+            if declared > self._knowledge.revision and self.catch_up and await self.catch_up(declared, CATCH_UP_S):
+                marks = await self._cache.marks()  # (the read's own invalidation may have moved them)
             prepared.generation = None if marks is None else marks[0]
             if prepared.relay is not None and marks is not None:  # (another replica follows its call only if no
                 # invalidation came since, and its copy of the knowledge is not older than one an invalidation named)

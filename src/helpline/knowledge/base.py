@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -62,6 +63,7 @@ class KnowledgeBase:
         # own writes since may be newer). A cache store refuses answers from a copy older than one a replica
         # declared (see the Invalidator).
         self.revision = 0
+        self._revised = asyncio.Event()  # set (and replaced) when the revision moves on: see reached
         # Moves on with every change this process makes to its copy of the knowledge. An answer retrieved under
         # one epoch and finished under another may have missed a document added meanwhile (no version reaches
         # that): it is not cached (see ChatService).
@@ -88,7 +90,18 @@ class KnowledgeBase:
         )
         self._index.load([IndexEntry(c.document_id, c.ordinal) for c in chunks], vectors.astype(np.float32))
         self.epoch += 1
+        self._revise(revision)
+
+    def _revise(self, revision: int) -> None:
         self.revision = revision
+        revised, self._revised = self._revised, asyncio.Event()
+        revised.set()
+
+    async def reached(self, revision: int) -> None:
+        """Returns once this copy holds every change up to ``revision`` (it was read from the database at it or
+        later)."""
+        while self.revision < revision:
+            await self._revised.wait()
 
     async def ingest(self, documents: Sequence[SourceDocument], progress: ProgressFn | None = None) -> IngestReport:
         """Store new and changed documents with their embeddings; unchanged ones cost nothing.
@@ -189,7 +202,7 @@ class KnowledgeBase:
             self._remember(row, np.vstack([from_bytes(c.embedding) for c in chunks]))
         for doc_id in set(changed).difference(row.id for row in reloaded):  # deleted since the first query
             self._forget(doc_id)
-        self.revision = revision
+        self._revise(revision)
         return changed + removed
 
     async def database_id(self) -> str:
