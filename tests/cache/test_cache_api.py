@@ -316,6 +316,22 @@ async def leader_and_waiters(
     return leader, [asyncio.create_task(ask(api, question)) for _ in range(count)]
 
 
+async def test_a_reply_another_model_continued_is_shown_but_not_cached(sqlite_url: str, embedder: Embedder) -> None:
+    """Gemini is cut mid-reply; Ollama, asked to go on, starts again from the beginning. The shopper saw it as it
+    came, and it was cached as the answer, stitched words and all (review, session 26): a reply two models wrote is
+    never cached."""
+    gemini = FakeProvider(name="gemini", model="g", default=FakeReply(text="Standard delivery takes one to two days.",
+                                                                      chunks=4, cut_after=1))  # fmt: skip
+    ollama = FakeProvider(name="ollama", model="o", default=FakeReply(text="Standard delivery takes one to two days."))
+    question = "How long does delivery take?"
+    async with running_api(make_settings(sqlite_url, **UNLIMITED), embedder, [gemini, ollama]) as api:
+        events = parse_sse((await api.client.post("/v1/chat", json={"message": question, "stream": True})).text)
+        assert (events[-1][0], events[-1][1]["provider"]) == ("done", "ollama")
+        gemini.default = FakeReply(text="Standard delivery takes one to two working days.")
+        again = await ask(api, question)
+    assert (again["cache"], again["reply"]) == ("miss", "Standard delivery takes one to two working days.")
+
+
 async def test_a_cancelled_waiter_does_not_cancel_the_others(cached: tuple[Api, FakeProvider]) -> None:
     """Identical misses share one provider call; one of them going away (a cancelled request) must not take the
     shared answer away from the rest."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpline.cache.policy import echoes, is_personal, lacks_echoes, names_the_asker, word_forms
+from helpline.cache.policy import echoes, is_personal, lacks_echoes, names_the_asker, unknown_details, word_forms
 
 # Found by a review (session 7): each was cached as shared, so another API key got the first asker's answer.
 FOUND_BY_REVIEW = [
@@ -486,3 +486,24 @@ def test_the_rules_read_letters_typed_full_width_as_the_cache_key_does() -> None
     echoed = echoes(question, "As Oliver has a peanut allergy, no.", STORE_WORDS)
     assert echoed == ["allergy", "oliver", "peanut"]
     assert not lacks_echoes(question, echoed)
+
+
+KNOWN = "Telephone support\nCall 0800 123 4567 or write to help@shop.example. Item GB-10001 costs EUR 1,299.00."
+
+
+@pytest.mark.parametrize(
+    ("reply", "found"),
+    [
+        ("Your order GB-48213 arrives on Monday.", ["48213"]),
+        ("We emailed jane.doe@example.com about it.", ["jane.doe@example.com"]),
+        ("We will call you on 07700 900123.", ["07700900123"]),
+        ("Call us on 0800 123 4567 or write to help@shop.example.", []),
+        ("GB-10001 costs EUR 1,299.00; delivery takes 2 to 3 days.", []),
+        ("Call us on 0800\u00a0123\u00a04567.", []),
+        ("Orders over EUR 40 ship free within 48 hours.", []),
+    ],
+)
+def test_a_reply_has_unknown_details_when_its_knowledge_lacks_an_address_or_a_long_number(
+    reply: str, found: list[str]
+) -> None:
+    assert unknown_details(reply, KNOWN) == found

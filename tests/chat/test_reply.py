@@ -17,6 +17,10 @@ HANDOFFS = [
     "I don't know, sorry.",
     "I am unable to look that up.",
     "I'm sorry, but I can't help with that.",
+    # Typographic apostrophes, as most models and phones write them (a review found these cached, session 26).
+    "I\u2019m not sure about that, sorry.",
+    "Sorry, I can\u2019t help with that.",
+    "I don\u2019t have any information about that.",
 ]
 # Found cached as answers by a review (session 18): they say there is nothing on the question.
 HEDGES = [
@@ -38,6 +42,15 @@ HEDGES = [
     "The passages do not specify a time.",
     "No information is available about gift cards.",
     "I cannot provide details on that.",
+    # More, from the review of session 26: curly apostrophes, looking things up, the shoppers' other languages.
+    "Unfortunately, I can't check that for you.",
+    "I'm not able to look that up.",
+    "Lo siento, no tengo información sobre eso. Un miembro de nuestro equipo te contactará.",
+    "Désolé, je ne sais pas. Un membre de notre équipe vous contactera.",
+    "Es tut mir leid, dazu habe ich keine Informationen.",
+    "Mi dispiace, non ho informazioni su questo.",
+    "Desculpe, não tenho informações sobre isso.",
+    "Sorry, dat weet ik niet. Ik kan u daar helaas niet helpen.",
 ]
 # Real answers in the same words (found by the next review): an answer that cites a passage keeps its citations
 # and stays an answer; it is only not cached.
@@ -69,6 +82,13 @@ ANSWERS = [
     "If you don't have enough information on the label, call us.",
     "No details are available until dispatch; you will get an email then.",
     "The documents don't include VAT; it is added at checkout.",
+    # Answers in the other languages the hedges above are listed in.
+    "Sí, entregamos de lunes a sábado, de 7 a 22 h.",
+    "Non, la livraison standard prend deux jours ouvrés.",
+    "Die Standardlieferung dauert ein bis zwei Werktage.",
+    "No, non spediamo la domenica.",
+    "Não, a entrega padrão demora dois dias úteis.",
+    "Nee, we bezorgen niet op zondag.",
 ]
 
 
@@ -133,3 +153,35 @@ def test_whitespace_inside_a_streamed_reply_is_kept() -> None:
     shown = "".join(control.feed(chunk) for chunk in ["Line one.", "\n\n", "Line two ", "and more."])
     rest, line = control.finish()
     assert (shown + rest, line) == ("Line one.\n\nLine two and more.", "")
+
+
+@pytest.mark.parametrize("reply", ["\u2026", "...", " \u200b ", "!?"])
+def test_a_reply_without_a_word_is_never_an_answer_to_cache(reply: str) -> None:
+    """A review (session 26) found "…" with a citation cached as the answer."""
+    assert not cached(parsed(reply, cites=True))
+
+
+def test_a_control_line_written_twice_is_neither_shown_nor_kept() -> None:
+    """A small model repeats its line: the first was shown, and cached as part of the reply (review, session 26)."""
+    raw = "Standard delivery takes two days.\n<<ACTION=answer; SOURCES=faq-delivery>>\n<<ACTION=answer; SOURCES=x>>"
+    result = parse_reply(raw, (PASSAGE,))
+    assert (result.text, [c.id for c in result.citations]) == ("Standard delivery takes two days.", [])
+    result = parse_reply(raw.replace("SOURCES=x", "SOURCES=faq-delivery"), (PASSAGE,))
+    assert (result.text, [c.id for c in result.citations], cached(result)) == (
+        "Standard delivery takes two days.", ["faq-delivery"], True,
+    )  # fmt: skip
+    control = ControlLineFilter()
+    shown = "".join(control.feed(raw[start : start + 7]) for start in range(0, len(raw), 7))
+    rest, line = control.finish()
+    assert (shown + rest, line) == ("Standard delivery takes two days.", raw[raw.find("<<") :])
+
+
+def test_a_control_line_in_the_middle_of_a_reply_leaves_it() -> None:
+    result = parsed("Two days.\n<<ACTION=answer; SOURCES=faq-delivery>>\nAnything else?", cites=True)
+    assert result.text == "Two days.\n\nAnything else?"
+
+
+def test_marks_that_are_not_a_control_line_are_shown_as_they_come() -> None:
+    control = ControlLineFilter()
+    assert control.feed("Press <<Back>> to return, ") == "Press <<Back>> to return,"
+    assert control.finish() == (" ", "")

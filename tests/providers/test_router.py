@@ -138,6 +138,18 @@ async def test_live_cut_is_continued_by_the_next_provider_with_the_text_so_far()
     assert chunks[-1].provider == "secondary"
 
 
+@pytest.mark.parametrize("live", [True, False])
+async def test_a_stream_that_lost_only_its_end_after_the_control_line_is_complete(live: bool) -> None:
+    """The model wrote its whole reply, control line last, and only the stream's final chunk was lost: not a cut
+    reply for the next model to continue (a review, session 26, found the continuation written after the control
+    line, shown and cached with it)."""
+    primary, secondary = fakes("primary", "secondary")
+    primary.default = FakeReply(text="Delivery takes one to two working days.", chunks=3, cut_after=3)
+    chunks = await collect(FallbackRouter([primary, secondary], FAST), live=live)
+    assert text_of(chunks) == "Delivery takes one to two working days."
+    assert (chunks[-1].done, chunks[-1].provider, secondary.requests) == (True, "primary", [])
+
+
 async def test_live_cut_that_nobody_can_continue_ends_in_stream_cut() -> None:
     primary = FakeProvider(name="primary", default=FakeReply(text="Delivery takes one to two days.", cut_after=1))
     router = FallbackRouter([primary, ExtractiveProvider(0.5)], FAST)
@@ -279,7 +291,7 @@ async def test_a_provider_that_finishes_in_time_is_not_cut_by_the_calls_deadline
     assert parse_reply(completion.text, ()).text == ("steady " * 30).strip()
 
 
-@pytest.mark.parametrize("raw", ["", "<<ACTION=answer; SOURCES=>>", "   \n"])
+@pytest.mark.parametrize("raw", ["", "<<ACTION=answer; SOURCES=>>", "   \n", "\u2026\n<<ACTION=answer; SOURCES=>>"])
 async def test_empty_reply_is_a_failure(raw: str) -> None:
     primary, secondary = fakes("primary", "secondary")
     primary.default = FakeReply(raw=raw)

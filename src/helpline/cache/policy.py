@@ -488,6 +488,30 @@ def names_the_asker(question: str, reply: str) -> bool:
     return False
 
 
+_EMAIL_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_NUMBER_RUN = re.compile(r"[0-9](?:[0-9 ()./-]*[0-9])?")
+
+
+def unknown_details(reply: str, known: str) -> list[str]:
+    """The email addresses and numbers of five digits or more (an order, a phone, a card, an account) in ``reply``
+    that ``known`` (the question and the passages it drew on) does not have: details of somebody, not of the store
+    nor of what the shopper asked. An answer for
+    everyone must not carry one (review, session 26: "Your order GB-48213 for jane.doe@example.com arrives…",
+    written for a question that named neither, was cached for every shopper)."""
+    reply, known = _compatible(reply).lower(), _compatible(known).lower()
+    found = [email for email in _EMAIL_ADDRESS.findall(reply) if email not in known]
+    if _DIGIT.search(reply):
+        runs = [_digits_of(run) for run in _NUMBER_RUN.findall(known)]
+        numbers = (_digits_of(run) for run in _NUMBER_RUN.findall(reply))
+        found += [number for number in numbers if len(number) >= 5 and not any(number in run for run in runs)]
+    return found
+
+
+def _digits_of(run: str) -> str:
+    """A number as written ("0800 123 4567", "GB-48213") reduced to its digits."""
+    return re.sub(r"[^0-9]", "", run)
+
+
 def echoes(question: str, reply: str, known: Collection[str]) -> list[str]:
     """The words of the question that the reply repeats and that the knowledge it drew on does not use (``known``:
     the :func:`word_forms` of its passages and of the store's rules), as word forms: what the shopper told us about

@@ -7,6 +7,7 @@ be the start of the control line, so the shopper never sees ``<<ACTION=...>>``.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from helpline.knowledge.base import Passage
@@ -14,6 +15,12 @@ from helpline.providers.base import Action, Citation
 
 MARKER = "<<"
 _CONTROL = re.compile(r"<<\s*ACTION\s*=\s*(answer|handoff)\s*;?\s*(?:SOURCES\s*=\s*([^>]*))?>>\s*$", re.IGNORECASE)
+_CONTROL_ANYWHERE = re.compile(r"<<\s*ACTION\s*=[^<>]*>>", re.IGNORECASE)
+# What the filter holds back: complete control lines, then perhaps the start of one (a model may repeat its line).
+_CONTROL_TAIL = re.compile(r"(?:<<[^<>]*>>\s*)*(?:<<[^<>]*>?)?")
+_WORD = re.compile(r"[^\W_]")  # a letter or a digit, in any script
+# Typographic apostrophes and primes, as in "I\u2019m not sure" (a phone's keyboard, most models' output).
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2018\u2019\u02bc\u2032\uff07", "'"))
 _HANDOFF_PHRASES = re.compile(
     r"\b(?:i(?:'m| am) not sure|i (?:do not|don't) (?:know|have (?:any |that |this )?information)|"
     # an apology for not answering ("Sorry, I could not find any information about that.") is not an answer
@@ -42,7 +49,36 @@ _HEDGES = re.compile(
     # more, from the next review (session 19): in the first person, the assistant's (not "we cannot provide
     # details of your card over chat", "if you don't have enough information on the label")
     r"i (?:do not|don't) have enough (?:information|info|details)|no (?:information|info) is available|"
-    r"i (?:can't|cannot|can not) (?:say|provide (?:any )?(?:details|information|info)))",
+    r"i (?:can't|cannot|can not) (?:say|provide (?:any )?(?:details|information|info))|"
+    # the assistant unable to look something up (session 26: "Unfortunately, I can't check that for you.")
+    r"i(?:'m| am)? (?:can't|cannot|can not|could not|couldn't|unable to|not able to) "
+    r"(?:check|look|access|see|view|confirm|verify|tell))",
+    re.IGNORECASE,
+)
+# The same in the other languages shoppers write in (the model answers in theirs): "I don't know", "I have no
+# information", "I can't help / check / see", "I'm not sure". A review found "Lo siento, no tengo información sobre
+# eso" cached as an answer (session 26). Like _HEDGES: never cached, a handoff when it cites nothing.
+_HEDGES_ELSEWHERE = re.compile(
+    # Spanish
+    r"\bno (?:tengo|dispongo de|encuentro|encontré|hay) (?:ninguna |suficiente )?información|\bno (?:lo )?sé\b|"
+    r"\bno (?:puedo|pude) (?:ayudar|responder|ver|consultar|comprobar|acceder|encontrar|confirmar)|"
+    r"\bno estoy segur[oa]|"
+    # French
+    r"\bje ne (?:sais|peux) pas|\bje n'ai pas (?:d'|de |les |la |l')?(?:informations?|détails|renseignements)|"
+    r"\bje ne suis pas (?:sûre?|certaine?)|\baucune information|"
+    # German
+    r"\bich weiß (?:es |das )?nicht|\bkeine (?:informationen|angaben)|\bich bin (?:mir )?nicht sicher|"
+    r"\bich kann (?:ihnen |dir |das |es |leider |hier )*nicht "
+    r"(?:helfen|beantworten|sagen|prüfen|sehen|einsehen|finden)|"
+    # Italian
+    r"\bnon (?:ho|dispongo di|trovo) (?:alcuna |nessuna )?(?:informazion[ei]|dettagli)|\bnon (?:lo )?so\b|"
+    r"\bnon posso (?:aiutar|risponder|veder|verificar|controllar|acceder)|\bnon sono sicur[oa]|"
+    # Portuguese
+    r"\bnão (?:tenho|encontro|encontrei|há) (?:nenhuma |informaç)|\bnão sei\b|"
+    r"\bnão (?:posso|consigo) (?:ajudar|responder|ver|verificar|acessar|aceder|encontrar)|\bnão tenho certeza|"
+    # Dutch
+    r"\bik weet (?:het )?niet|\b(?:dat|het) weet ik niet|\bgeen informatie|\bik ben (?:er )?niet zeker|"
+    r"\bik kan (?:u |je |dat |het |daar |daarmee |er |helaas )*niet (?:helpen|beantwoorden|zien|controleren|vinden)",
     re.IGNORECASE,
 )
 
@@ -56,9 +92,7 @@ class ControlLineFilter:
 
     def feed(self, delta: str) -> str:
         text = self._held + delta
-        cut = text.rfind(MARKER)
-        if cut == -1 and text.endswith("<"):
-            cut = len(text) - 1
+        cut = _held_from(text)
         if cut == -1:
             self._held = ""
         else:
@@ -78,6 +112,17 @@ class ControlLineFilter:
             return "", held.strip()
         self.visible += held
         return held, ""
+
+
+def _held_from(text: str) -> int:
+    """Where the control lines at the end of ``text`` begin, the last perhaps unfinished (-1: none). Every one of
+    them: a model that wrote its line twice showed the first to the shopper (review, session 26)."""
+    cut = text.find(MARKER)
+    while cut != -1:
+        if _CONTROL_TAIL.fullmatch(text, cut):
+            return cut
+        cut = text.find(MARKER, cut + 1)
+    return len(text) - 1 if text.endswith("<") else -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,16 +155,35 @@ def parse_reply(raw: str, passages: tuple[Passage, ...]) -> ParsedReply:
         action = "handoff"
     if action == "handoff":
         citations = ()
-    grounded = action == "handoff" or bool(citations)
+    # A reply without a word in it ("…") says nothing, whatever it cites: never an answer to cache (review,
+    # session 26; the router takes one for an empty reply and asks the next provider).
+    grounded = action == "handoff" or (bool(citations) and has_words(text))
     return ParsedReply(text.strip(), action, citations, grounded, bool(control), hedged=hedged)
 
 
 def _split_control(raw: str) -> tuple[str, str]:
+    """(the reply, its control line): the last of the control lines it ends with. Any other one, anywhere in it
+    (a model that repeated its line, or wrote one and went on), leaves the reply too."""
     stripped = raw.rstrip()
-    cut = stripped.rfind(MARKER)
-    if cut != -1 and _CONTROL.search(stripped[cut:]):
-        return stripped[:cut], stripped[cut:]
-    return stripped, ""
+    cut = _held_from(stripped)
+    control = ""
+    if cut != -1:
+        last = stripped.rfind(MARKER)
+        if _CONTROL.search(stripped[last:]):
+            stripped, control = stripped[:cut], stripped[last:]
+    return _CONTROL_ANYWHERE.sub("", stripped), control
+
+
+def has_words(text: str) -> bool:
+    """Whether ``text`` has a letter or a digit: a reply of dots, spaces or symbols says nothing."""
+    return _WORD.search(text) is not None
+
+
+def ends_with_control(text: str) -> bool:
+    """Whether ``text`` ends with a complete control line: the model wrote its whole reply (the line comes last)."""
+    stripped = text.rstrip()
+    last = stripped.rfind(MARKER)
+    return last != -1 and _CONTROL.search(stripped[last:]) is not None
 
 
 _WORDS = re.compile(r"[a-z0-9]+")
@@ -147,11 +211,18 @@ def strip_control(raw: str) -> str:
     return _split_control(raw)[0]
 
 
+def _plain(text: str) -> str:
+    """The text as the phrase lists are written: NFKC (full-width letters), straight apostrophes."""
+    return unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
+
+
 def looks_like_handoff(text: str) -> bool:
     """Model text that defers to a person, whatever action it declared."""
-    return bool(_HANDOFF_PHRASES.search(text))
+    return bool(_HANDOFF_PHRASES.search(_plain(text)))
 
 
 def hedges(text: str) -> bool:
-    """Model text that says it has nothing on (part of) the question; an answer only if it cites a passage."""
-    return bool(_HEDGES.search(text))
+    """Model text that says it has nothing on (part of) the question, in English or another language shoppers
+    write in; an answer only if it cites a passage."""
+    plain = _plain(text)
+    return bool(_HEDGES.search(plain) or _HEDGES_ELSEWHERE.search(plain))

@@ -17,7 +17,15 @@ import orjson
 import structlog
 
 from helpline.cache.keys import CacheScope, context_digest
-from helpline.cache.policy import cacheable, echoes, is_personal, names_the_asker, owner_scope, word_forms
+from helpline.cache.policy import (
+    cacheable,
+    echoes,
+    is_personal,
+    names_the_asker,
+    owner_scope,
+    unknown_details,
+    word_forms,
+)
 from helpline.cache.relay import RelayCodec
 from helpline.cache.service import AnswerCache, CachedAnswer, CacheHit, Flight, Relay
 from helpline.chat.prompts import STORE_NAME, SYSTEM_RULES, estimate_tokens, prompt_fingerprint
@@ -141,9 +149,12 @@ class Usage:
     model: str = "none"
     tokens_in: int = 0
     tokens_out: int = 0
+    continued: bool = False  # written by two models: one was cut mid-reply and the next continued it
 
     def add(self, chunk: StreamChunk) -> None:
         if chunk.provider:
+            model = (chunk.provider, chunk.model)
+            self.continued = self.continued or (self.provider != "none" and (self.provider, self.model) != model)
             self.provider, self.model = chunk.provider, chunk.model
         self.tokens_in = chunk.tokens_in if chunk.tokens_in is not None else self.tokens_in
         self.tokens_out = chunk.tokens_out if chunk.tokens_out is not None else self.tokens_out
@@ -698,11 +709,24 @@ class ChatService:
         if prepared.scope.owner == "shared" and names_the_asker(prepared.message, reply.text):
             log.info("cache_write_skipped", reason="the reply calls the shopper by name")
             return None
+        # (Details the question itself gave are the asker's to see again; a semantic hit is checked for them, see
+        # echoes.)
+        known = f"{prepared.message}\n{self._passages_text(prepared)}"
+        if prepared.scope.owner == "shared" and unknown_details(reply.text, known):
+            log.info("cache_write_skipped", reason="a number or an address neither question nor knowledge has")
+            return None
+        if usage.continued:  # shown as it was written; a model told to go on may start again (review, session 26)
+            log.info("cache_write_skipped", reason="a reply continued by another model")
+            return None
         return CachedAnswer(
             question=prepared.message, reply=reply.text, citations=[c.as_dict() for c in reply.citations],
             provider=usage.provider, model=usage.model, tags=drawn_on(prepared.passages), cost_usd=self.cost(usage),
             locale=prepared.locale or "", echoes=echoes(prepared.message, reply.text, self._known(prepared)),
         )  # fmt: skip
+
+    @staticmethod
+    def _passages_text(prepared: Prepared) -> str:
+        return "\n".join(f"{passage.title}\n{passage.text}" for passage in prepared.passages)
 
     def _known(self, prepared: Prepared) -> frozenset[str]:
         """The words an answer may use as the store's own (see cache.policy.echoes): its rules', and those of the

@@ -26,7 +26,7 @@ class FakeReply:
     chunk_delay_s: float = 0.0
     chunks: int = 3
     error: ProviderError | None = None
-    cut_after: int | None = None  # stop after this many chunks without the final one
+    cut_after: int | None = None  # stop after this many chunks (at most all of them) without the final one
     raw: str | None = None  # exact text to send (no control line added)
 
 
@@ -71,6 +71,8 @@ class FakeProvider:
                 yield StreamChunk(piece)
             if not pieces:
                 raise BadResponse("empty reply", provider=self.name)
+            if reply.cut_after is not None:  # as many as it has, or more: cut after its last piece
+                return
             yield StreamChunk(done=True, tokens_in=self.count_tokens(request.message), tokens_out=len(pieces))
         except asyncio.CancelledError:
             self.cancelled += 1

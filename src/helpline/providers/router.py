@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from helpline.chat.reply import strip_control
+from helpline.chat.reply import ends_with_control, has_words, strip_control
 from helpline.observability.metrics import record_provider_call, set_breaker_state, set_provider_up
 from helpline.providers.base import (
     BadResponse,
@@ -102,6 +102,7 @@ class Attempt:
     queue: asyncio.Queue[StreamChunk | ProviderError] = field(default_factory=asyncio.Queue)
     first: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     task: asyncio.Task[None] | None = None
+    text: str = ""  # what its stream has written so far
 
     def start(self) -> Attempt:
         self.started = self.clock()
@@ -129,12 +130,18 @@ class Attempt:
             error = raised
         except Exception as raised:  # noqa: BLE001 - an adapter let a vendor error through: still a provider failure
             error = BadResponse(f"unexpected {type(raised).__name__}: {raised}", provider=self.name)
+        if error is not None and ends_with_control(self.text) and has_words(strip_control(self.text)):
+            # The model had written its whole reply (its control line comes last); only the stream's end was lost
+            # (a cut connection, a stall before the final chunk). Not a cut reply: a continuation would be written
+            # after its control line, and shown and cached with it (found by a review, session 26).
+            log.info("provider_stream_end_lost", provider=self.name, error=type(error).__name__)
+            self.queue.put_nowait(StreamChunk(done=True))
+            return
         if error is not None:
             self._fail(error)
 
     async def _forward(self) -> ProviderError | None:
         """Queue the provider's chunks; the error that ended the stream early, if any."""
-        text = ""
         loop = asyncio.get_running_loop()
         # aclosing: an attempt cancelled between two chunks closes its stream here, on the loop, instead of leaving
         # it (and the vendor's generators inside it) to a garbage collector in another thread (transport.ended).
@@ -142,8 +149,8 @@ class Attempt:
             try:
                 async with asyncio.timeout(None) as stall:  # armed from the first token on, again at every chunk
                     async for chunk in stream:
-                        text += chunk.text
-                        if chunk.done and not strip_control(text).strip():
+                        self.text += chunk.text
+                        if chunk.done and not has_words(strip_control(self.text)):  # nothing, or only "…"
                             return BadResponse("empty reply", provider=self.name)
                         await self.queue.put(chunk)
                         if (chunk.text or chunk.done) and not self.first.done():
