@@ -682,6 +682,30 @@ async def test_a_request_asked_after_a_change_never_gets_an_old_answer_the_store
     assert len(fake.requests) == 2
 
 
+async def test_a_store_outage_with_a_removal_owed_does_not_double_the_provider_calls(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """Redis is down and a change's removal is owed: the watcher retries it every second, and those tries change
+    nothing of the knowledge. Identical requests still share one call (review helper-53: a retry during a call made
+    its reply stale, and its waiters each called again)."""
+    settings = make_settings(
+        sqlite_url, redis_url="redis://127.0.0.1:1/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=1.5,
+        cache_timeout_s=0.2, **UNLIMITED,
+    )  # fmt: skip
+    fake = FakeProvider(name="gemini", model="g", default=FakeReply(text="Two days.", first_token_delay_s=2.5))
+    async with running_api(settings, embedder, [fake, ExtractiveProvider(0.5)]) as api:
+        assert api.services.cache is not None
+        body = {"title": "Gift wrap", "text": "We gift wrap for 3 EUR.", "kind": "policy"}
+        response = await api.client.put("/v1/admin/kb/documents/policy-giftwrap", json=body, headers=ADMIN)
+        assert response.status_code == 503, response.text  # saved; its removal is owed, retried every second
+        await asyncio.sleep(2.0)  # past the watcher's first retry
+        before = api.services.cache.invalidations
+        await asyncio.gather(*(ask(api, "How long does delivery take?") for _ in range(3)))
+        retries = api.services.cache.invalidations - before
+    assert retries >= 2  # the watcher tried again meanwhile
+    assert len(fake.requests) == 1
+
+
 async def test_when_the_call_everyone_waits_for_is_cancelled_one_of_them_calls_again(
     cached: tuple[Api, FakeProvider],
 ) -> None:

@@ -501,6 +501,12 @@ KNOWN = "Telephone support\nCall 0800 123 4567 or write to help@shop.example. It
         ("GB-10001 costs EUR 1,299.00; delivery takes 2 to 3 days.", []),
         ("Call us on 0800\u00a0123\u00a04567.", []),
         ("Orders over EUR 40 ship free within 48 hours.", []),
+        # The store's own numbers, written otherwise than in its passages (review helper-53).
+        ("Call us on +44 800 123 4567.", []),
+        ("GB-10001 costs EUR 1,299; that is EUR 1299.00 with VAT.", []),
+        ("Order by 2024-12-18 or 18/12/2024 for Christmas.", []),
+        ("We stock sizes 36 38 40 42 and 44.", []),
+        ("Your card 4111 1111 1111 1111 was charged.", ["4111111111111111"]),
     ],
 )
 def test_a_reply_has_unknown_details_when_its_knowledge_lacks_an_address_or_a_long_number(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from helpline.cache.policy import cacheable
@@ -88,6 +90,14 @@ ANSWERS = [
     "Die Standardlieferung dauert ein bis zwei Werktage.",
     "No, non spediamo la domenica.",
     "Não, a entrega padrão demora dois dias úteis.",
+    "Não há nenhuma taxa de entrega acima de 40 EUR.",
+    "No hay ningún cargo por la entrega estándar.",
+    "Il n'y a aucun frais de livraison au-dessus de 40 EUR.",
+    # Answers the first wordings of those took for hedges (review helper-53).
+    "Nous ne partageons aucune information avec des tiers.",
+    "Wir geben keine Informationen an Dritte weiter.",
+    "Für die Rücksendung sind keine Angaben nötig.",
+    "We delen geen informatie met derden.",
     "Nee, we bezorgen niet op zondag.",
 ]
 
@@ -170,10 +180,28 @@ def test_a_control_line_written_twice_is_neither_shown_nor_kept() -> None:
     assert (result.text, [c.id for c in result.citations], cached(result)) == (
         "Standard delivery takes two days.", ["faq-delivery"], True,
     )  # fmt: skip
-    control = ControlLineFilter()
-    shown = "".join(control.feed(raw[start : start + 7]) for start in range(0, len(raw), 7))
-    rest, line = control.finish()
-    assert (shown + rest, line) == ("Standard delivery takes two days.", raw[raw.find("<<") :])
+    for size in range(1, 9):  # in pieces of every size: one may end on a lone "<" (review helper-53)
+        control = ControlLineFilter()
+        shown = "".join(control.feed(raw[start : start + size]) for start in range(0, len(raw), size))
+        rest, line = control.finish()
+        assert (shown + rest, line) == ("Standard delivery takes two days.", raw[raw.find("<<") :]), size
+
+
+def test_marks_around_words_before_the_control_line_stay_in_the_reply() -> None:
+    """Only control lines leave a reply: "<<Return item>>" is the reply's own (review helper-53)."""
+    raw = "Open your order and press\n<<Return item>>\n<<ACTION=answer; SOURCES=faq-delivery>>"
+    assert parse_reply(raw, (PASSAGE,)).text == "Open your order and press\n<<Return item>>"
+    for size in (1, 2, 5, 80):
+        control = ControlLineFilter()
+        shown = "".join(control.feed(raw[start : start + size]) for start in range(0, len(raw), size))
+        assert shown + control.finish()[0] == "Open your order and press\n<<Return item>>", size
+
+
+def test_a_long_reply_of_marks_is_read_in_linear_time() -> None:
+    raw = "<<a>>" * 40_000 + "\n<<ACTION=answer; SOURCES=faq-delivery>>"
+    started = time.perf_counter()
+    assert parse_reply(raw, (PASSAGE,)).text == "<<a>>" * 40_000
+    assert time.perf_counter() - started < 0.5
 
 
 def test_a_control_line_in_the_middle_of_a_reply_leaves_it() -> None:

@@ -155,7 +155,10 @@ def test_server_restarts_on_the_same_port(gemini: FakeGemini) -> None:
 async def test_stop_releases_a_hung_request_quickly(gemini: FakeGemini, genai_client: genai.Client) -> None:
     gemini.script([Fault.hang()])
     pending = asyncio.ensure_future(_generate(genai_client))
-    await asyncio.sleep(0.1)
+    deadline = time.monotonic() + 5  # until the server holds it (0.1 s was not always enough on a busy machine)
+    while not gemini.requests:
+        assert time.monotonic() < deadline, "the request never reached the server"
+        await asyncio.sleep(0.01)
     started = time.perf_counter()
     await asyncio.to_thread(gemini.stop)
     assert time.perf_counter() - started < 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import statistics
 import time
 from collections.abc import AsyncGenerator
@@ -16,6 +17,7 @@ from helpline.chat.reply import parse_reply
 from helpline.providers.base import (
     CompletionRequest,
     RateLimited,
+    SafetyRefusal,
     StreamChunk,
     StreamCut,
     Unavailable,
@@ -148,6 +150,29 @@ async def test_a_stream_that_lost_only_its_end_after_the_control_line_is_complet
     chunks = await collect(FallbackRouter([primary, secondary], FAST), live=live)
     assert text_of(chunks) == "Delivery takes one to two working days."
     assert (chunks[-1].done, chunks[-1].provider, secondary.requests) == (True, "primary", [])
+
+
+@dataclasses.dataclass
+class RefusedAtTheEnd(FakeProvider):
+    """Writes its whole reply, control line included, and then refuses it (Gemini's SAFETY / SPII finish)."""
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamChunk, None]:
+        self.requests.append(request)
+        yield StreamChunk("Here is what you asked for.\n<<ACTION=answer; SOURCES=x>>")
+        raise SafetyRefusal("blocked: SPII", provider=self.name)
+
+
+@pytest.mark.parametrize("live", [True, False])
+async def test_a_reply_refused_after_its_control_line_is_not_passed_off_as_complete(live: bool) -> None:
+    """Only a lost end (a cut, a stall) makes a reply with its control line complete, never a refusal (review
+    helper-53: a reply Gemini blocked for personal data was shown, and cached for everyone)."""
+    primary = RefusedAtTheEnd(name="primary", model="primary-model")
+    secondary = FakeProvider(name="secondary", model="secondary-model", default=FakeReply(text="Two days."))
+    chunks: list[StreamChunk] = []
+    with contextlib.suppress(StreamCut):
+        async for chunk in FallbackRouter([primary, secondary], FAST).stream(REQUEST, live=live):
+            chunks.append(chunk)
+    assert not (chunks and chunks[-1].done and chunks[-1].provider == "primary")
 
 
 async def test_live_cut_that_nobody_can_continue_ends_in_stream_cut() -> None:

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import re
 import unicodedata
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from functools import lru_cache
 
 from helpline.cache import guards
@@ -489,27 +489,44 @@ def names_the_asker(question: str, reply: str) -> bool:
 
 
 _EMAIL_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_NUMBER_RUN = re.compile(r"[0-9](?:[0-9 ()./-]*[0-9])?")
+# Digits with spaces, dashes or brackets between them: one number as people write an order, a phone or a card
+# ("0800 123 4567", "GB-48213"). Not across a point, a comma or a slash: a price ("EUR 1,299.00") or a date
+# ("18/12/2024") is no identifier.
+_NUMBER_RUN = re.compile(r"[0-9](?:[0-9 ()-]*[0-9])?")
+_DASHED_DATE = re.compile(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}|[0-9]{1,2}-[0-9]{1,2}-[0-9]{2,4}")
+_DIGIT_GROUP = re.compile(r"[0-9]+")
+IDENTIFYING_DIGITS = 5  # an order, a phone, a card or an account number has at least this many
+SUBSCRIBER_DIGITS = 9  # the end of a number that stays the same however it is written (+44 20…, 020…)
 
 
 def unknown_details(reply: str, known: str) -> list[str]:
     """The email addresses and numbers of five digits or more (an order, a phone, a card, an account) in ``reply``
     that ``known`` (the question and the passages it drew on) does not have: details of somebody, not of the store
-    nor of what the shopper asked. An answer for
-    everyone must not carry one (review, session 26: "Your order GB-48213 for jane.doe@example.com arrives…",
-    written for a question that named neither, was cached for every shopper)."""
+    nor of what the shopper asked. An answer for everyone must not carry one (review, session 26: "Your order
+    GB-48213 for jane.doe@example.com arrives…", written for a question that named neither, was cached for every
+    shopper). A number the store publishes counts as known however it is written ("+44 20 7946 0958" for "020 7946
+    0958"): its last nine digits are compared."""
     reply, known = _compatible(reply).lower(), _compatible(known).lower()
     found = [email for email in _EMAIL_ADDRESS.findall(reply) if email not in known]
     if _DIGIT.search(reply):
-        runs = [_digits_of(run) for run in _NUMBER_RUN.findall(known)]
-        numbers = (_digits_of(run) for run in _NUMBER_RUN.findall(reply))
-        found += [number for number in numbers if len(number) >= 5 and not any(number in run for run in runs)]
+        numbers = [number for number in _numbers(known) if len(number) >= IDENTIFYING_DIGITS]
+        for number in _numbers(reply):
+            tail = number[-SUBSCRIBER_DIGITS:]
+            if len(number) >= IDENTIFYING_DIGITS and not any(
+                tail in other or other[-SUBSCRIBER_DIGITS:] in number for other in numbers
+            ):
+                found.append(number)
     return found
 
 
-def _digits_of(run: str) -> str:
-    """A number as written ("0800 123 4567", "GB-48213") reduced to its digits."""
-    return re.sub(r"[^0-9]", "", run)
+def _numbers(text: str) -> Iterator[str]:
+    """The numbers of ``text`` as their digits (see _NUMBER_RUN), but for dates and lists of short numbers ("sizes
+    36 38 40 42")."""
+    for run in _NUMBER_RUN.findall(text):
+        groups = _DIGIT_GROUP.findall(run)
+        if _DASHED_DATE.fullmatch(run) or all(len(group) <= 2 for group in groups):
+            continue
+        yield "".join(groups)
 
 
 def echoes(question: str, reply: str, known: Collection[str]) -> list[str]:

@@ -16,8 +16,9 @@ from helpline.providers.base import Action, Citation
 MARKER = "<<"
 _CONTROL = re.compile(r"<<\s*ACTION\s*=\s*(answer|handoff)\s*;?\s*(?:SOURCES\s*=\s*([^>]*))?>>\s*$", re.IGNORECASE)
 _CONTROL_ANYWHERE = re.compile(r"<<\s*ACTION\s*=[^<>]*>>", re.IGNORECASE)
-# What the filter holds back: complete control lines, then perhaps the start of one (a model may repeat its line).
-_CONTROL_TAIL = re.compile(r"(?:<<[^<>]*>>\s*)*(?:<<[^<>]*>?)?")
+# What the filter holds back at the end of a reply: control lines (a model may repeat its line), the last perhaps
+# unfinished (anything from "<<" on, without the closing ">>" yet), or a lone "<".
+_UNFINISHED = re.compile(r"<<[^<>]*>?")
 _WORD = re.compile(r"[^\W_]")  # a letter or a digit, in any script
 # Typographic apostrophes and primes, as in "I\u2019m not sure" (a phone's keyboard, most models' output).
 _APOSTROPHES = str.maketrans(dict.fromkeys("\u2018\u2019\u02bc\u2032\uff07", "'"))
@@ -65,19 +66,21 @@ _HEDGES_ELSEWHERE = re.compile(
     r"\bno estoy segur[oa]|"
     # French
     r"\bje ne (?:sais|peux) pas|\bje n'ai pas (?:d'|de |les |la |l')?(?:informations?|détails|renseignements)|"
-    r"\bje ne suis pas (?:sûre?|certaine?)|\baucune information|"
-    # German
-    r"\bich weiß (?:es |das )?nicht|\bkeine (?:informationen|angaben)|\bich bin (?:mir )?nicht sicher|"
+    r"\bje ne suis pas (?:sûre?|certaine?)|\bje n'ai aucune (?:information|précision)|"
+    # German (not a bare "keine Informationen": "Wir geben keine Informationen an Dritte weiter" is an answer)
+    r"\bich weiß (?:es |das )?nicht|\b(?:ich habe|habe ich|liegen mir) (?:dazu |leider |hierzu )*keine "
+    r"(?:informationen|angaben|details)|\bich bin (?:mir )?nicht sicher|"
     r"\bich kann (?:ihnen |dir |das |es |leider |hier )*nicht "
     r"(?:helfen|beantworten|sagen|prüfen|sehen|einsehen|finden)|"
     # Italian
     r"\bnon (?:ho|dispongo di|trovo) (?:alcuna |nessuna )?(?:informazion[ei]|dettagli)|\bnon (?:lo )?so\b|"
     r"\bnon posso (?:aiutar|risponder|veder|verificar|controllar|acceder)|\bnon sono sicur[oa]|"
     # Portuguese
-    r"\bnão (?:tenho|encontro|encontrei|há) (?:nenhuma |informaç)|\bnão sei\b|"
+    r"\bnão (?:tenho|encontro|encontrei|há) (?:nenhuma )?informaç|\bnão sei\b|"
     r"\bnão (?:posso|consigo) (?:ajudar|responder|ver|verificar|acessar|aceder|encontrar)|\bnão tenho certeza|"
     # Dutch
-    r"\bik weet (?:het )?niet|\b(?:dat|het) weet ik niet|\bgeen informatie|\bik ben (?:er )?niet zeker|"
+    r"\bik weet (?:het )?niet|\b(?:dat|het) weet ik niet|\b(?:ik heb|heb ik) (?:daar |helaas |hier )*geen "
+    r"informatie|\bik ben (?:er )?niet zeker|"
     r"\bik kan (?:u |je |dat |het |daar |daarmee |er |helaas )*niet (?:helpen|beantwoorden|zien|controleren|vinden)",
     re.IGNORECASE,
 )
@@ -116,13 +119,22 @@ class ControlLineFilter:
 
 def _held_from(text: str) -> int:
     """Where the control lines at the end of ``text`` begin, the last perhaps unfinished (-1: none). Every one of
-    them: a model that wrote its line twice showed the first to the shopper (review, session 26)."""
-    cut = text.find(MARKER)
-    while cut != -1:
-        if _CONTROL_TAIL.fullmatch(text, cut):
-            return cut
-        cut = text.find(MARKER, cut + 1)
-    return len(text) - 1 if text.endswith("<") else -1
+    them: a model that wrote its line twice showed the first to the shopper (review, session 26). Read from the end,
+    each character once."""
+    cut = end = len(text)
+    last = text.rfind(MARKER)
+    if last != -1 and _UNFINISHED.fullmatch(text, last):
+        cut = end = last
+    elif text.endswith("<"):
+        cut = end = len(text) - 1
+    while True:  # complete control lines before it, whitespace between
+        stop = end
+        while stop and text[stop - 1].isspace():
+            stop -= 1
+        start = text.rfind(MARKER, 0, stop)
+        if start == -1 or not _CONTROL_ANYWHERE.fullmatch(text, start, stop):
+            return -1 if cut == len(text) else cut
+        cut = end = start
 
 
 @dataclass(frozen=True, slots=True)

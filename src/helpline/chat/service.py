@@ -113,9 +113,6 @@ class Prepared:
     knowledge_epoch: int = -1
     # The knowledge revision of that copy: the store refuses the answer if a replica invalidated from a newer one.
     knowledge_revision: int | None = None
-    # The cache's count of this process's invalidations then: a reply the store could not check is stale to the
-    # requests that joined its call if one came since (see ChatService._maybe_cache).
-    invalidations: int = -1
     # Set when this request makes the call for identical ones: its text is published here as it streams.
     relay: Flight | None = None
     answered: bool = False  # a streamed request following another's flight has finished its own reply
@@ -471,7 +468,6 @@ class ChatService:
                 prepared.relay.origin = (marks[0], marks[1], self._knowledge.revision)
         prepared.knowledge_epoch = self._knowledge.epoch
         prepared.knowledge_revision = self._knowledge.revision
-        prepared.invalidations = -1 if self._cache is None else self._cache.invalidations
         if prepared.vector is None:
             (prepared.vector,) = await self._knowledge.embedder.aembed([prepared.message])
         passages = self._knowledge.search_vector(prepared.vector, self._settings.retrieval_top_k, prepared.message)
@@ -749,10 +745,10 @@ class ChatService:
                 )  # fmt: skip
                 refused = not stored and self._cache.available  # drawn from knowledge that changed meanwhile
             # Not stored, and the store could not check it (it was bypassed when the knowledge was read, or when
-            # the answer came): this process's own view decides. A change it made or heard of since the knowledge
-            # was read makes the answer stale to requests that joined since (found by a review, session 26: they
+            # the answer came): this process's own view decides. A change to its copy of the knowledge since the
+            # call read it makes the answer stale to requests that joined since (found by a review, session 26: they
             # were served the old answer as an exact hit after the change's PUT had returned).
-            if stored or not (refused or self._changed_since(prepared, self._cache)):
+            if stored or not (refused or self._changed_since(prepared)):
                 landed = CacheHit(answer, "exact", 1.0, prepared.message)
             else:
                 landed = SharedReply(reply, Usage(usage.provider, usage.model), stale=True)
@@ -768,10 +764,12 @@ class ChatService:
             return False
         return True
 
-    def _changed_since(self, prepared: Prepared, cache: AnswerCache) -> bool:
-        """Whether this process changed its copy of the knowledge, or removed cached answers (for a change another
-        process made, or an operator's), since ``prepared`` read the knowledge."""
-        return prepared.knowledge_epoch != self._knowledge.epoch or prepared.invalidations != cache.invalidations
+    def _changed_since(self, prepared: Prepared) -> bool:
+        """Whether this process's copy of the knowledge changed (a change made here, or one read from the database)
+        since ``prepared`` read it. (Not the cache's count of invalidations: while the store is down the watcher
+        retries the owed one every second, and each try would make every longer call stale for nothing; review
+        helper-53.)"""
+        return prepared.knowledge_epoch != self._knowledge.epoch
 
     async def warm(self, question: str, locale: str | None = None) -> bool:
         """Answer ``question`` as a first message from nobody in particular and cache it (no conversation)."""

@@ -130,7 +130,8 @@ class Attempt:
             error = raised
         except Exception as raised:  # noqa: BLE001 - an adapter let a vendor error through: still a provider failure
             error = BadResponse(f"unexpected {type(raised).__name__}: {raised}", provider=self.name)
-        if error is not None and ends_with_control(self.text) and has_words(strip_control(self.text)):
+        lost_end = isinstance(error, StreamCut | ProviderTimeout)  # not a refusal (a safety block), not a bad body
+        if lost_end and ends_with_control(self.text) and has_words(strip_control(self.text)):
             # The model had written its whole reply (its control line comes last); only the stream's end was lost
             # (a cut connection, a stall before the final chunk). Not a cut reply: a continuation would be written
             # after its control line, and shown and cached with it (found by a review, session 26).
