@@ -150,8 +150,8 @@ class Usage:
 
     def add(self, chunk: StreamChunk) -> None:
         if chunk.provider:
-            model = (chunk.provider, chunk.model)
-            self.continued = self.continued or (self.provider != "none" and (self.provider, self.model) != model)
+            writer = (chunk.provider, chunk.model)
+            self.continued = self.continued or (self.provider != "none" and (self.provider, self.model) != writer)
             self.provider, self.model = chunk.provider, chunk.model
         self.tokens_in = chunk.tokens_in if chunk.tokens_in is not None else self.tokens_in
         self.tokens_out = chunk.tokens_out if chunk.tokens_out is not None else self.tokens_out
@@ -759,7 +759,7 @@ class ChatService:
     def _current(self, prepared: Prepared) -> bool:
         """Whether this process's knowledge is still the one the answer was retrieved from: a document added
         meanwhile reaches no version check (see KnowledgeBase.epoch), so such an answer is not written."""
-        if prepared.knowledge_epoch != self._knowledge.epoch:
+        if self._changed_since(prepared):
             log.info("cache_write_skipped", reason="knowledge changed while answering")
             return False
         return True
