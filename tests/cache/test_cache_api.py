@@ -706,6 +706,27 @@ async def test_a_store_outage_with_a_removal_owed_does_not_double_the_provider_c
     assert len(fake.requests) == 1
 
 
+async def test_a_removal_a_request_left_owed_is_retried_at_once_not_after_the_watchers_interval(
+    sqlite_url: str, embedder: Embedder
+) -> None:
+    """A PUT while Redis is down leaves its removal owed (503; no cached answer is served meanwhile): the watcher
+    retries it at once, then every second, rather than once the interval it was waiting out is over."""
+    settings = make_settings(
+        sqlite_url, redis_url="redis://127.0.0.1:1/0", tenant="t" + secrets.token_hex(6), kb_refresh_s=3600,
+        cache_timeout_s=0.2, **UNLIMITED,
+    )  # fmt: skip
+    async with running_api(settings, embedder, [FakeProvider(name="gemini"), ExtractiveProvider(0.5)]) as api:
+        assert api.services.cache is not None
+        assert api.services.invalidator is not None
+        body = {"title": "Gift wrap", "text": "We gift wrap for 3 EUR.", "kind": "policy"}
+        response = await api.client.put("/v1/admin/kb/documents/policy-giftwrap", json=body, headers=ADMIN)
+        assert response.status_code == 503, response.text
+        assert api.services.invalidator.owed
+        tried = api.services.cache.invalidations
+        await asyncio.sleep(1.5)
+        assert api.services.cache.invalidations > tried  # the watcher tried again, well before its hour was over
+
+
 async def test_when_the_call_everyone_waits_for_is_cancelled_one_of_them_calls_again(
     cached: tuple[Api, FakeProvider],
 ) -> None:

@@ -282,6 +282,10 @@ class Invalidator:
         finally:
             self._polling.release()
             self._hold_reads()  # also when cancelled: what it left owed is kept
+        if budget_s is not None and self.owed:
+            # A request's round left a removal owed: the watcher retries it now, then every OWED_RETRY_S, not once
+            # its usual interval is over (reads are held until then; review helper-53).
+            self._wake.set()
         if self._database_error is not None and self.owed:
             raise CacheUnavailable(
                 f"the database failed ({self._database_error}) while the knowledge changes were drained: no cached "
