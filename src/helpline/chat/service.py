@@ -248,6 +248,11 @@ START_MARGIN_S = 0.25
 CATCH_UP_S = 1.0
 
 
+def _passages_text(prepared: Prepared) -> str:
+    """The titles and texts of the passages a reply drew on, as the model was given them."""
+    return "\n".join(f"{passage.title}\n{passage.text}" for passage in prepared.passages)
+
+
 class ChatService:
     def __init__(
         self,
@@ -707,8 +712,8 @@ class ChatService:
             return None
         # (Details the question itself gave are the asker's to see again; a semantic hit is checked for them, see
         # echoes.)
-        known = f"{prepared.message}\n{self._passages_text(prepared)}"
-        if prepared.scope.owner == "shared" and unknown_details(reply.text, known):
+        passages = _passages_text(prepared)
+        if prepared.scope.owner == "shared" and unknown_details(reply.text, f"{prepared.message}\n{passages}"):
             log.info("cache_write_skipped", reason="a number or an address neither question nor knowledge has")
             return None
         if usage.continued:  # shown as it was written; a model told to go on may start again (review, session 26)
@@ -717,17 +722,13 @@ class ChatService:
         return CachedAnswer(
             question=prepared.message, reply=reply.text, citations=[c.as_dict() for c in reply.citations],
             provider=usage.provider, model=usage.model, tags=drawn_on(prepared.passages), cost_usd=self.cost(usage),
-            locale=prepared.locale or "", echoes=echoes(prepared.message, reply.text, self._known(prepared)),
+            locale=prepared.locale or "", echoes=echoes(prepared.message, reply.text, self._known(passages)),
         )  # fmt: skip
 
-    @staticmethod
-    def _passages_text(prepared: Prepared) -> str:
-        return "\n".join(f"{passage.title}\n{passage.text}" for passage in prepared.passages)
-
-    def _known(self, prepared: Prepared) -> frozenset[str]:
+    def _known(self, passages: str) -> frozenset[str]:
         """The words an answer may use as the store's own (see cache.policy.echoes): its rules', and those of the
-        passages it drew on."""
-        return self._own_forms | word_forms(f"{passage.title}\n{passage.text}" for passage in prepared.passages)
+        passages it drew on (``passages``: their text, see _passages_text)."""
+        return self._own_forms | word_forms([passages])
 
     async def _maybe_cache(self, prepared: Prepared, reply: ParsedReply, usage: Usage) -> bool:
         """Store good answers only; let identical requests waiting in this process share the reply either way (as a
